@@ -1,0 +1,56 @@
+"""The replicated key/value slice each shard group holds (the cache's backing "memory")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from syncfab.actors.results import Err, Ok, Result
+
+
+class Put(msgspec.Struct, frozen=True, tag="put", array_like=True):
+    key: str
+    value: Any
+
+
+class Delete(msgspec.Struct, frozen=True, tag="del", array_like=True):
+    key: str
+
+
+class Get(msgspec.Struct, frozen=True, tag="get", array_like=True):
+    key: str
+
+
+class KvStore:
+    commands = (Put, Delete)
+    queries = (Get,)
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def apply(self, index: int, op: Put | Delete) -> Result:
+        match op:
+            case Put(key=key, value=value):
+                self.data[key] = value
+                return Ok(index)
+            case Delete(key=key):
+                return Ok(self.data.pop(key, _ABSENT) is not _ABSENT)
+        raise TypeError(f"not a kv command: {op!r}")
+
+    def query(self, op: Get) -> Result:
+        value = self.data.get(op.key, _ABSENT)
+        if value is _ABSENT:
+            return Err("not_found", f"no key {op.key!r}", {"key": op.key})
+        return Ok(value)
+
+    def snapshot(self) -> bytes:
+        return _encode(self.data)
+
+    def restore(self, data: bytes) -> None:
+        self.data = _decode(data)
+
+
+_ABSENT = object()
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict[str, Any]).decode

@@ -1,0 +1,592 @@
+"""RaftCore: one Raft group's consensus, with no I/O of its own.
+
+Inputs are method calls — ``step`` (a peer message), ``tick`` (the time), ``propose``,
+``read_index``, ``transfer_leadership``, ``compact`` — and the only output is ``ready()``: what to
+write, what to send (before or after the write), what to apply. The runtime performs it and
+calls ``advance()`` before giving the core any other input.
+
+Beyond the paper: pre-vote and check-quorum (a partitioned node cannot depose a healthy leader,
+and a leader cut off from its quorum steps down), pipelined and batched replication with
+per-follower flow control (probe / replicate / snapshot), ReadIndex reads confirmed by one
+heartbeat round shared by every read of a turn, snapshots with InstallSnapshot, and leadership
+transfer with TimeoutNow. Role behaviour is bound on role change (``self._step``, ``self._tick``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from syncfab.actors.messages import (
+    AppendEntries,
+    AppendReply,
+    Entry,
+    HardState,
+    Heartbeat,
+    HeartbeatReply,
+    InstallSnapshot,
+    RaftMessage,
+    Snapshot,
+    TimeoutNow,
+    VoteReply,
+    VoteRequest,
+)
+from syncfab.actors.raft_log import RaftLog
+from syncfab.actors.ready import Persist, ReadState, Ready
+
+
+class Role(Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class NotLeader(Exception):
+    """This replica cannot take the request; ``leader`` is its best guess at who can."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader})")
+        self.leader = leader
+
+
+class Busy(Exception):
+    """Too many uncommitted entries, or a leadership transfer is under way: retry shortly."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    heartbeat_ms: int = 100
+    # Followers wait a random time in [election_timeout_ms, 2 * election_timeout_ms).
+    election_timeout_ms: int = 500
+    pre_vote: bool = True
+    check_quorum: bool = True
+    append_entries_max: int = 1024
+    append_bytes_max: int = 1 << 20
+    inflight_messages_max: int = 64
+    uncommitted_entries_max: int = 50_000
+    apply_entries_max: int = 4096
+    # Heartbeat rounds a follower may show no progress before its pipeline is restarted.
+    stalled_heartbeats_max: int = 2
+    snapshot_stalled_heartbeats_max: int = 20
+
+
+class _Flow(Enum):
+    PROBE = "probe"  # one AppendEntries at a time until a match is found
+    REPLICATE = "replicate"  # optimistic pipelining, bounded by inflight_messages_max
+    SNAPSHOT = "snapshot"  # an InstallSnapshot is on its way
+
+
+@dataclass(slots=True)
+class Progress:
+    """The leader's view of one follower."""
+
+    match: int = 0
+    next: int = 1
+    flow: _Flow = _Flow.PROBE
+    probe_sent: bool = False
+    inflight: deque[int] = field(default_factory=deque)  # last index of each unacked message
+    recent_active: bool = False
+    read_ack: int = 0
+    stalled: int = 0
+    seen_match: int = 0
+    snapshot_index: int = 0
+
+    def probe(self, next_index: int) -> None:
+        self.flow, self.next, self.probe_sent = _Flow.PROBE, next_index, False
+        self.inflight.clear()
+
+
+class RaftCore:
+    def __init__(
+        self,
+        node_id: str,
+        voters: Sequence[str],
+        *,
+        rng: random.Random,
+        now_ms: int,
+        config: RaftConfig | None = None,
+        hard_state: HardState | None = None,
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        assert node_id in voters, "a RaftCore must be one of its group's voters"
+        self.id = node_id
+        self.voters = tuple(sorted(voters))
+        self.peers = tuple(v for v in self.voters if v != node_id)
+        self.quorum = len(self.voters) // 2 + 1
+        self.config = config or RaftConfig()
+        self._rng = rng
+        self._now = now_ms
+        hs = hard_state or HardState()
+        self.term, self.vote = hs.term, hs.vote
+        self.log = RaftLog.from_disk(snapshot, list(entries))
+        self.log.commit_to(hs.commit)
+        self.snapshot = snapshot
+        self.leader: str | None = None
+        self.role = Role.FOLLOWER
+        self.progress: dict[str, Progress] = {}
+        self._saved = (hs.term, hs.vote, hs.commit)
+        self._msgs: list[tuple[str, RaftMessage]] = []
+        self._msgs_after: list[tuple[str, RaftMessage]] = []
+        self._save_snapshot: Snapshot | None = None
+        self._compact_to: int | None = None
+        self._restore: Snapshot | None = None
+        self._votes: dict[str, bool] = {}
+        self._election_deadline = 0
+        self._heartbeat_deadline = 0
+        self._quorum_deadline = 0
+        self._leader_contact = -(1 << 62)
+        self._transferee: str | None = None
+        self._transfer_deadline = 0
+        self._read_seq = 0
+        self._read_due = False
+        self._reads_pending: deque[tuple[int, int, int]] = deque()  # (read_seq, index, context)
+        self._reads_blocked: list[int] = []  # contexts waiting for a commit in this term
+        self._reads_ready: list[ReadState] = []
+        self._step: Callable[[str, RaftMessage], None] = self._step_follower
+        self._tick: Callable[[], None] = self._tick_election
+        self._become_follower(self.term, None)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        self._now = now_ms
+        self._tick()
+
+    def step(self, sender: str, msg: RaftMessage) -> None:
+        if sender not in self.peers:
+            return
+        if msg.term > self.term:
+            if isinstance(msg, VoteRequest):
+                if not msg.transfer and self._in_lease():
+                    return  # we hear from a live leader: a partitioned node must not depose it
+                if not msg.pre_vote:
+                    self._become_follower(msg.term, None)
+            elif isinstance(msg, VoteReply) and msg.pre_vote and msg.granted:
+                pass  # a granted pre-vote echoes the term we proposed; nothing changed yet
+            else:
+                lead = sender if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot) else None
+                self._become_follower(msg.term, lead)
+        elif msg.term < self.term:
+            if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+                # A deposed leader would keep sending forever: tell it the term.
+                self._msgs.append((sender, AppendReply(self.term, False, 0)))
+            elif isinstance(msg, VoteRequest) and msg.pre_vote:
+                self._msgs.append((sender, VoteReply(self.term, False, True)))
+            return
+        if isinstance(msg, VoteRequest):
+            self._on_vote_request(sender, msg)
+        else:
+            self._step(sender, msg)
+
+    def campaign(self) -> None:
+        """Start an election now (an operator's or a test's nudge; timers do this otherwise)."""
+        if self.role is not Role.LEADER:
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def propose(self, data: bytes) -> int:
+        """Append a command; returns its log index (its commit is not promised)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self._transferee is not None:
+            raise Busy("leadership transfer in progress")
+        if self.log.last_index - self.log.committed >= self.config.uncommitted_entries_max:
+            raise Busy("too many uncommitted entries")
+        index = self.log.last_index + 1
+        self.log.entries.append(Entry(self.term, index, data))
+        return index
+
+    def read_index(self, context: int) -> None:
+        """Ask for a linearizable read; ``ready().reads`` later names the index to wait for."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.log.term(self.log.committed) != self.term:
+            # Our commit index is only known to be current once an entry of our term commits.
+            self._reads_blocked.append(context)
+            return
+        self._reads_pending.append((self._read_seq + 1, self.log.committed, context))
+        self._read_due = True
+
+    def transfer_leadership(self, target: str) -> bool:
+        if self.role is not Role.LEADER or target not in self.progress or self._transferee:
+            return False
+        self._transferee = target
+        self._transfer_deadline = self._now + self.config.election_timeout_ms
+        if self.progress[target].match == self.log.last_index:
+            self._msgs.append((target, TimeoutNow(self.term)))
+        return True
+
+    def compact(self, index: int, data: bytes, keep_entries: int = 0) -> None:
+        """Record a state machine snapshot taken at applied ``index``; drop the log before it,
+        keeping ``keep_entries`` so slightly lagging followers still catch up from the log."""
+        assert index <= self.log.applied, "snapshot beyond the applied index"
+        term = self.log.term(index)
+        assert term is not None
+        self.snapshot = self._save_snapshot = Snapshot(index, term, data)
+        compact_to = max(self.log.base_index, index - keep_entries)
+        self.log.compact(compact_to)
+        self._compact_to = compact_to
+
+    # -- output ---------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._msgs
+            or self._msgs_after
+            or self._reads_ready
+            or self._read_due
+            or self._save_snapshot is not None
+            or self.log.stable < self.log.last_index
+            or min(self.log.committed, self.log.stable) > self.log.applied
+            or (self.term, self.vote) != self._saved[:2]
+        )
+
+    def ready(self) -> Ready:
+        if self.role is Role.LEADER:
+            if self._read_due:
+                self._read_due = False
+                self._read_seq += 1
+                self._broadcast_heartbeat()
+                self._confirm_reads()
+            for peer, pr in self.progress.items():
+                self._send_append(peer, pr)
+        truncate_from, entries = self.log.unstable()
+        persist = Persist(
+            snapshot=self._save_snapshot,
+            compact_to=self._compact_to,
+            truncate_from=truncate_from,
+            entries=entries,
+        )
+        if self._restore is not None:
+            persist.compact_to = persist.truncate_from = self._restore.index + 1
+        state = (self.term, self.vote, self.log.committed)
+        if state[:2] != self._saved[:2] or (entries and state[2] != self._saved[2]):
+            persist.hard_state = HardState(*state)
+        ready = Ready(
+            persist=persist,
+            messages=self._msgs,
+            messages_after_persist=self._msgs_after,
+            committed=self.log.next_committed(self.config.apply_entries_max),
+            restore=self._restore,
+            reads=self._reads_ready,
+        )
+        self._msgs, self._msgs_after, self._reads_ready = [], [], []
+        self._save_snapshot = self._compact_to = self._restore = None
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        persist = ready.persist
+        if persist.hard_state is not None:
+            hs = persist.hard_state
+            self._saved = (hs.term, hs.vote, hs.commit)
+        self.log.stable_to(persist.entries[-1].index if persist.entries else self.log.stable)
+        if ready.committed:
+            self.log.applied = ready.committed[-1].index
+        if self.role is Role.LEADER:
+            self._maybe_commit()
+
+    # -- roles ----------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        if term != self.term:
+            self.term, self.vote = term, None
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        if leader is not None:
+            self._leader_contact = self._now
+        self._step, self._tick = self._step_follower, self._tick_election
+        self.progress = {}
+        self._transferee = None
+        self._reads_pending.clear()
+        self._reads_blocked.clear()
+        self._read_due = False
+        self._reset_election_deadline()
+
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        if pre_vote:
+            self.role = Role.PRE_CANDIDATE
+            term = self.term + 1  # proposed only; our own term stays until a real election
+        else:
+            self.role = Role.CANDIDATE
+            self.term += 1
+            self.vote = self.id
+            term = self.term
+        self.leader = None
+        self._step, self._tick = self._step_candidate, self._tick_election
+        self._votes = {self.id: True}
+        self._reset_election_deadline()
+        if self._tally():
+            return
+        request = VoteRequest(term, self.log.last_index, self.log.last_term, pre_vote, transfer)
+        # A real vote request may only leave once our own vote for ourselves is on disk.
+        out = self._msgs if pre_vote else self._msgs_after
+        out.extend((peer, request) for peer in self.peers)
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._step, self._tick = self._step_leader, self._tick_leader
+        last = self.log.last_index
+        self.progress = {p: Progress(next=last + 1) for p in self.peers}
+        self._heartbeat_deadline = self._now + self.config.heartbeat_ms
+        self._quorum_deadline = self._now + self.config.election_timeout_ms
+        # Commit something of our own term: it commits every earlier entry (§5.4.2) and
+        # unblocks ReadIndex.
+        self.log.entries.append(Entry(self.term, last + 1, b""))
+        if self.quorum == 1:
+            self._maybe_commit()
+
+    def _tally(self) -> bool:
+        """Count votes; act on a decided election. Returns True when decided."""
+        granted = sum(self._votes.values())
+        if granted >= self.quorum:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+            return True
+        if len(self._votes) - granted >= self.quorum:
+            self._become_follower(self.term, None)
+            return True
+        return False
+
+    # -- role behaviour -------------------------------------------------------------------
+
+    def _step_follower(self, sender: str, msg: RaftMessage) -> None:
+        match msg:
+            case AppendEntries():
+                self._heard_from_leader(sender)
+                self._on_append(sender, msg)
+            case Heartbeat():
+                self._heard_from_leader(sender)
+                self.log.commit_to(msg.commit)
+                self._msgs.append((sender, HeartbeatReply(self.term, msg.read_seq)))
+            case InstallSnapshot():
+                self._heard_from_leader(sender)
+                self._on_snapshot(sender, msg)
+            case TimeoutNow() if sender == self.leader:
+                self._campaign(pre_vote=False, transfer=True)
+            case _:
+                pass  # replies to a role we no longer hold
+
+    def _step_candidate(self, sender: str, msg: RaftMessage) -> None:
+        match msg:
+            case AppendEntries() | Heartbeat() | InstallSnapshot():
+                self._become_follower(self.term, sender)
+                self._step_follower(sender, msg)
+            case VoteReply() if msg.pre_vote == (self.role is Role.PRE_CANDIDATE):
+                self._votes[sender] = msg.granted
+                self._tally()
+            case _:
+                pass
+
+    def _step_leader(self, sender: str, msg: RaftMessage) -> None:
+        pr = self.progress[sender]
+        match msg:
+            case AppendReply(success=True):
+                pr.recent_active = True
+                self._on_append_ok(sender, pr, msg.index)
+            case AppendReply():
+                pr.recent_active = True
+                self._on_append_rejected(pr, msg)
+            case HeartbeatReply():
+                pr.recent_active = True
+                pr.read_ack = max(pr.read_ack, msg.read_seq)
+                if pr.flow is _Flow.PROBE:
+                    pr.probe_sent = False  # the probe may have been lost: allow another
+                self._confirm_reads()
+            case _:
+                pass
+
+    def _tick_election(self) -> None:
+        if self._now >= self._election_deadline:
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def _tick_leader(self) -> None:
+        cfg = self.config
+        if self._now >= self._heartbeat_deadline:
+            self._heartbeat_deadline = self._now + cfg.heartbeat_ms
+            self._broadcast_heartbeat()
+            self._restart_stalled()
+        if self._now >= self._quorum_deadline:
+            self._quorum_deadline = self._now + cfg.election_timeout_ms
+            active = 1 + sum(pr.recent_active for pr in self.progress.values())
+            for pr in self.progress.values():
+                pr.recent_active = False
+            if cfg.check_quorum and active < self.quorum:
+                self._become_follower(self.term, None)
+                return
+        if self._transferee is not None and self._now >= self._transfer_deadline:
+            self._transferee = None
+
+    # -- follower handlers ----------------------------------------------------------------
+
+    def _heard_from_leader(self, sender: str) -> None:
+        self.leader = sender
+        self._leader_contact = self._now
+        self._reset_election_deadline()
+
+    def _on_append(self, sender: str, msg: AppendEntries) -> None:
+        log = self.log
+        if msg.prev_index < log.committed:
+            # Everything up to our commit index matches the leader's log; say so, and let the
+            # leader resend from there.
+            reply = AppendReply(self.term, True, log.committed)
+        elif log.term(msg.prev_index) == msg.prev_term:
+            last_new = log.accept(msg.prev_index, msg.entries)
+            log.commit_to(min(msg.commit, last_new))
+            reply = AppendReply(self.term, True, last_new)
+        else:
+            hint = log.conflict_hint(msg.prev_index, msg.prev_term)
+            reply = AppendReply(self.term, False, msg.prev_index, hint)
+        self._msgs_after.append((sender, reply))
+
+    def _on_snapshot(self, sender: str, msg: InstallSnapshot) -> None:
+        snap, log = msg.snapshot, self.log
+        if snap.index <= log.committed:
+            self._msgs_after.append((sender, AppendReply(self.term, True, log.committed)))
+            return
+        if log.term(snap.index) == snap.term:
+            log.commit_to(snap.index)  # we hold that prefix: apply it from our own log
+        else:
+            log.restore(snap)
+            self.snapshot = self._save_snapshot = self._restore = snap
+        self._msgs_after.append((sender, AppendReply(self.term, True, snap.index)))
+
+    def _on_vote_request(self, sender: str, msg: VoteRequest) -> None:
+        if msg.pre_vote:
+            free = msg.term > self.term or (self.vote in (None, sender) and self.leader is None)
+        else:
+            free = self.vote == sender or (self.vote is None and self.leader is None)
+        if free and self.log.is_up_to_date(msg.last_index, msg.last_term):
+            if not msg.pre_vote:
+                self.vote = sender
+                self._reset_election_deadline()
+            self._msgs_after.append((sender, VoteReply(msg.term, True, msg.pre_vote)))
+        else:
+            self._msgs_after.append((sender, VoteReply(self.term, False, msg.pre_vote)))
+
+    # -- leader handlers ------------------------------------------------------------------
+
+    def _on_append_ok(self, sender: str, pr: Progress, index: int) -> None:
+        if index > pr.match:
+            pr.match = index
+        while pr.inflight and pr.inflight[0] <= index:
+            pr.inflight.popleft()
+        if pr.flow is _Flow.PROBE or (pr.flow is _Flow.SNAPSHOT and pr.match >= pr.snapshot_index):
+            pr.flow, pr.next = _Flow.REPLICATE, pr.match + 1
+            pr.inflight.clear()
+        elif pr.next <= pr.match:
+            pr.next = pr.match + 1
+        self._maybe_commit()
+        if sender == self._transferee and pr.match == self.log.last_index:
+            self._msgs.append((sender, TimeoutNow(self.term)))
+
+    def _on_append_rejected(self, pr: Progress, msg: AppendReply) -> None:
+        if msg.index <= pr.match:
+            return  # a rejection of something already superseded
+        if pr.flow is _Flow.PROBE and msg.index != pr.next - 1:
+            return  # the answer to an older probe
+        if pr.flow is _Flow.SNAPSHOT:
+            return
+        pr.probe(max(pr.match + 1, min(msg.index, msg.hint + 1)))
+
+    def _send_append(self, peer: str, pr: Progress) -> None:
+        log, cfg = self.log, self.config
+        while True:
+            if pr.flow is _Flow.SNAPSHOT:
+                return
+            if pr.flow is _Flow.PROBE:
+                if pr.probe_sent:
+                    return
+            elif len(pr.inflight) >= cfg.inflight_messages_max or pr.next > log.last_index:
+                return
+            prev = pr.next - 1
+            prev_term = log.term(prev)
+            if prev_term is None:
+                self._send_snapshot(peer, pr)
+                return
+            entries = log.slice(pr.next, cfg.append_entries_max, cfg.append_bytes_max)
+            self._msgs.append((peer, AppendEntries(self.term, prev, prev_term, entries, log.committed)))
+            if pr.flow is _Flow.PROBE:
+                pr.probe_sent = True
+                return
+            pr.next = entries[-1].index + 1
+            pr.inflight.append(pr.next - 1)
+
+    def _send_snapshot(self, peer: str, pr: Progress) -> None:
+        assert self.snapshot is not None, "log compacted without a snapshot"
+        pr.flow, pr.snapshot_index, pr.stalled = _Flow.SNAPSHOT, self.snapshot.index, 0
+        pr.inflight.clear()
+        self._msgs.append((peer, InstallSnapshot(self.term, self.snapshot)))
+
+    def _broadcast_heartbeat(self) -> None:
+        commit, seq = self.log.committed, self._read_seq
+        for peer, pr in self.progress.items():
+            # Never tell a follower to commit past what it is known to hold.
+            self._msgs.append((peer, Heartbeat(self.term, min(pr.match, commit), seq)))
+
+    def _restart_stalled(self) -> None:
+        """Restart replication to a follower that made no progress for a while: the message
+        that would have moved it on was lost (links drop messages when a peer is down)."""
+        last = self.log.last_index
+        for pr in self.progress.values():
+            if pr.match >= last or pr.match != pr.seen_match:
+                pr.stalled, pr.seen_match = 0, pr.match
+                continue
+            pr.stalled += 1
+            limit = (self.config.snapshot_stalled_heartbeats_max if pr.flow is _Flow.SNAPSHOT
+                     else self.config.stalled_heartbeats_max)
+            if pr.flow is not _Flow.PROBE and pr.stalled >= limit:
+                pr.probe(pr.match + 1)
+                pr.stalled = 0
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self.log.stable, *(pr.match for pr in self.progress.values())], reverse=True)
+        n = matches[self.quorum - 1]
+        if n > self.log.committed and self.log.term(n) == self.term:
+            self.log.commit_to(n)
+            if self._reads_blocked:
+                blocked, self._reads_blocked = self._reads_blocked, []
+                for context in blocked:
+                    self.read_index(context)
+
+    def _confirm_reads(self) -> None:
+        while self._reads_pending:
+            seq, index, context = self._reads_pending[0]
+            if seq > self._read_seq:
+                return  # its heartbeat round has not gone out yet
+            acks = 1 + sum(pr.read_ack >= seq for pr in self.progress.values())
+            if acks < self.quorum:
+                return
+            self._reads_pending.popleft()
+            self._reads_ready.append(ReadState(context, index))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _in_lease(self) -> bool:
+        if not self.config.check_quorum:
+            return False
+        if self.role is Role.LEADER:
+            return True  # check-quorum steps us down the moment the lease could be stale
+        return self.leader is not None and self._now - self._leader_contact < self.config.election_timeout_ms
+
+    def _reset_election_deadline(self) -> None:
+        timeout = self.config.election_timeout_ms
+        self._election_deadline = self._now + timeout + self._rng.randrange(timeout)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied

@@ -1,0 +1,26 @@
+"""What a command returns: a value, or an error with a stable code clients can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Ok(msgspec.Struct, frozen=True, tag="ok", array_like=True):
+    value: Any = None
+
+
+class Err(msgspec.Struct, frozen=True, tag="err", array_like=True):
+    """``code`` is machine-readable and stable; ``message`` is for people; ``detail`` is data
+    (a deadlock's cycle, the field a bad request named)."""
+
+    code: str
+    message: str = ""
+    detail: Any = None
+
+
+Result = Ok | Err
+
+# Codes a client may retry, with the same request id, on the same or another node.
+RETRYABLE = frozenset({"not_leader", "no_leader", "busy", "leader_changed", "unavailable"})

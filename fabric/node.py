@@ -1,0 +1,403 @@
+"""NodeCore: everything one node decides, for every Raft group it hosts, with no I/O.
+
+The runtime (or the simulator) feeds it peer batches, client requests and the time, then runs
+one *turn*: ``turn(now_ms)`` returns a ``Flush`` — one write for all groups (group commit),
+messages per peer to send before and after that write, replies to clients — and
+``advance(flush)`` confirms it was carried out. Nothing here reads a clock, a socket or a file.
+
+Routing: a request names its group through its op (a key's shard, the control group for
+cluster-wide state). The leader of that group proposes the request's own encoded bytes; any
+other replica forwards them to the leader it knows, once, and relays the answer. Reads go
+through ReadIndex on the leader and are answered once the state machine has caught up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from syncfab.actors.kv import Delete, Get, KvStore, Put
+from syncfab.actors.machine import GroupMachine
+from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
+from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
+from syncfab.actors.ready import Persist, Ready
+from syncfab.actors.results import Err, Ok, Result
+from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement, shard_for_key
+from syncfab.fabric.codec import (
+    ClusterInfo,
+    DecodeError,
+    PeerMessage,
+    Reply,
+    Request,
+    decode_request,
+    encode,
+)
+from syncfab.fabric.detector import PhiAccrualDetector
+
+if TYPE_CHECKING:
+    from syncfab.storage.log_store import StoredGroup
+
+# Replies to this route go to the in-process gateway rather than a ROUTER identity.
+LOCAL_ROUTE = b""
+
+KEY_BYTES_MAX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    shard_count: int = 8
+    replication: int = 3
+    vnodes: int = 64
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    beat_ms: int = 100
+    # Take a snapshot once this many entries were applied since the last one; keep some log
+    # behind it so a follower that is only a little behind catches up without a snapshot.
+    snapshot_entries: int = 20_000
+    snapshot_keep_entries: int = 2_000
+    client_inbox_max: int = 20_000
+    client_requests_per_turn_max: int = 4_096
+    # A shard leader hands leadership to the shard's preferred leader once that node has been
+    # alive and caught up; both waits keep a restarting node from causing churn.
+    balance_interval_ms: int = 1_000
+    balance_after_leading_ms: int = 2_000
+
+
+@dataclass(slots=True)
+class Flush:
+    writes: list[tuple[int, Persist]] = field(default_factory=list)
+    sends: dict[str, list[tuple[int, PeerMessage]]] = field(default_factory=dict)
+    sends_after_persist: dict[str, list[tuple[int, PeerMessage]]] = field(default_factory=dict)
+    replies: list[tuple[bytes, bytes]] = field(default_factory=list)
+    readies: list[tuple[RaftCore, Ready]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    origin: str | None  # the node that relays the answer; None for our own clients
+    route: bytes
+    request_id: int
+
+
+@dataclass(slots=True)
+class _Group:
+    id: int
+    raft: RaftCore
+    machine: GroupMachine
+    proposals: dict[int, _Pending] = field(default_factory=dict)  # log index -> waiter
+    reads: dict[int, tuple[_Pending, Any]] = field(default_factory=dict)  # context -> (waiter, op)
+    read_waits: list[tuple[int, int, _Pending, Any]] = field(default_factory=list)  # heap by index
+    lead_term: int = -1  # the term in which our waiters were registered
+    leading_since_ms: int = 0
+
+
+class NodeCore:
+    def __init__(
+        self,
+        node_id: str,
+        members: Mapping[str, str],
+        *,
+        stored: Mapping[int, StoredGroup],
+        rng: random.Random,
+        now_ms: int,
+        config: NodeConfig | None = None,
+    ) -> None:
+        self.id = node_id
+        self.members = dict(sorted(members.items()))
+        self.config = cfg = config or NodeConfig()
+        self.placement = ShardPlacement.build(
+            list(self.members), cfg.shard_count, cfg.replication, cfg.vnodes
+        )
+        self.detector = PhiAccrualDetector()
+        self._now = now_ms
+        self.groups: dict[int, _Group] = {}
+        for gid in self.placement.groups_of(node_id):
+            disk = stored.get(gid)
+            raft = RaftCore(
+                node_id, self.placement.replicas(gid), rng=random.Random(rng.getrandbits(64)),
+                now_ms=now_ms, config=cfg.raft,
+                hard_state=disk.hard_state if disk else None,
+                snapshot=disk.snapshot if disk else None,
+                entries=disk.entries if disk else (),
+            )
+            machine = self._machine_for(gid)
+            if raft.snapshot is not None:
+                machine.restore(raft.snapshot.data)
+            self.groups[gid] = _Group(gid, raft, machine)
+        self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
+        self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
+        self._flush = Flush()
+        self._remote_leaders: dict[int, tuple[int, str]] = {}
+        self._beat_seq = 0
+        self._next_beat = now_ms
+        self._next_balance = now_ms + cfg.balance_interval_ms
+        self._read_context = 0
+        self.counters: dict[str, int] = {"forwarded": 0, "rejected_busy": 0, "bad_peer_messages": 0}
+
+    @staticmethod
+    def _machine_for(group: int) -> GroupMachine:
+        # The control group gains the lock table in its own issue; shards hold the KV today.
+        return GroupMachine({} if group == CONTROL_GROUP else {"kv": KvStore()})
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def deliver_peer(self, src: str, items: list[tuple[int, PeerMessage]]) -> None:
+        if src in self.members and src != self.id:
+            self._peer_inbox.append((src, items))
+
+    def deliver_client(self, route: bytes, request: Request, raw: bytes) -> None:
+        """``raw`` is ``request`` encoded (what the client sent): it becomes the log entry."""
+        if len(self._client_inbox) >= self.config.client_inbox_max:
+            self.counters["rejected_busy"] += 1
+            self._reply(None, route, request.id, Err("busy", "node inbox full"), None)
+            return
+        self._client_inbox.append((None, route, request, raw))
+
+    def has_work(self) -> bool:
+        return bool(
+            self._peer_inbox
+            or self._client_inbox
+            or self._flush.replies
+            or self._flush.sends
+            or any(g.raft.has_ready() for g in self.groups.values())
+        )
+
+    # -- the turn -------------------------------------------------------------------------
+
+    def turn(self, now_ms: int) -> Flush:
+        self._now = now_ms
+        for g in self.groups.values():
+            g.raft.tick(now_ms)
+        if now_ms >= self._next_beat:
+            self._next_beat = now_ms + self.config.beat_ms
+            self._send_beats()
+        if now_ms >= self._next_balance:
+            self._next_balance = now_ms + self.config.balance_interval_ms
+            self._balance_leaders()
+        while self._peer_inbox:
+            src, items = self._peer_inbox.popleft()
+            for gid, msg in items:
+                self._on_peer(src, gid, msg)
+        for _ in range(min(len(self._client_inbox), self.config.client_requests_per_turn_max)):
+            self._on_request(*self._client_inbox.popleft())
+        flush, self._flush = self._flush, Flush()
+        for g in self.groups.values():
+            self._collect(g, flush)
+        return flush
+
+    def advance(self, flush: Flush) -> None:
+        cfg = self.config
+        for raft, ready in flush.readies:
+            raft.advance(ready)
+        for g in self.groups.values():
+            raft = g.raft
+            base = raft.snapshot.index if raft.snapshot is not None else 0
+            if raft.applied_index - base >= cfg.snapshot_entries:
+                raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
+
+    def _collect(self, g: _Group, flush: Flush) -> None:
+        raft = g.raft
+        ready = raft.ready()
+        self._check_leadership(g)
+        if ready.restore is not None:
+            g.machine.restore(ready.restore.data)
+        for entry in ready.committed:
+            if not entry.data:
+                continue  # a new leader's no-op
+            request = decode_request(entry.data)
+            result = g.machine.apply(entry.index, request.client, request.id, request.acked, request.op)
+            waiter = g.proposals.pop(entry.index, None)
+            if waiter is not None:
+                self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
+        applied = ready.committed[-1].index if ready.committed else raft.applied_index
+        for rs in ready.reads:
+            waiter_op = g.reads.pop(rs.context, None)
+            if waiter_op is not None:
+                heapq.heappush(g.read_waits, (rs.index, rs.context, *waiter_op))
+        while g.read_waits and g.read_waits[0][0] <= applied:
+            _, _, waiter, op = heapq.heappop(g.read_waits)
+            self._reply(waiter.origin, waiter.route, waiter.request_id, g.machine.query(op), self.id)
+        if ready.persist:
+            flush.writes.append((g.id, ready.persist))
+        _route(flush.sends, g.id, ready.messages)
+        _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
+        flush.readies.append((raft, ready))
+
+    def _check_leadership(self, g: _Group) -> None:
+        """Fail every waiter registered under a leadership we no longer hold: their entries may
+        never commit. Clients retry with the same id, which the session table makes safe."""
+        raft = g.raft
+        leading = raft.role is Role.LEADER
+        if leading and raft.term == g.lead_term:
+            return
+        if g.proposals or g.reads or g.read_waits:
+            err = Err("leader_changed", "leadership changed before the request completed")
+            waiters = [*g.proposals.values(), *(w for w, _ in g.reads.values())]
+            waiters += [w for _, _, w, _ in g.read_waits]
+            for w in waiters:
+                self._reply(w.origin, w.route, w.request_id, err, raft.leader)
+            g.proposals.clear()
+            g.reads.clear()
+            g.read_waits.clear()
+        g.lead_term = raft.term if leading else -1
+        if leading:
+            g.leading_since_ms = self._now
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _on_request(self, origin: str | None, route: bytes, request: Request, raw: bytes) -> None:
+        op = request.op
+        if isinstance(op, ClusterInfo):
+            self._reply(origin, route, request.id, Ok(self.cluster_view()), None)
+            return
+        gid = self.group_of(op)
+        if isinstance(gid, Err):
+            self._reply(origin, route, request.id, gid, None)
+            return
+        g = self.groups.get(gid)
+        if g is None or g.raft.role is not Role.LEADER:
+            leader = self.leader_of(gid)
+            if origin is None and leader is not None and leader != self.id:
+                # One hop: the leader answers us, we answer the client.
+                self.counters["forwarded"] += 1
+                self._send(leader, gid, Forward(route, msgspec.Raw(raw)))
+            else:
+                code = "not_leader" if leader is not None else "no_leader"
+                self._reply(origin, route, request.id, Err(code, f"group {gid} leader: {leader}"), leader)
+            return
+        self._check_leadership(g)
+        waiter = _Pending(origin, route, request.id)
+        try:
+            if g.machine.is_query(op):
+                self._read_context += 1
+                g.reads[self._read_context] = (waiter, op)
+                g.raft.read_index(self._read_context)
+            else:
+                g.proposals[g.raft.propose(raw)] = waiter
+        except Busy as e:
+            g.reads.pop(self._read_context, None)
+            self._reply(origin, route, request.id, Err("busy", str(e)), self.id)
+        except NotLeader as e:  # pragma: no cover - guarded by the role check above
+            self._reply(origin, route, request.id, Err("not_leader", str(e)), e.leader)
+
+    def group_of(self, op: Any) -> int | Err:
+        match op:
+            case Put(key=key) | Get(key=key) | Delete(key=key):
+                if not key or len(key.encode()) > KEY_BYTES_MAX:
+                    return Err("bad_request", f"key must be 1..{KEY_BYTES_MAX} bytes", {"field": "key"})
+                return shard_for_key(key, self.config.shard_count)
+        return Err("bad_request", f"unsupported operation {type(op).__name__}")
+
+    def leader_of(self, gid: int) -> str | None:
+        g = self.groups.get(gid)
+        if g is not None:
+            return g.raft.leader
+        known = self._remote_leaders.get(gid)
+        return known[1] if known else None
+
+    def _reply(self, origin: str | None, route: bytes, request_id: int, result: Result,
+               leader: str | None) -> None:
+        data = encode(Reply(request_id, result, leader))
+        if origin is None:
+            self._flush.replies.append((route, data))
+        else:
+            self._send(origin, CONTROL_GROUP, ForwardReply(route, msgspec.Raw(data)))
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def _on_peer(self, src: str, gid: int, msg: PeerMessage) -> None:
+        match msg:
+            case Beat():
+                self.detector.heartbeat(src, self._now)
+                for group, term in msg.leading:
+                    known = self._remote_leaders.get(group)
+                    if known is None or term >= known[0]:
+                        self._remote_leaders[group] = (term, src)
+            case Forward():
+                try:
+                    request = decode_request(msg.request)
+                except (DecodeError, ValueError):
+                    self.counters["bad_peer_messages"] += 1
+                    return
+                self._on_request(src, msg.route, request, bytes(msg.request))
+            case ForwardReply():
+                self._flush.replies.append((msg.route, bytes(msg.reply)))
+            case _:
+                g = self.groups.get(gid)
+                if g is None:
+                    self.counters["bad_peer_messages"] += 1
+                    return
+                g.raft.step(src, msg)
+
+    def _send(self, peer: str, gid: int, msg: PeerMessage) -> None:
+        self._flush.sends.setdefault(peer, []).append((gid, msg))
+
+    def _send_beats(self) -> None:
+        self._beat_seq += 1
+        leading = [(gid, g.raft.term) for gid, g in self.groups.items() if g.raft.role is Role.LEADER]
+        beat = Beat(self._beat_seq, leading)
+        for peer in self.members:
+            if peer != self.id:
+                self._send(peer, CONTROL_GROUP, beat)
+
+    def _balance_leaders(self) -> None:
+        for gid, g in self.groups.items():
+            raft = g.raft
+            preferred = self.placement.preferred_leader(gid)
+            if (
+                raft.role is Role.LEADER
+                and preferred is not None
+                and preferred != self.id
+                and self._now - g.leading_since_ms >= self.config.balance_after_leading_ms
+                and self.detector.is_alive(preferred, self._now)
+                and raft.progress[preferred].match == raft.log.last_index
+            ):
+                raft.transfer_leadership(preferred)
+
+    # -- views ----------------------------------------------------------------------------
+
+    def cluster_view(self) -> dict[str, Any]:
+        control = self.groups[CONTROL_GROUP].raft
+        return {
+            "node": self.id,
+            "leader": control.leader,
+            "term": control.term,
+            "members": [
+                {"id": m, "address": addr, "alive": m == self.id or self.detector.is_alive(m, self._now)}
+                for m, addr in self.members.items()
+            ],
+            "shards": [
+                {
+                    "id": s,
+                    "leader": self.leader_of(s),
+                    "replicas": list(self.placement.replicas(s)),
+                    "preferred_leader": self.placement.preferred_leader(s),
+                }
+                for s in self.placement.shards
+            ],
+        }
+
+    def group_status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "group": gid,
+                "role": g.raft.role.value,
+                "term": g.raft.term,
+                "leader": g.raft.leader,
+                "commit_index": g.raft.commit_index,
+                "applied_index": g.raft.applied_index,
+                "last_index": g.raft.log.last_index,
+            }
+            for gid, g in self.groups.items()
+        ]
+
+
+def _route(out: dict[str, list[tuple[int, PeerMessage]]], gid: int,
+           messages: list[tuple[str, RaftMessage]]) -> None:
+    for peer, msg in messages:
+        out.setdefault(peer, []).append((gid, msg))
