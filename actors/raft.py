@@ -3,7 +3,8 @@
 Inputs are method calls — ``step`` (a peer message), ``tick`` (the time), ``propose``,
 ``read_index``, ``transfer_leadership``, ``compact`` — and the only output is ``ready()``: what to
 write, what to send (before or after the write), what to apply. The runtime performs it and
-calls ``advance()`` before giving the core any other input.
+calls ``advance()`` once the write is durable — possibly after taking further readies, since
+writes are pipelined (see raft_log.py), but always in order.
 
 Beyond the paper: pre-vote and check-quorum (a partitioned node cannot depose a healthy leader,
 and a leader cut off from its quorum steps down), pipelined and batched replication with
@@ -223,7 +224,7 @@ class RaftCore:
     def compact(self, index: int, data: bytes, keep_entries: int = 0) -> None:
         """Record a state machine snapshot taken at applied ``index``; drop the log before it,
         keeping ``keep_entries`` so slightly lagging followers still catch up from the log."""
-        assert index <= self.log.applied, "snapshot beyond the applied index"
+        assert index <= self.log.applying, "snapshot beyond what the state machine was given"
         term = self.log.term(index)
         assert term is not None
         self.snapshot = self._save_snapshot = Snapshot(index, term, data)
@@ -240,8 +241,8 @@ class RaftCore:
             or self._reads_ready
             or self._read_due
             or self._save_snapshot is not None
-            or self.log.stable < self.log.last_index
-            or min(self.log.committed, self.log.stable) > self.log.applied
+            or self.log.handed < self.log.last_index
+            or min(self.log.committed, self.log.stable) > self.log.applying
             or (self.term, self.vote) != self._saved[:2]
         )
 
@@ -254,7 +255,7 @@ class RaftCore:
                 self._confirm_reads()
             for peer, pr in self.progress.items():
                 self._send_append(peer, pr)
-        truncate_from, entries = self.log.unstable()
+        truncate_from, entries = self.log.take_unstable()
         persist = Persist(
             snapshot=self._save_snapshot,
             compact_to=self._compact_to,
@@ -266,11 +267,12 @@ class RaftCore:
         state = (self.term, self.vote, self.log.committed)
         if state[:2] != self._saved[:2] or (entries and state[2] != self._saved[2]):
             persist.hard_state = HardState(*state)
+            self._saved = state
         ready = Ready(
             persist=persist,
             messages=self._msgs,
             messages_after_persist=self._msgs_after,
-            committed=self.log.next_committed(self.config.apply_entries_max),
+            committed=self.log.take_committed(self.config.apply_entries_max),
             restore=self._restore,
             reads=self._reads_ready,
         )
@@ -279,13 +281,13 @@ class RaftCore:
         return ready
 
     def advance(self, ready: Ready) -> None:
-        persist = ready.persist
-        if persist.hard_state is not None:
-            hs = persist.hard_state
-            self._saved = (hs.term, hs.vote, hs.commit)
-        self.log.stable_to(persist.entries[-1].index if persist.entries else self.log.stable)
+        """``ready``'s write is durable and its committed entries applied. Readies may be
+        advanced later than they were taken, but always in the order they were taken."""
+        entries = ready.persist.entries
+        if entries:
+            self.log.stable_to(entries[-1].index, entries[-1].term)
         if ready.committed:
-            self.log.applied = ready.committed[-1].index
+            self.log.applied = max(self.log.applied, ready.committed[-1].index)
         if self.role is Role.LEADER:
             self._maybe_commit()
 
@@ -589,4 +591,5 @@ class RaftCore:
 
     @property
     def applied_index(self) -> int:
-        return self.log.applied
+        """The last entry handed to the state machine (the runtime applies as it takes them)."""
+        return self.log.applying

@@ -6,8 +6,16 @@ is tracked by three marks, so ``Ready`` can say exactly what to write:
 
     base_index <= applied <= committed,  stable <= last_index,  committed <= last_index
 
-``stable`` is the last index known to be on disk; entries after it are written by the next
-``Persist``, preceded by a truncation when a conflict rewrote entries that were already stable.
+Writes may be pipelined: the runtime can have several ``Persist`` records in flight (written
+in order, coalesced into one fsync) while the core goes on. So two cursors lead two marks:
+
+- ``handed``: last index given to a write; ``stable``: last index known durable;
+- ``applying``: last index given to the state machine; ``applied``: confirmed by ``advance``.
+
+A conflict that rewrites entries already handed out makes the next write start with a
+truncation; a completed write only raises ``stable`` if its last entry is still in the log
+with the same term, so a write overtaken by a truncation cannot claim entries it no longer
+covers.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ class RaftLog:
     __slots__ = (
         "_truncate_from",
         "applied",
+        "applying",
         "base_index",
         "base_term",
         "committed",
         "entries",
+        "handed",
         "stable",
     )
 
@@ -30,23 +40,23 @@ class RaftLog:
         self.base_index = base_index
         self.base_term = base_term
         self.entries: list[Entry] = list(entries or [])
-        self.stable = self.last_index  # what we were built from came from the disk
-        self.committed = base_index
-        self.applied = base_index
+        self.stable = self.handed = self.last_index  # what we were built from came from the disk
+        self.committed = self.applied = self.applying = base_index
         self._truncate_from: int | None = None
 
     @classmethod
     def from_disk(cls, snapshot: Snapshot | None, entries: list[Entry]) -> RaftLog:
-        """Rebuild from what a store loaded: the first stored entry is the base (see StoredGroup)."""
-        if snapshot is not None and (not entries or entries[0].index > snapshot.index):
+        """Rebuild from what a store loaded (see StoredGroup)."""
+        if snapshot is None:
+            # Never compacted (a compaction always saves a snapshot): the base is the empty
+            # index 0, and entry 1 is a real entry that may yet be overwritten.
+            return cls(0, 0, entries)
+        if not entries or entries[0].index > snapshot.index:
             log = cls(snapshot.index, snapshot.term, entries)
-        elif entries:
-            log = cls(entries[0].index, entries[0].term, entries[1:])
         else:
-            log = cls()
-        if snapshot is not None:
-            # The snapshot is applied state: anything it covers counts as committed and applied.
-            log.committed = log.applied = max(snapshot.index, log.base_index)
+            log = cls(entries[0].index, entries[0].term, entries[1:])
+        # The snapshot is applied state: anything it covers counts as committed and applied.
+        log.committed = log.applied = log.applying = max(snapshot.index, log.base_index)
         return log
 
     # -- reading --------------------------------------------------------------------------
@@ -125,8 +135,9 @@ class RaftLog:
 
     def _truncate(self, index: int) -> None:
         del self.entries[index - self.base_index - 1 :]
-        if index <= self.stable:
-            self.stable = index - 1
+        self.stable = min(self.stable, index - 1)
+        if index <= self.handed:
+            self.handed = index - 1
             self._truncate_from = index if self._truncate_from is None else min(self._truncate_from, index)
 
     def commit_to(self, index: int) -> bool:
@@ -140,7 +151,7 @@ class RaftLog:
         """Drop entries below ``index``; the entry at ``index`` becomes the base."""
         if index <= self.base_index:
             return
-        assert index <= self.applied, "compacting unapplied entries"
+        assert index <= self.applying, "compacting unapplied entries"
         term = self.term(index)
         assert term is not None
         del self.entries[: index - self.base_index]
@@ -150,24 +161,30 @@ class RaftLog:
         """Replace the whole log with a snapshot's image (InstallSnapshot that did not match)."""
         self.entries.clear()
         self.base_index, self.base_term = snapshot.index, snapshot.term
-        self.committed = self.applied = self.stable = snapshot.index
+        self.committed = self.applied = self.applying = self.stable = self.handed = snapshot.index
         self._truncate_from = None
 
     # -- persistence bookkeeping ----------------------------------------------------------
 
-    def unstable(self) -> tuple[int | None, list[Entry]]:
-        """(truncate_from, entries) the next write must carry."""
-        start = max(self.stable, self.base_index) - self.base_index
-        return self._truncate_from, self.entries[start:]
+    def take_unstable(self) -> tuple[int | None, list[Entry]]:
+        """(truncate_from, entries) for the next write; they count as handed out from now."""
+        truncate_from, self._truncate_from = self._truncate_from, None
+        start = max(self.handed, self.base_index) - self.base_index
+        entries = self.entries[start:]
+        self.handed = self.last_index
+        return truncate_from, entries
 
-    def stable_to(self, index: int) -> None:
-        self.stable = max(self.stable, index)
-        self._truncate_from = None
+    def stable_to(self, index: int, term: int) -> None:
+        """A write ending at (index, term) is durable."""
+        if index > self.stable and self.term(index) == term:
+            self.stable = index
 
-    def next_committed(self, entries_max: int) -> list[Entry]:
-        """Committed, persisted, not yet applied entries, in order."""
+    def take_committed(self, entries_max: int) -> list[Entry]:
+        """Committed, durable entries not yet given to the state machine, in order."""
         hi = min(self.committed, self.stable)
-        if hi <= self.applied:
+        if hi <= self.applying:
             return []
-        start = self.applied - self.base_index
-        return self.entries[start : start + min(hi - self.applied, entries_max)]
+        start = self.applying - self.base_index
+        chunk = self.entries[start : start + min(hi - self.applying, entries_max)]
+        self.applying = chunk[-1].index
+        return chunk

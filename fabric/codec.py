@@ -2,8 +2,8 @@
 
 Everything is MessagePack via msgspec, decoders built once. A ROUTER socket receives either
 a client ``Request`` or a ``PeerBatch`` (every message one peer has for us this turn, for any
-group), told apart by their tags. A log entry's payload is an encoded ``Request``: the bytes a
-client sent are the bytes every replica applies.
+group), told apart by their tags. A log entry's payload is a list of encoded ``Request``s —
+one turn's writes to one group — kept byte for byte as their clients sent them.
 """
 
 from __future__ import annotations
@@ -54,6 +54,16 @@ encode = msgspec.msgpack.Encoder().encode
 decode_inbound = msgspec.msgpack.Decoder(Inbound).decode
 decode_request = msgspec.msgpack.Decoder(Request).decode
 decode_reply = msgspec.msgpack.Decoder(Reply).decode
+_decode_requests = msgspec.msgpack.Decoder(list[Request]).decode
+
+
+def encode_batch(requests: list[bytes]) -> bytes:
+    """A log entry's payload: the requests of one turn, each exactly as its client encoded it."""
+    return encode([msgspec.Raw(r) for r in requests])
+
+
+def decode_batch(data: bytes) -> list[Request]:
+    return _decode_requests(data)
 
 DecodeError = msgspec.DecodeError
 ValidationError = msgspec.ValidationError
@@ -61,3 +71,25 @@ ValidationError = msgspec.ValidationError
 
 def error_reply(request_id: int, code: str, message: str, detail: object = None) -> bytes:
     return encode(Reply(request_id, Err(code, message, detail)))
+
+
+class RequestIds:
+    """A client's request numbering: fresh ids, and ``acked`` = the lowest still outstanding
+    (every id below it has been answered, so replicas may forget those results)."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._open: dict[int, None] = {}  # insertion order is id order
+
+    def next(self) -> int:
+        rid = self._next
+        self._next += 1
+        self._open[rid] = None
+        return rid
+
+    def done(self, rid: int) -> None:
+        self._open.pop(rid, None)
+
+    @property
+    def acked(self) -> int:
+        return next(iter(self._open), self._next)

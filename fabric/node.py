@@ -35,8 +35,10 @@ from syncfab.fabric.codec import (
     PeerMessage,
     Reply,
     Request,
+    decode_batch,
     decode_request,
     encode,
+    encode_batch,
 )
 from syncfab.fabric.detector import PhiAccrualDetector
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 LOCAL_ROUTE = b""
 
 KEY_BYTES_MAX = 1024
+BEAT_TOPIC = b"beat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,9 @@ class NodeConfig:
     snapshot_keep_entries: int = 2_000
     client_inbox_max: int = 20_000
     client_requests_per_turn_max: int = 4_096
+    # Raft timers have this resolution; ticking every group on every turn would cost more
+    # than the rest of a busy turn.
+    tick_ms: int = 10
     # A shard leader hands leadership to the shard's preferred leader once that node has been
     # alive and caught up; both waits keep a restarting node from causing churn.
     balance_interval_ms: int = 1_000
@@ -74,7 +80,9 @@ class Flush:
     sends: dict[str, list[tuple[int, PeerMessage]]] = field(default_factory=dict)
     sends_after_persist: dict[str, list[tuple[int, PeerMessage]]] = field(default_factory=dict)
     replies: list[tuple[bytes, bytes]] = field(default_factory=list)
-    readies: list[tuple[RaftCore, Ready]] = field(default_factory=list)
+    # One-to-all broadcasts (PUB/SUB): (topic, message).
+    publishes: list[tuple[bytes, PeerMessage]] = field(default_factory=list)
+    readies: list[tuple[int, Ready]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -84,14 +92,24 @@ class _Pending:
     request_id: int
 
 
+_Read = tuple[_Pending, Any]  # a waiting read and its query op
+
+
 @dataclass(slots=True)
 class _Group:
+    """One hosted group. A turn's writes become ONE log entry (a batch of requests) and its
+    reads share ONE ReadIndex round: per-entry and per-round costs are paid per turn, not per
+    request, which is most of what makes a busy node fast."""
+
     id: int
     raft: RaftCore
     machine: GroupMachine
-    proposals: dict[int, _Pending] = field(default_factory=dict)  # log index -> waiter
-    reads: dict[int, tuple[_Pending, Any]] = field(default_factory=dict)  # context -> (waiter, op)
-    read_waits: list[tuple[int, int, _Pending, Any]] = field(default_factory=list)  # heap by index
+    writes: list[bytes] = field(default_factory=list)  # this turn's requests, encoded
+    writers: list[_Pending] = field(default_factory=list)
+    queries: list[_Read] = field(default_factory=list)  # this turn's reads
+    proposals: dict[int, list[_Pending]] = field(default_factory=dict)  # log index -> waiters
+    reads: dict[int, list[_Read]] = field(default_factory=dict)  # ReadIndex context -> reads
+    read_waits: list[tuple[int, int, list[_Read]]] = field(default_factory=list)  # heap by index
     lead_term: int = -1  # the term in which our waiters were registered
     leading_since_ms: int = 0
 
@@ -132,12 +150,18 @@ class NodeCore:
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
         self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
         self._flush = Flush()
+        # Groups with input since they were last collected; only they are visited in a turn.
+        self._active: set[int] = set(self.groups)
+        self._next_tick = now_ms
         self._remote_leaders: dict[int, tuple[int, str]] = {}
         self._beat_seq = 0
         self._next_beat = now_ms
         self._next_balance = now_ms + cfg.balance_interval_ms
         self._read_context = 0
-        self.counters: dict[str, int] = {"forwarded": 0, "rejected_busy": 0, "bad_peer_messages": 0}
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("forwarded", "rejected_busy", "bad_peer_messages", "snapshots_taken", "snapshots_installed",
+             "leader_transfers"), 0
+        )
 
     @staticmethod
     def _machine_for(group: int) -> GroupMachine:
@@ -149,6 +173,11 @@ class NodeCore:
     def deliver_peer(self, src: str, items: list[tuple[int, PeerMessage]]) -> None:
         if src in self.members and src != self.id:
             self._peer_inbox.append((src, items))
+
+    def deliver_published(self, src: str, msg: PeerMessage) -> None:
+        """A broadcast from ``src`` (the runtime has already checked its stream sequence)."""
+        if src in self.members and src != self.id:
+            self._peer_inbox.append((src, [(CONTROL_GROUP, msg)]))
 
     def deliver_client(self, route: bytes, request: Request, raw: bytes) -> None:
         """``raw`` is ``request`` encoded (what the client sent): it becomes the log entry."""
@@ -164,15 +193,19 @@ class NodeCore:
             or self._client_inbox
             or self._flush.replies
             or self._flush.sends
-            or any(g.raft.has_ready() for g in self.groups.values())
+            or self._flush.publishes
+            or self._active
         )
 
     # -- the turn -------------------------------------------------------------------------
 
     def turn(self, now_ms: int) -> Flush:
         self._now = now_ms
-        for g in self.groups.values():
-            g.raft.tick(now_ms)
+        if now_ms >= self._next_tick:
+            self._next_tick = now_ms + self.config.tick_ms
+            for g in self.groups.values():
+                g.raft.tick(now_ms)
+            self._active.update(self.groups)
         if now_ms >= self._next_beat:
             self._next_beat = now_ms + self.config.beat_ms
             self._send_beats()
@@ -186,47 +219,73 @@ class NodeCore:
         for _ in range(min(len(self._client_inbox), self.config.client_requests_per_turn_max)):
             self._on_request(*self._client_inbox.popleft())
         flush, self._flush = self._flush, Flush()
-        for g in self.groups.values():
-            self._collect(g, flush)
+        active, self._active = self._active, set()
+        for gid in sorted(active):
+            self._collect(self.groups[gid], flush)
         return flush
 
     def advance(self, flush: Flush) -> None:
         cfg = self.config
-        for raft, ready in flush.readies:
+        for gid, ready in flush.readies:
+            raft = self.groups[gid].raft
             raft.advance(ready)
-        for g in self.groups.values():
+            if ready.persist.entries or ready.committed or raft.has_ready():
+                self._active.add(gid)  # durable entries may commit, committed ones apply
+        for gid, g in self.groups.items():
             raft = g.raft
             base = raft.snapshot.index if raft.snapshot is not None else 0
             if raft.applied_index - base >= cfg.snapshot_entries:
                 raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
+                self.counters["snapshots_taken"] += 1
+                self._active.add(gid)
 
     def _collect(self, g: _Group, flush: Flush) -> None:
         raft = g.raft
-        ready = raft.ready()
         self._check_leadership(g)
+        if g.writes:
+            self._propose_batch(g)
+        if g.queries:
+            self._read_context += 1
+            g.reads[self._read_context], g.queries = g.queries, []
+            raft.read_index(self._read_context)
+        ready = raft.ready()
         if ready.restore is not None:
             g.machine.restore(ready.restore.data)
+            self.counters["snapshots_installed"] += 1
+        apply = g.machine.apply
         for entry in ready.committed:
             if not entry.data:
                 continue  # a new leader's no-op
-            request = decode_request(entry.data)
-            result = g.machine.apply(entry.index, request.client, request.id, request.acked, request.op)
-            waiter = g.proposals.pop(entry.index, None)
-            if waiter is not None:
-                self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
-        applied = ready.committed[-1].index if ready.committed else raft.applied_index
+            results = [apply(entry.index, r.client, r.id, r.acked, r.op) for r in decode_batch(entry.data)]
+            waiters = g.proposals.pop(entry.index, None)
+            if waiters is not None:
+                for waiter, result in zip(waiters, results, strict=True):
+                    self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
+        applied = raft.applied_index
         for rs in ready.reads:
-            waiter_op = g.reads.pop(rs.context, None)
-            if waiter_op is not None:
-                heapq.heappush(g.read_waits, (rs.index, rs.context, *waiter_op))
+            reads = g.reads.pop(rs.context, None)
+            if reads is not None:
+                heapq.heappush(g.read_waits, (rs.index, rs.context, reads))
         while g.read_waits and g.read_waits[0][0] <= applied:
-            _, _, waiter, op = heapq.heappop(g.read_waits)
-            self._reply(waiter.origin, waiter.route, waiter.request_id, g.machine.query(op), self.id)
+            for waiter, op in heapq.heappop(g.read_waits)[2]:
+                self._reply(waiter.origin, waiter.route, waiter.request_id, g.machine.query(op), self.id)
         if ready.persist:
             flush.writes.append((g.id, ready.persist))
         _route(flush.sends, g.id, ready.messages)
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
-        flush.readies.append((raft, ready))
+        flush.readies.append((g.id, ready))
+
+    def _propose_batch(self, g: _Group) -> None:
+        writes, writers = g.writes, g.writers
+        g.writes, g.writers = [], []
+        try:
+            index = g.raft.propose(encode_batch(writes))
+        except (Busy, NotLeader) as e:
+            code = "busy" if isinstance(e, Busy) else "not_leader"
+            for w in writers:
+                self._reply(w.origin, w.route, w.request_id, Err(code, str(e)), g.raft.leader)
+            return
+        g.proposals[index] = writers
 
     def _check_leadership(self, g: _Group) -> None:
         """Fail every waiter registered under a leadership we no longer hold: their entries may
@@ -235,12 +294,15 @@ class NodeCore:
         leading = raft.role is Role.LEADER
         if leading and raft.term == g.lead_term:
             return
-        if g.proposals or g.reads or g.read_waits:
+        if g.proposals or g.reads or g.read_waits or g.writers or g.queries:
             err = Err("leader_changed", "leadership changed before the request completed")
-            waiters = [*g.proposals.values(), *(w for w, _ in g.reads.values())]
-            waiters += [w for _, _, w, _ in g.read_waits]
+            waiters = [*g.writers, *(w for w, _ in g.queries)]
+            waiters += [w for ws in g.proposals.values() for w in ws]
+            waiters += [w for reads in g.reads.values() for w, _ in reads]
+            waiters += [w for _, _, reads in g.read_waits for w, _ in reads]
             for w in waiters:
                 self._reply(w.origin, w.route, w.request_id, err, raft.leader)
+            g.writes, g.writers, g.queries = [], [], []
             g.proposals.clear()
             g.reads.clear()
             g.read_waits.clear()
@@ -270,20 +332,13 @@ class NodeCore:
                 code = "not_leader" if leader is not None else "no_leader"
                 self._reply(origin, route, request.id, Err(code, f"group {gid} leader: {leader}"), leader)
             return
-        self._check_leadership(g)
+        self._active.add(gid)
         waiter = _Pending(origin, route, request.id)
-        try:
-            if g.machine.is_query(op):
-                self._read_context += 1
-                g.reads[self._read_context] = (waiter, op)
-                g.raft.read_index(self._read_context)
-            else:
-                g.proposals[g.raft.propose(raw)] = waiter
-        except Busy as e:
-            g.reads.pop(self._read_context, None)
-            self._reply(origin, route, request.id, Err("busy", str(e)), self.id)
-        except NotLeader as e:  # pragma: no cover - guarded by the role check above
-            self._reply(origin, route, request.id, Err("not_leader", str(e)), e.leader)
+        if g.machine.is_query(op):
+            g.queries.append((waiter, op))
+        else:
+            g.writes.append(raw)
+            g.writers.append(waiter)
 
     def group_of(self, op: Any) -> int | Err:
         match op:
@@ -333,6 +388,7 @@ class NodeCore:
                     self.counters["bad_peer_messages"] += 1
                     return
                 g.raft.step(src, msg)
+                self._active.add(gid)
 
     def _send(self, peer: str, gid: int, msg: PeerMessage) -> None:
         self._flush.sends.setdefault(peer, []).append((gid, msg))
@@ -340,10 +396,7 @@ class NodeCore:
     def _send_beats(self) -> None:
         self._beat_seq += 1
         leading = [(gid, g.raft.term) for gid, g in self.groups.items() if g.raft.role is Role.LEADER]
-        beat = Beat(self._beat_seq, leading)
-        for peer in self.members:
-            if peer != self.id:
-                self._send(peer, CONTROL_GROUP, beat)
+        self._flush.publishes.append((BEAT_TOPIC, Beat(self._beat_seq, leading)))
 
     def _balance_leaders(self) -> None:
         for gid, g in self.groups.items():
@@ -356,8 +409,8 @@ class NodeCore:
                 and self._now - g.leading_since_ms >= self.config.balance_after_leading_ms
                 and self.detector.is_alive(preferred, self._now)
                 and raft.progress[preferred].match == raft.log.last_index
-            ):
-                raft.transfer_leadership(preferred)
+            ) and raft.transfer_leadership(preferred):
+                self.counters["leader_transfers"] += 1
 
     # -- views ----------------------------------------------------------------------------
 

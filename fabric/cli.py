@@ -1,0 +1,186 @@
+"""The ``syncfab`` command: ``node`` (one node), ``cluster`` (a local cluster), ``status``.
+
+This is the composition root — the one place the runtime meets the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from syncfab.fabric.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="syncfab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run one node")
+    add_node_arguments(node)
+    node.add_argument("--bind", default=os.environ.get("SYNCFAB_BIND"),
+                      help="interface to bind instead of the --peers host, e.g. 0.0.0.0 (env SYNCFAB_BIND)")
+
+    cluster = sub.add_parser("cluster", help="run a local cluster of child processes")
+    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--data-dir", default="syncfab-data")
+    cluster.add_argument("--host", default="127.0.0.1")
+    cluster.add_argument("--base-port", type=int, default=7101,
+                         help="node i's ROUTER is base + 100*(i-1); its PUB the port after")
+    cluster.add_argument("--http-base-port", type=int, default=8101,
+                         help="node i's gateway listens on this + 100*(i-1)")
+    cluster.add_argument("--fsync", choices=["on", "off"], default="on")
+    cluster.add_argument("--shards", type=int, default=8)
+
+    status = sub.add_parser("status", help="the cluster as one node sees it")
+    status.add_argument("--http", default=os.environ.get("SYNCFAB_HTTP", "http://127.0.0.1:8101"))
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "node":
+            return run_node(settings_from_args(args), args.bind)
+        if args.command == "cluster":
+            return run_cluster(args)
+        return show_status(args.http, args.json)
+    except ConfigError as e:
+        print(f"syncfab: {e}", file=sys.stderr)
+        return 2
+
+
+# -- node ----------------------------------------------------------------------------------
+
+
+def run_node(settings: NodeSettings, bind_host: str | None) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.run(_serve(settings, bind_host))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run
+        asyncio.run(_serve(settings, bind_host))
+    return 0
+
+
+async def _serve(settings: NodeSettings, bind_host: str | None) -> None:
+    from aiohttp import web
+
+    from syncfab.fabric.config import split_address
+    from syncfab.fabric.runtime import NodeRuntime
+    from syncfab.gateway.app import create_app
+
+    runtime = NodeRuntime(settings, bind_host=bind_host)
+    stop = asyncio.Event()
+    runtime.on_fatal = stop.set
+    runtime.start()
+    runner: web.AppRunner | None = None
+    if settings.http:
+        host, port = split_address(settings.http)
+        runner = web.AppRunner(create_app(runtime), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, bind_host or host, port).start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    http = f" http://{settings.http}" if settings.http else ""
+    print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{http}", flush=True)
+    await stop.wait()
+    if runner is not None:
+        await runner.cleanup()
+    runtime.close()
+
+
+# -- cluster -------------------------------------------------------------------------------
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from syncfab.fabric.local import LocalCluster
+
+    n = args.nodes
+    if not 1 <= n <= 9:
+        raise ConfigError("--nodes must be 1..9 with this port layout")
+    ids = [f"n{i}" for i in range(1, n + 1)]
+    peer_ports = {m: args.base_port + 100 * i for i, m in enumerate(ids)}
+    http_ports = {m: args.http_base_port + 100 * i for i, m in enumerate(ids)}
+    used = [p for m in ids for p in (peer_ports[m], peer_ports[m] + 1, http_ports[m])]
+    if len(set(used)) != len(used):
+        raise ConfigError("--base-port and --http-base-port give overlapping ports")
+    cluster = LocalCluster(
+        size=n, data_dir=args.data_dir, host=args.host, peer_ports=peer_ports, http_ports=http_ports,
+        extra_args=["--fsync", args.fsync, "--shards", str(args.shards)], log_to_files=False,
+        log_level="info",
+    )
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    cluster.start()
+    deadline = time.monotonic() + 30
+    pending = set(ids)
+    while pending and not stopping and time.monotonic() < deadline:
+        pending = {m for m in pending if _get_json(cluster.url(m) + "/health", timeout_s=0.5) is None}
+        time.sleep(0.1)
+    if not stopping:
+        for m in ids:
+            print(f"{m}: {cluster.url(m)}  (data {os.path.join(args.data_dir, m)})", flush=True)
+        print(f"syncfab cluster of {n} up. Try: curl -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
+              flush=True)
+        if pending:
+            print(f"warning: not answering yet: {', '.join(sorted(pending))}", flush=True)
+    reported: set[str] = set()
+    while not stopping:
+        for m, proc in cluster.procs.items():
+            if proc.poll() is not None and m not in reported:
+                reported.add(m)
+                print(f"{m} exited with status {proc.returncode}", flush=True)
+        time.sleep(0.2)
+    cluster.stop()
+    print("syncfab cluster stopped", flush=True)
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _get_json(url: str, timeout_s: float) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def show_status(http: str, raw: bool) -> int:
+    base = http if http.startswith("http") else f"http://{http}"
+    view = _get_json(base.rstrip("/") + "/cluster", timeout_s=3)
+    if view is None:
+        print(f"syncfab: no answer from {base}", file=sys.stderr)
+        return 1
+    if raw:
+        print(json.dumps(view, indent=2))
+        return 0
+    print(f"node {view['node']}: control group leader {view['leader']} (term {view['term']})")
+    for m in view["members"]:
+        print(f"  member {m['id']:<6} {m['address']:<22} {'alive' if m['alive'] else 'SUSPECTED'}")
+    for s in view["shards"]:
+        print(f"  shard {s['id']:<3} leader {s['leader'] or '-':<6} replicas {','.join(s['replicas'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The native client: DEALER sockets to the nodes, requests routed to each group's leader.
+
+It learns the cluster (members, shard count, shard leaders) from any node, computes a key's
+shard itself and sends straight to that shard's leader. Every request carries this client's
+id and a request id, so a retry — after a timeout, a leader change, a dead node — is applied
+once. Retries are bounded by a deadline and a count, rotate across nodes, and follow the
+leader hints replies carry.
+
+``AsyncClient`` is the asyncio API; ``Client`` is the same thing for blocking code (it runs an
+AsyncClient on a private event loop thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import zmq
+
+from syncfab.actors.kv import Delete, Get, Put
+from syncfab.actors.results import RETRYABLE, Err, Ok, Result
+from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
+from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, decode_reply, encode
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class SyncfabError(Exception):
+    def __init__(self, code: str, message: str = "", detail: Any = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code, self.message, self.detail = code, message, detail
+
+
+class NotFound(SyncfabError):
+    pass
+
+
+def raise_for(err: Err) -> None:
+    raise (NotFound if err.code == "not_found" else SyncfabError)(err.code, err.message, err.detail)
+
+
+class _Link:
+    """One DEALER to one node. Requests queued in one loop iteration leave as one multipart
+    message; replies are drained in bulk when the socket's FD fires."""
+
+    def __init__(self, ctx: zmq.Context, address: str, client: AsyncClient) -> None:
+        self.address = address
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.sock.connect(f"tcp://{address}")
+        self.fd = self.sock.getsockopt(zmq.FD)
+        self.outbox: list[bytes] = []
+        self._client = client
+
+    def flush(self) -> None:
+        if self.outbox:
+            # A full queue (100k requests) drops this batch; its callers time out and retry.
+            with contextlib.suppress(zmq.Again):
+                self.sock.send_multipart(self.outbox, zmq.NOBLOCK)
+            self.outbox = []
+
+    def drain(self) -> None:
+        recv, resolve = self.sock.recv_multipart, self._client._resolve
+        while True:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for data in frames:
+                resolve(data)
+
+
+_TIMED_OUT: Any = object()
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        *,
+        client_id: str | None = None,
+        timeout_s: float = 10.0,
+        attempt_timeout_s: float = 1.0,
+        attempts_max: int = 12,
+    ) -> None:
+        if not nodes:
+            raise ValueError("give at least one node address (host:port)")
+        self.seeds = list(nodes)
+        self.client_id = client_id or f"client/{os.urandom(8).hex()}"
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.attempts_max = attempts_max
+        self.ids = RequestIds()
+        self.shard_count = 0
+        self.members: dict[str, str] = {}  # node id -> address
+        self.leaders: dict[int, str] = {}  # group -> node id
+        self._links: dict[str, _Link] = {}  # address -> link
+        self._futures: dict[int, asyncio.Future[Result]] = {}
+        self._hints: dict[int, str] = {}  # request id -> leader named by its latest reply
+        self._rotation = itertools.count()
+        self._ctx = zmq.Context.instance()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for address in self.seeds:
+            self._link(address)
+        await self.refresh()
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            if self._loop is not None:
+                self._loop.remove_reader(link.fd)
+            link.sock.close(linger=0)
+        self._links.clear()
+
+    async def refresh(self) -> dict[str, Any]:
+        """Learn members, shard count and leaders from any node."""
+        view = await self.cluster()
+        self.members = {m["id"]: m["address"] for m in view["members"]}
+        self.shard_count = len(view["shards"])
+        self.leaders = {s["id"]: s["leader"] for s in view["shards"] if s["leader"]}
+        if view["leader"]:
+            self.leaders[CONTROL_GROUP] = view["leader"]
+        for address in self.members.values():
+            self._link(address)
+        return view
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def put(self, key: str, value: Any) -> int:
+        """Store ``value`` (any JSON-like value) under ``key``; returns its log index."""
+        return self._value(await self.call(Put(key, value), self._shard(key)))
+
+    async def get(self, key: str, default: Any = _MISSING) -> Any:
+        """A linearizable read. Raises NotFound unless ``default`` is given."""
+        result = await self.call(Get(key), self._shard(key))
+        if isinstance(result, Err) and result.code == "not_found" and default is not _MISSING:
+            return default
+        return self._value(result)
+
+    async def delete(self, key: str) -> bool:
+        return self._value(await self.call(Delete(key), self._shard(key)))
+
+    async def cluster(self) -> dict[str, Any]:
+        return self._value(await self.call(ClusterInfo(), None))
+
+    @staticmethod
+    def _value(result: Result) -> Any:
+        if isinstance(result, Err):
+            raise_for(result)
+        assert isinstance(result, Ok)
+        return result.value
+
+    def _shard(self, key: str) -> int | None:
+        return shard_for_key(key, self.shard_count) if self.shard_count else None
+
+    async def call(self, op: Any, group: int | None) -> Result:
+        """Send ``op`` to the leader of ``group`` (any node when unknown) until it is answered
+        with something other than a retryable error, the deadline passes, or tries run out."""
+        loop = self._loop
+        assert loop is not None, "call connect() first"
+        rid = self.ids.next()
+        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+        deadline = loop.time() + self.timeout_s
+        target = self._address_for(group)
+        backoff_s = 0.01
+        result: Result = Err("timeout", f"no answer within {self.timeout_s:g} s")
+        try:
+            for _ in range(self.attempts_max):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                fut: asyncio.Future[Result] = loop.create_future()
+                self._futures[rid] = fut
+                link = self._links[target]
+                link.outbox.append(raw)
+                self._schedule_flush()
+                timer = loop.call_later(min(remaining, self.attempt_timeout_s), _expire, fut)
+                try:
+                    result = await fut
+                finally:
+                    timer.cancel()
+                if result is _TIMED_OUT:
+                    result = Err("timeout", f"no answer within {self.timeout_s:g} s")
+                    target = self._next_address(target)
+                    continue
+                hint = self._hints.pop(rid, None)
+                if hint and group is not None:
+                    self.leaders[group] = hint
+                if not (isinstance(result, Err) and result.code in RETRYABLE):
+                    return result
+                target = self._address_for(group)
+                if target == link.address and result.code != "busy":
+                    target = self._next_address(link.address)
+                await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
+                backoff_s = min(backoff_s * 2, 0.25)
+            return result
+        finally:
+            self._futures.pop(rid, None)
+            self._hints.pop(rid, None)
+            self.ids.done(rid)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _resolve(self, data: bytes) -> None:
+        try:
+            reply = decode_reply(data)
+        except Exception:  # a node's error reply to garbage is still a Reply; ignore the rest
+            return
+        if reply.leader:
+            self._hints[reply.id] = reply.leader
+        fut = self._futures.get(reply.id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply.result)
+
+    def _link(self, address: str) -> _Link:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(self._ctx, address, self)
+            assert self._loop is not None
+            self._loop.add_reader(link.fd, link.drain)
+        return link
+
+    def _address_for(self, group: int | None) -> str:
+        leader = self.leaders.get(group) if group is not None else None
+        if leader and leader in self.members:
+            return self.members[leader]
+        addresses = list(self._links)
+        return addresses[next(self._rotation) % len(addresses)]
+
+    def _next_address(self, current: str) -> str:
+        addresses = list(self._links)
+        return addresses[(addresses.index(current) + 1) % len(addresses)]
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        for link in self._links.values():
+            link.flush()
+        # ZeroMQ FDs are edge-triggered and a send can swallow the edge of a pending reply:
+        # look once more after this round of sends.
+        for link in self._links.values():
+            link.drain()
+
+
+def _expire(fut: asyncio.Future[Result]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
+
+
+class Client:
+    """Blocking facade: the same client on a private event loop thread."""
+
+    def __init__(self, nodes: Sequence[str], **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="syncfab-client", daemon=True)
+        self._thread.start()
+        self._async = AsyncClient(nodes, **kwargs)
+        self._run(self._async.connect())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def put(self, key: str, value: Any) -> int:
+        return self._run(self._async.put(key, value))
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        return self._run(self._async.get(key, default))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._async.delete(key))
+
+    def cluster(self) -> dict[str, Any]:
+        return self._run(self._async.cluster())
+
+    def close(self) -> None:
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+"""A node's settings: from command-line flags, falling back to SYNCFAB_* environment variables.
+
+Ports: a node binds its own ``--peers`` entry (host:P) as its ROUTER (peers and native
+clients), P+1 as its PUB socket; its HTTP gateway listens on ``--http``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from syncfab.actors.raft import RaftConfig
+from syncfab.fabric.node import NodeConfig
+
+PUB_PORT_OFFSET = 1
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    """``n1=127.0.0.1:7101,n2=...`` → {"n1": "127.0.0.1:7101", ...}."""
+    peers: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        node, sep, address = item.partition("=")
+        if not sep or not node or not address:
+            raise ConfigError(f"bad peer {item!r}: expected id=host:port")
+        split_address(address)
+        if node in peers:
+            raise ConfigError(f"peer {node!r} listed twice")
+        peers[node] = address
+    if not peers:
+        raise ConfigError("no peers given")
+    return peers
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
+        raise ConfigError(f"bad address {address!r}: expected host:port")
+    return host, int(port)
+
+
+def pub_address(address: str) -> str:
+    host, port = split_address(address)
+    return f"{host}:{port + PUB_PORT_OFFSET}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    node_id: str
+    peers: dict[str, str]
+    http: str | None
+    data_dir: str
+    fsync: bool = True
+    core: NodeConfig = field(default_factory=NodeConfig)
+    tick_ms: int = 10
+    log_level: str = "info"
+
+    @property
+    def address(self) -> str:
+        return self.peers[self.node_id]
+
+
+_ENV = {
+    "id": "SYNCFAB_ID",
+    "peers": "SYNCFAB_PEERS",
+    "http": "SYNCFAB_HTTP",
+    "data_dir": "SYNCFAB_DATA_DIR",
+    "fsync": "SYNCFAB_FSYNC",
+    "shards": "SYNCFAB_SHARDS",
+    "election_timeout_ms": "SYNCFAB_ELECTION_TIMEOUT_MS",
+    "heartbeat_ms": "SYNCFAB_HEARTBEAT_MS",
+    "snapshot_entries": "SYNCFAB_SNAPSHOT_ENTRIES",
+    "log_level": "SYNCFAB_LOG_LEVEL",
+}
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--id", default=env(_ENV["id"]), help="this node's id (env SYNCFAB_ID)")
+    parser.add_argument("--peers", default=env(_ENV["peers"]),
+                        help="every member as id=host:port, this node included (env SYNCFAB_PEERS)")
+    parser.add_argument("--http", default=env(_ENV["http"]),
+                        help="host:port of the HTTP gateway; omit for none (env SYNCFAB_HTTP)")
+    parser.add_argument("--data-dir", default=env(_ENV["data_dir"]),
+                        help="where the LMDB log lives (env SYNCFAB_DATA_DIR)")
+    parser.add_argument("--fsync", choices=["on", "off"], default=env(_ENV["fsync"], "on"),
+                        help="off risks losing acknowledged writes on power loss (env SYNCFAB_FSYNC)")
+    parser.add_argument("--shards", type=int, default=int(env(_ENV["shards"], "8")),
+                        help="shard groups; fixed when the cluster is created (env SYNCFAB_SHARDS)")
+    parser.add_argument("--election-timeout-ms", type=int,
+                        default=int(env(_ENV["election_timeout_ms"], "500")))
+    parser.add_argument("--heartbeat-ms", type=int, default=int(env(_ENV["heartbeat_ms"], "100")))
+    parser.add_argument("--snapshot-entries", type=int,
+                        default=int(env(_ENV["snapshot_entries"], "20000")),
+                        help="entries applied between snapshots (env SYNCFAB_SNAPSHOT_ENTRIES)")
+    parser.add_argument("--log-level", default=env(_ENV["log_level"], "info"))
+
+
+def settings_from_args(args: argparse.Namespace) -> NodeSettings:
+    if not args.id:
+        raise ConfigError("--id (or SYNCFAB_ID) is required")
+    if not args.peers:
+        raise ConfigError("--peers (or SYNCFAB_PEERS) is required")
+    peers = parse_peers(args.peers)
+    if args.id not in peers:
+        raise ConfigError(f"--id {args.id!r} is not one of --peers {sorted(peers)}")
+    if args.http:
+        split_address(args.http)
+    if args.shards < 1:
+        raise ConfigError("--shards must be at least 1")
+    if args.heartbeat_ms < 1 or args.election_timeout_ms <= 2 * args.heartbeat_ms:
+        raise ConfigError("--election-timeout-ms must exceed twice --heartbeat-ms")
+    raft = RaftConfig(heartbeat_ms=args.heartbeat_ms, election_timeout_ms=args.election_timeout_ms)
+    keep = min(2_000, max(args.snapshot_entries // 10, 1))
+    core = NodeConfig(shard_count=args.shards, raft=raft, snapshot_entries=max(args.snapshot_entries, 1),
+                      snapshot_keep_entries=keep)
+    return NodeSettings(
+        node_id=args.id,
+        peers=peers,
+        http=args.http or None,
+        data_dir=args.data_dir or os.path.join("syncfab-data", args.id),
+        fsync=args.fsync == "on",
+        core=core,
+        log_level=args.log_level,
+    )

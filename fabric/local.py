@@ -1,0 +1,156 @@
+"""A cluster of real ``syncfab node`` processes on one machine: ``syncfab cluster``, the
+integration tests and the benchmarks all start theirs here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports that were free a moment ago (each with its successor, which a node's PUB takes)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+        if port + 1 >= 65535 or port in ports or port + 1 in ports:
+            continue
+        with socket.socket() as b:
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+@dataclass
+class LocalCluster:
+    """Node processes n1..nN on ``host``. Ports are picked free unless given; ``extra_args``
+    go to every node; ``log_to_files`` sends each node's output to <data_dir>/<id>.log."""
+
+    size: int = 3
+    data_dir: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    peer_ports: dict[str, int] = field(default_factory=dict)
+    http_ports: dict[str, int] = field(default_factory=dict)
+    log_to_files: bool = True
+    log_level: str = "warning"
+    ids: list[str] = field(init=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ids = [f"n{i}" for i in range(1, self.size + 1)]
+        if not self.peer_ports or not self.http_ports:
+            ports = free_ports(2 * self.size)
+            self.peer_ports = dict(zip(self.ids, ports[: self.size], strict=True))
+            self.http_ports = dict(zip(self.ids, ports[self.size :], strict=True))
+        if self.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="syncfab-")
+            self.data_dir = self._tmp.name
+
+    @property
+    def peers(self) -> str:
+        return ",".join(f"{n}={self.host}:{self.peer_ports[n]}" for n in self.ids)
+
+    def address(self, node: str) -> str:
+        return f"{self.host}:{self.peer_ports[node]}"
+
+    def url(self, node: str) -> str:
+        return f"http://{self.host}:{self.http_ports[node]}"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address(n) for n in self.ids]
+
+    def start(self, node: str | None = None) -> None:
+        for n in [node] if node else self.ids:
+            assert self.data_dir is not None
+            cmd = [
+                sys.executable, "-m", "syncfab.fabric.cli", "node", "--id", n, "--peers", self.peers,
+                "--http", f"{self.host}:{self.http_ports[n]}",
+                "--data-dir", os.path.join(self.data_dir, n), "--log-level", self.log_level,
+                *self.extra_args,
+            ]
+            os.makedirs(self.data_dir, exist_ok=True)
+            out = None
+            if self.log_to_files:
+                out = open(os.path.join(self.data_dir, f"{n}.log"), "ab")  # noqa: SIM115 - the child's
+            self.procs[n] = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env={**os.environ, **self.env}
+            )
+            if out is not None:
+                out.close()
+
+    def kill(self, node: str) -> None:
+        """kill -9: no clean shutdown, whatever was not fsynced is gone."""
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def terminate(self, node: str) -> int:
+        """A clean stop (SIGTERM); returns the exit status."""
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self.procs.items()}
+
+    def get_json(self, node: str, path: str, timeout_s: float = 2.0) -> Any:
+        with urllib.request.urlopen(self.url(node) + path, timeout=timeout_s) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout_s: float = 30.0, nodes: list[str] | None = None) -> None:
+        """Until every node answers and every group has a leader every node agrees on."""
+        deadline = time.monotonic() + timeout_s
+        nodes = nodes or list(self.procs)
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                views = [self.get_json(n, "/cluster") for n in nodes]
+                leaders = [(v["leader"], tuple(s["leader"] for s in v["shards"])) for v in views]
+                live = set(nodes)
+                if all(
+                    lead in live and all(s in live for s in shards) for lead, shards in leaders
+                ) and len(set(leaders)) == 1:
+                    return
+            except OSError as e:
+                last_error = e
+            for n, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node {n} exited with {proc.returncode}; see {self.data_dir}/{n}.log")
+            time.sleep(0.05)
+        raise TimeoutError(f"cluster not ready after {timeout_s} s (last error: {last_error})")
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,272 @@
+"""NodeRuntime: the one process around a NodeCore — sockets, disk, clock, event loop.
+
+One turn: drain the ROUTER and SUB sockets in bulk (non-blocking, bounded), hand everything
+to the core, run ``core.turn(now)``, send what may leave at once (a leader's AppendEntries go
+out before its own fsync, so followers write in parallel), answer clients, publish, and queue
+the turn's writes for the disk writer thread (fabric/writer.py), which group-commits every
+queued turn with one WAL append and one fsync. When a flush comes back durable its
+after-persist messages leave and ``core.advance`` confirms it, in turn order. A turn is
+scheduled when a socket becomes readable, when the core still has work, when the gateway
+submits a request, when a write completes, and every ``tick_ms`` for timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from syncfab.actors.results import RETRYABLE, Err, Result
+from syncfab.fabric.codec import (
+    DecodeError,
+    PeerBatch,
+    Request,
+    RequestIds,
+    ValidationError,
+    decode_inbound,
+    decode_reply,
+    encode,
+    error_reply,
+)
+from syncfab.fabric.config import ConfigError, NodeSettings
+from syncfab.fabric.metrics import NodeMetrics
+from syncfab.fabric.node import LOCAL_ROUTE, Flush, NodeCore
+from syncfab.fabric.transport import StreamTracker, Transport, decode_publication
+from syncfab.fabric.writer import DiskWriter
+from syncfab.storage.lmdb_store import LmdbLogStore
+
+log = logging.getLogger("syncfab.node")
+
+ROUTER_FRAMES_PER_TURN_MAX = 4096
+SUB_FRAMES_PER_TURN_MAX = 1024
+# Turns whose writes are queued or being synced; past this the loop stops taking input until
+# the disk catches up (backpressure) instead of piling up more.
+WRITES_IN_FLIGHT_MAX = 64
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class NodeRuntime:
+    def __init__(self, settings: NodeSettings, *, bind_host: str | None = None) -> None:
+        self.settings = settings
+        self.bind_host = bind_host
+        self.epoch = int.from_bytes(os.urandom(6), "big")
+        self.client_id = f"{settings.node_id}/gateway/{self.epoch:x}"
+        self.ids = RequestIds()
+        self.metrics = NodeMetrics(self)
+        self.streams = StreamTracker()
+        self._futures: dict[int, asyncio.Future[Result]] = {}
+        self._scheduled = False
+        self._closed = False
+        self.store: LmdbLogStore
+        self.core: NodeCore
+        self.transport: Transport
+        self._loop: asyncio.AbstractEventLoop
+        self._ticker: asyncio.TimerHandle | None = None
+        self.writer: DiskWriter
+        self.on_fatal: Callable[[], None] | None = None  # the process's way to stop
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        os.makedirs(s.data_dir, exist_ok=True)
+        self._check_identity()
+        self.store = LmdbLogStore(os.path.join(s.data_dir, "log"), fsync=s.fsync)
+        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed)
+        stored = {g: self.store.load(g) for g in self.store.groups()}
+        self.core = NodeCore(
+            s.node_id, s.peers, stored=stored, rng=random.Random(self.epoch),
+            now_ms=monotonic_ms(), config=s.core,
+        )
+        self.transport = Transport(
+            zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
+        )
+        self._loop.add_reader(self.transport.router.getsockopt(zmq.FD), self._wake)
+        self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._wake)
+        self._tick()
+        log.info("node %s up: router %s, %d groups, fsync %s", s.node_id, s.address,
+                 len(self.core.groups), "on" if s.fsync else "off")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._loop.remove_reader(self.transport.router.getsockopt(zmq.FD))
+        self._loop.remove_reader(self.transport.sub.getsockopt(zmq.FD))
+        self.transport.close()
+        self.writer.stop()
+        self.store.close()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_result(Err("unavailable", "node shutting down"))
+
+    def _check_identity(self) -> None:
+        """A data dir belongs to one node of one cluster shape: refuse to start on a mismatch
+        (a changed shard count would silently re-home every key)."""
+        s = self.settings
+        path = os.path.join(s.data_dir, "cluster.json")
+        identity = {"node": s.node_id, "members": sorted(s.peers), "shards": s.core.shard_count}
+        if os.path.exists(path):
+            with open(path) as f:
+                found = json.load(f)
+            if found != identity:
+                raise ConfigError(f"{path} was written for {found}, not {identity}")
+        else:
+            with open(path + ".tmp", "w") as f:
+                json.dump(identity, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+
+    # -- turns ----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        self._wake()
+        self._ticker = self._loop.call_later(self.settings.tick_ms / 1000, self._tick)
+
+    def _wake(self) -> None:
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        t, core, m = self.transport, self.core, self.metrics
+        for frames in t.drain(t.router, ROUTER_FRAMES_PER_TURN_MAX):
+            self._on_router_frames(frames)
+        for frames in t.drain(t.sub, SUB_FRAMES_PER_TURN_MAX):
+            self._on_publication(frames)
+
+        flush = core.turn(monotonic_ms())
+        me = self.settings.node_id
+        for peer, items in flush.sends.items():
+            t.send_peer(peer, encode(PeerBatch(me, items)))
+        if flush.replies:
+            self._send_replies(flush.replies)
+        for topic, msg in flush.publishes:
+            t.publish(topic, msg)
+        if flush.writes or self.writer.in_flight:
+            self.writer.submit(flush)
+        else:
+            self._persisted(flush)
+        m.turns.inc()
+        if (core.has_work() or t.readable()) and self.writer.in_flight < WRITES_IN_FLIGHT_MAX:
+            self._wake()
+
+    def _on_written(self, flushes: list[Flush], elapsed_s: float) -> None:
+        """Back from the disk writer: these flushes are durable, in turn order."""
+        self.writer.completed(len(flushes))
+        self.metrics.disk_write_seconds.observe(elapsed_s)
+        if self._closed:
+            return
+        for flush in flushes:
+            self._persisted(flush)
+        self._wake()
+
+    def _persisted(self, flush: Flush) -> None:
+        me, t = self.settings.node_id, self.transport
+        for peer, items in flush.sends_after_persist.items():
+            t.send_peer(peer, encode(PeerBatch(me, items)))
+        self.core.advance(flush)
+
+    def _on_write_failed(self, error: BaseException) -> None:
+        log.critical("disk write failed, stopping: %r", error)
+        self.close()
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    def _send_replies(self, replies: list[tuple[bytes, bytes]]) -> None:
+        """One multipart message per client per turn, however many replies it has."""
+        by_route: dict[bytes, list[bytes]] = {}
+        for route, data in replies:
+            if route == LOCAL_ROUTE:
+                self._resolve(data)
+            else:
+                by_route.setdefault(route, []).append(data)
+        for route, datas in by_route.items():
+            self.transport.reply(route, datas)
+
+    def _on_router_frames(self, frames: list[bytes]) -> None:
+        """[identity, payload, payload, ...]: a client may send several requests at once."""
+        route = frames[0]
+        if len(frames) < 2 or frames[1] == b"":
+            # A REQ socket puts an empty delimiter first; we speak to DEALERs only.
+            self.metrics.bad_frames.inc()
+            if len(frames) >= 3:
+                self.transport.reply(route, [b"", error_reply(0, "bad_request", "use a DEALER socket")])
+            return
+        core = self.core
+        for data in frames[1:]:
+            try:
+                msg = decode_inbound(data)
+            except (DecodeError, ValidationError, ValueError) as e:
+                self.metrics.bad_frames.inc()
+                self.transport.reply(route, [error_reply(0, "bad_request", f"undecodable frame: {e}")])
+                continue
+            if isinstance(msg, PeerBatch):
+                core.deliver_peer(msg.src, msg.items)
+            else:
+                core.deliver_client(route, msg, data)
+
+    def _on_publication(self, frames: list[bytes]) -> None:
+        try:
+            pub = decode_publication(frames[-1])
+        except (DecodeError, ValidationError, ValueError):
+            self.metrics.bad_frames.inc()
+            return
+        self.streams.observe(pub.src, pub.epoch, pub.seq)
+        self.core.deliver_published(pub.src, pub.msg)
+
+    def _resolve(self, data: bytes) -> None:
+        reply = decode_reply(data)
+        fut = self._futures.get(reply.id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply.result)
+
+    # -- the gateway's way in -------------------------------------------------------------
+
+    async def call(self, op: Any, *, timeout_s: float = 5.0, attempt_timeout_s: float = 1.0) -> Result:
+        """Run one operation on the cluster from this node: forwarded to its group's leader,
+        retried (same request id, so applied once) across leader changes until ``timeout_s``."""
+        rid = self.ids.next()
+        request = Request(self.client_id, rid, self.ids.acked, op)
+        raw = encode(request)
+        deadline = self._loop.time() + timeout_s
+        backoff_s = 0.005
+        try:
+            while True:
+                remaining = deadline - self._loop.time()
+                if remaining <= 0 or self._closed:
+                    return Err("timeout", f"no answer within {timeout_s:g} s")
+                fut: asyncio.Future[Result] = self._loop.create_future()
+                self._futures[rid] = fut
+                self.core.deliver_client(LOCAL_ROUTE, request, raw)
+                self._wake()
+                try:
+                    result = await asyncio.wait_for(fut, min(remaining, attempt_timeout_s))
+                except TimeoutError:
+                    continue  # the leader we forwarded to may be gone: ask again
+                if not (isinstance(result, Err) and result.code in RETRYABLE):
+                    return result
+                await asyncio.sleep(min(backoff_s, max(deadline - self._loop.time(), 0)))
+                backoff_s = min(backoff_s * 2, 0.2)
+        finally:
+            self._futures.pop(rid, None)
+            self.ids.done(rid)

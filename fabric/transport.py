@@ -1,0 +1,142 @@
+"""A node's ZeroMQ sockets, used without awaiting: the runtime drains them in bulk each turn.
+
+- ROUTER (bound at the node's address): everything addressed to this node — peer batches
+  from the other nodes' DEALERs and requests from native clients; replies to clients leave
+  through it, addressed by the identity the request came with.
+- one DEALER per peer (connected to the peer's ROUTER): everything we send that peer.
+  ``IMMEDIATE`` makes a send to a peer that is down fail at once instead of queueing Raft
+  messages that would be stale by the time it is back; Raft resends what matters.
+- PUB (bound at address port + 1) and a SUB connected to every peer's PUB: one-to-all
+  broadcasts. Each publisher numbers its stream ``(epoch, seq)``, so a subscriber sees a gap
+  (PUB drops when a subscriber is slow) and can resynchronise instead of trusting a silent hole.
+
+Every limit is a high-water mark: when a peer or a client cannot keep up, sends fail fast and
+are counted, never buffered without bound.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import zmq
+
+from syncfab.fabric.codec import PeerMessage, encode
+from syncfab.fabric.config import pub_address, split_address
+
+
+class Publication(msgspec.Struct, frozen=True, tag="pub", array_like=True):
+    src: str
+    epoch: int
+    seq: int
+    msg: PeerMessage
+
+
+decode_publication = msgspec.msgpack.Decoder(Publication).decode
+
+
+class StreamTracker:
+    """Per-publisher sequence check for a SUB stream."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+        self.gaps = 0
+
+    def observe(self, src: str, epoch: int, seq: int) -> bool:
+        """Record a publication; True if messages from ``src`` were lost before this one (or
+        the publisher restarted, which loses whatever it had not yet sent)."""
+        last = self._last.get(src)
+        self._last[src] = (epoch, seq)
+        if last is None:
+            return False
+        gap = last[0] != epoch or seq != last[1] + 1
+        self.gaps += gap
+        return gap
+
+
+class Transport:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        node_id: str,
+        peers: dict[str, str],
+        *,
+        epoch: int,
+        bind_host: str | None = None,
+        hwm_messages: int = 50_000,
+    ) -> None:
+        self.node_id = node_id
+        self.epoch = epoch
+        self._seq = 0
+        self.dropped_sends = 0
+        host, port = split_address(peers[node_id])
+        host = bind_host or host
+        _, pub_port = split_address(pub_address(peers[node_id]))
+
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.RCVHWM, hwm_messages)
+        self.router.setsockopt(zmq.SNDHWM, hwm_messages)
+        self.router.bind(f"tcp://{host}:{port}")
+
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, hwm_messages)
+        self.pub.bind(f"tcp://{host}:{pub_port}")
+
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, hwm_messages)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for peer, address in peers.items():
+            if peer == node_id:
+                continue
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.IDENTITY, node_id.encode())
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.SNDHWM, hwm_messages)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            dealer.connect(f"tcp://{address}")
+            self.dealers[peer] = dealer
+            self.sub.connect(f"tcp://{pub_address(address)}")
+
+    def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        recv = sock.recv_multipart
+        try:
+            for _ in range(frames_max):
+                out.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        return out
+
+    def readable(self) -> bool:
+        """Edge-triggered FDs: after any socket operation, only EVENTS tells the truth."""
+        return bool(self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN) or bool(
+            self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        )
+
+    def send_peer(self, peer: str, data: bytes) -> None:
+        try:
+            self.dealers[peer].send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_sends += 1
+
+    def reply(self, route: bytes, frames: list[bytes]) -> None:
+        try:
+            self.router.send_multipart([route, *frames], zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_sends += 1
+
+    def publish(self, topic: bytes, msg: PeerMessage) -> None:
+        self._seq += 1
+        data = encode(Publication(self.node_id, self.epoch, self._seq, msg))
+        try:
+            self.pub.send_multipart((topic, data), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_sends += 1
+
+    def close(self) -> None:
+        for sock in (self.router, self.pub, self.sub, *self.dealers.values()):
+            sock.close(linger=0)

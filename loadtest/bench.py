@@ -1,0 +1,181 @@
+"""Benchmarks over the native client: ``python -m loadtest.bench kv --clients 64 --seconds 10``.
+
+Starts a 3-node cluster of real processes (fsync on) unless ``--target`` names one, runs C
+concurrent clients spread over P worker processes for T seconds after a warm-up, and prints
+throughput, p50/p95/p99 latency and the CPU seconds the nodes and the clients used. The
+result is also written as JSON (``--out``, default loadtest/results/<workload>-<time>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from syncfab.fabric.client import AsyncClient
+from syncfab.fabric.local import LocalCluster
+
+Workload = Callable[[AsyncClient, random.Random, int], Coroutine[Any, Any, str]]
+
+
+async def kv_op(client: AsyncClient, rng: random.Random, worker: int, *, read_ratio: float,
+                keys: int) -> str:
+    key = f"k{rng.randrange(keys)}"
+    if rng.random() < read_ratio:
+        await client.get(key, None)
+        return "read"
+    await client.put(key, worker)
+    return "write"
+
+
+def _worker(addresses: list[str], clients: int, warmup_s: float, seconds: float, seed: int,
+            workload: str, options: dict[str, Any], out: mp.Queue) -> None:
+    import uvloop
+
+    async def run() -> dict[str, Any]:
+        client = AsyncClient(addresses, timeout_s=30)
+        await client.connect()
+        begin = time.perf_counter() + warmup_s
+        end = begin + seconds
+        latencies: dict[str, list[float]] = {}
+        errors = 0
+
+        async def one(n: int) -> None:
+            nonlocal errors
+            rng = random.Random(seed * 1000 + n)
+            while True:
+                started = time.perf_counter()
+                if started >= end:
+                    return
+                try:
+                    kind = await kv_op(client, rng, n, **options)
+                except Exception:
+                    errors += 1
+                    continue
+                if started >= begin:
+                    latencies.setdefault(kind, []).append(time.perf_counter() - started)
+
+        cpu0 = time.process_time()
+        await asyncio.gather(*(one(n) for n in range(clients)))
+        cpu = time.process_time() - cpu0
+        await client.close()
+        return {"latencies": latencies, "errors": errors, "cpu_s": cpu}
+
+    out.put(uvloop.run(run()))
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cluster: LocalCluster | None = None
+    if args.target:
+        addresses = args.target.split(",")
+        node_pids: dict[str, int] = {}
+    else:
+        extra = ["--fsync", args.fsync]
+        cluster = LocalCluster(size=args.nodes, extra_args=extra)
+        cluster.start()
+        cluster.wait_ready()
+        addresses = cluster.addresses
+        node_pids = cluster.pids()
+    try:
+        options = {"read_ratio": args.read_ratio, "keys": args.keys}
+        per_proc = [args.clients // args.processes + (i < args.clients % args.processes)
+                    for i in range(args.processes)]
+        ctx = mp.get_context("spawn")
+        queue: mp.Queue = ctx.Queue()
+        cpu_before = {n: _proc_cpu_s(p) for n, p in node_pids.items()}
+        procs = [
+            ctx.Process(target=_worker, args=(addresses, c, args.warmup, args.seconds, i, args.workload,
+                                              options, queue))
+            for i, c in enumerate(per_proc) if c
+        ]
+        for p in procs:
+            p.start()
+        results = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+        cpu_after = {n: _proc_cpu_s(p) for n, p in node_pids.items()}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    by_kind: dict[str, list[float]] = {}
+    for r in results:
+        for kind, values in r["latencies"].items():
+            by_kind.setdefault(kind, []).extend(values)
+    report: dict[str, Any] = {
+        "workload": args.workload,
+        "nodes": args.nodes if not args.target else len(addresses),
+        "clients": args.clients,
+        "processes": args.processes,
+        "seconds": args.seconds,
+        "fsync": args.fsync,
+        "read_ratio": args.read_ratio,
+        "errors": sum(r["errors"] for r in results),
+        "operations": {},
+        "cpu_s": {
+            "nodes": {n: round(cpu_after[n] - cpu_before[n], 2) for n in cpu_before},
+            "clients": round(sum(r["cpu_s"] for r in results), 2),
+        },
+    }
+    total = 0
+    for kind, values in sorted(by_kind.items()):
+        values.sort()
+        total += len(values)
+        report["operations"][kind] = {
+            "count": len(values),
+            "per_s": round(len(values) / args.seconds),
+            "p50_ms": round(percentile(values, 0.50) * 1e3, 2),
+            "p95_ms": round(percentile(values, 0.95) * 1e3, 2),
+            "p99_ms": round(percentile(values, 0.99) * 1e3, 2),
+        }
+    report["total_per_s"] = round(total / args.seconds)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser.add_argument("workload", choices=["kv"])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--fsync", choices=["on", "off"], default="on")
+    parser.add_argument("--read-ratio", type=float, default=0.0, help="share of linearizable reads")
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
+    parser.add_argument("--out", help="JSON result path")
+    args = parser.parse_args(argv)
+    report = run(args)
+    for kind, op in report["operations"].items():
+        print(f"{kind:>6}: {op['per_s']:>8,}/s  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
+              f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
+    print(f" total: {report['total_per_s']:,}/s, errors {report['errors']}, "
+          f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}")
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"result: {out}")
+
+
+if __name__ == "__main__":
+    main()
