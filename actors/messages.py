@@ -45,14 +45,16 @@ class AppendEntries(msgspec.Struct, frozen=True, tag="ae", array_like=True):
 class AppendReply(msgspec.Struct, frozen=True, tag="ar", array_like=True):
     """``index`` is the last index now known to match (success) or the rejected ``prev_index``.
 
-    On a rejection ``hint`` is the follower's guess at the last index that could match, so a
-    leader skips back a whole term at a time instead of one entry per round trip.
+    On a rejection ``hint`` is the last index of ours that could match, and ``hint_term`` its
+    term: the leader skips back past every entry of a term we never had, on both logs, instead
+    of walking back one entry per round trip (etcd's findConflictByTerm on both sides).
     """
 
     term: int
     success: bool
     index: int
     hint: int = 0
+    hint_term: int = 0
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag="hb", array_like=True):

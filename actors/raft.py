@@ -444,7 +444,7 @@ class RaftCore:
             reply = AppendReply(self.term, True, last_new)
         else:
             hint = log.conflict_hint(msg.prev_index, msg.prev_term)
-            reply = AppendReply(self.term, False, msg.prev_index, hint)
+            reply = AppendReply(self.term, False, msg.prev_index, hint, log.term(hint) or 0)
         self._msgs_after.append((sender, reply))
 
     def _on_snapshot(self, sender: str, msg: InstallSnapshot) -> None:
@@ -495,7 +495,11 @@ class RaftCore:
             return  # the answer to an older probe
         if pr.flow is _Flow.SNAPSHOT:
             return
-        pr.probe(max(pr.match + 1, min(msg.index, msg.hint + 1)))
+        hint = msg.hint
+        if msg.hint_term:
+            # Our last index at or below the hint whose term the follower could share.
+            hint = self.log.conflict_hint(hint, msg.hint_term)
+        pr.probe(max(pr.match + 1, min(msg.index, hint + 1)))
 
     def _send_append(self, peer: str, pr: Progress) -> None:
         log, cfg = self.log, self.config

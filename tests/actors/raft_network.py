@@ -3,6 +3,13 @@
 Modelled on etcd's raft_test.go ``network``: messages queue until ``deliver()`` steps them into
 their receivers, links can be cut, nodes isolated or crashed (a crash keeps only what was
 persisted), and ``settle()`` loops until nothing is left to say.
+
+Every message's fate is kept in ``deliveries`` (delivered, or why not), and every ``Ready`` is
+checked as it is taken: what a node is told to apply must already be on its disk.
+
+``disk_lag`` models pipelined writes: a node's write (and with it its ``messages_after_persist``
+and its ``advance``) completes only once ``disk_lag`` later readies were taken, or when the
+network is otherwise quiet; a crash loses the writes still in flight.
 """
 
 from __future__ import annotations
@@ -10,12 +17,20 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from syncfab.actors.messages import Entry, HardState, RaftMessage, Snapshot
 from syncfab.actors.raft import RaftConfig, RaftCore, Role
-from syncfab.actors.ready import Persist
+from syncfab.actors.ready import Persist, Ready
 
 Hook = Callable[[str, str, RaftMessage], bool]
+
+
+class Delivery(NamedTuple):
+    src: str
+    dst: str
+    msg: RaftMessage
+    dropped: str | None  # None when delivered, else why not: "down", "cut" or "hook"
 
 
 class Disk:
@@ -43,10 +58,14 @@ class Disk:
 
 
 class Network:
-    def __init__(self, ids: list[str], *, seed: int = 0, config: RaftConfig | None = None) -> None:
+    def __init__(
+        self, ids: list[str], *, seed: int = 0, config: RaftConfig | None = None, disk_lag: int = 0
+    ) -> None:
         self.ids = ids
         self.seed = seed
         self.config = config or RaftConfig()
+        self.disk_lag = disk_lag
+        self.writing: dict[str, deque[Ready]] = {i: deque() for i in ids}
         self.now = 0
         self.disks = {i: Disk() for i in ids}
         self.nodes: dict[str, RaftCore] = {}
@@ -58,6 +77,7 @@ class Network:
         self.down: set[str] = set()
         self.hook: Hook | None = None
         self.sent: list[tuple[str, str, RaftMessage]] = []
+        self.deliveries: list[Delivery] = []
         for n, i in enumerate(ids):
             self.nodes[i] = self._boot(i, n)
 
@@ -83,29 +103,67 @@ class Network:
 
     def crash(self, node_id: str) -> None:
         self.down.add(node_id)
-        self.queue = deque(m for m in self.queue if node_id not in (m[0], m[1]))
+        self.writing[node_id].clear()  # never reached the disk; neither did what waited on it
+        kept: deque[tuple[str, str, RaftMessage]] = deque()
+        for m in self.queue:
+            if node_id in (m[0], m[1]):
+                self.deliveries.append(Delivery(*m, "down"))
+            else:
+                kept.append(m)
+        self.queue = kept
 
     def restart(self, node_id: str) -> None:
         self.down.discard(node_id)
+        self.writing[node_id].clear()
         self.applied[node_id] = []
         self.nodes[node_id] = self._boot(node_id, self.ids.index(node_id) + 100)
+
+    def load(
+        self, node_id: str, entries: list[Entry], hard_state: HardState, snapshot: Snapshot | None = None
+    ) -> None:
+        """Replace a node's disk with the given contents and reboot it from them (to start a
+        scenario from hand-built logs, such as the divergent ones of the Raft paper's figure 7)."""
+        disk = self.disks[node_id] = Disk()
+        disk.hard_state, disk.snapshot = hard_state, snapshot
+        disk.entries = {e.index: e for e in entries}
+        self.restart(node_id)
 
     # -- driving --------------------------------------------------------------------------
 
     def process(self, node_id: str) -> None:
+        """Take a node's Ready: send ``messages``, apply ``committed``, start the write; then
+        complete the writes that are more than ``disk_lag`` readies old."""
         node = self.nodes[node_id]
+        expected = node.applied_index + 1  # taking committed entries moves it
         rd = node.ready()
+        disk = self.disks[node_id]
+        for e in rd.committed:
+            # Raft applies only what is already durable, in order and without gaps.
+            assert disk.entries.get(e.index) == e, f"{node_id} told to apply {e} not on its disk"
+            assert e.index == expected, f"{node_id} applies {e.index}, expected {expected}"
+            expected += 1
         for to, msg in rd.messages:
-            self._send(node_id, to, msg)
-        self.disks[node_id].write(rd.persist)
-        for to, msg in rd.messages_after_persist:
             self._send(node_id, to, msg)
         if rd.restore is not None:
             self.restored[node_id].append(rd.restore)
             self.applied[node_id] = [e for e in self.applied[node_id] if e.index <= rd.restore.index]
         self.applied[node_id].extend(rd.committed)
         self.reads[node_id].extend((r.context, r.index) for r in rd.reads)
-        node.advance(rd)
+        writing = self.writing[node_id]
+        if not rd and not writing:
+            node.advance(rd)  # nothing to wait for
+            return
+        writing.append(rd)
+        while len(writing) > self.disk_lag:
+            self.complete_write(node_id)
+
+    def complete_write(self, node_id: str) -> None:
+        """The oldest write in flight is durable: what waited on it may go."""
+        rd = self.writing[node_id].popleft()
+        self.disks[node_id].write(rd.persist)
+        for to, msg in rd.messages_after_persist:
+            self._send(node_id, to, msg)
+        self.nodes[node_id].advance(rd)
 
     def _send(self, src: str, dst: str, msg: RaftMessage) -> None:
         self.sent.append((src, dst, msg))
@@ -119,20 +177,29 @@ class Network:
         n = 0
         batch, self.queue = self.queue, deque()
         for src, dst, msg in batch:
-            if dst in self.down or src in self.down or (src, dst) in self.cut_links:
-                continue
-            if self.hook is not None and not self.hook(src, dst, msg):
-                continue
-            self.nodes[dst].step(src, msg)
-            n += 1
+            if dst in self.down or src in self.down:
+                self.deliveries.append(Delivery(src, dst, msg, "down"))
+            elif (src, dst) in self.cut_links:
+                self.deliveries.append(Delivery(src, dst, msg, "cut"))
+            elif self.hook is not None and not self.hook(src, dst, msg):
+                self.deliveries.append(Delivery(src, dst, msg, "hook"))
+            else:
+                self.deliveries.append(Delivery(src, dst, msg, None))
+                self.nodes[dst].step(src, msg)
+                n += 1
         return n
 
     def settle(self, rounds_max: int = 1000) -> None:
         for _ in range(rounds_max):
-            if not self.deliver() and not any(
-                self.nodes[i].has_ready() for i in self.ids if i not in self.down
-            ):
+            live = [i for i in self.ids if i not in self.down]
+            if self.deliver() or any(self.nodes[i].has_ready() for i in live):
+                continue
+            lagging = [i for i in live if self.writing[i]]
+            if not lagging:
                 return
+            for i in lagging:  # quiet but for the disks: let them catch up
+                while self.writing[i]:
+                    self.complete_write(i)
         raise AssertionError("network did not settle")
 
     def tick(self, ms: int, only: list[str] | None = None) -> None:
@@ -162,3 +229,30 @@ class Network:
 
     def data_applied(self, node_id: str) -> list[bytes]:
         return [e.data for e in self.applied[node_id] if e.data]
+
+    def count(
+        self, kind: type | tuple[type, ...], src: str | None = None, dst: str | None = None
+    ) -> int:
+        """How many messages of ``kind`` were sent (delivered or not), optionally by/to a node."""
+        return sum(
+            1 for s, d, m in self.sent
+            if isinstance(m, kind) and src in (None, s) and dst in (None, d)
+        )
+
+    def check_safety(self) -> None:
+        """State machine safety and log matching on what is visible now: no two nodes applied
+        different entries at an index, and live nodes agree on every entry up to the lowest
+        commit index among them."""
+        by_index: dict[int, tuple[str, Entry]] = {}
+        for i in self.ids:
+            for e in self.applied[i]:
+                seen = by_index.setdefault(e.index, (i, e))
+                assert seen[1] == e, f"{seen[0]} applied {seen[1]} but {i} applied {e}"
+        live = [self.nodes[i] for i in self.ids if i not in self.down]
+        floor = min(n.commit_index for n in live)
+        for n in live:
+            lo = n.log.base_index + 1
+            for e in n.log.entries[: max(0, floor - lo + 1)]:
+                for other in live:
+                    t = other.log.term(e.index)
+                    assert t is None or t == e.term, f"{n.id} and {other.id} differ at {e.index}"

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
+
 from syncfab.actors.ring import HashRing, ShardPlacement, shard_for_key, stable_hash
 
 THREE = ["n1", "n2", "n3"]
