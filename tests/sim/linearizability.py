@@ -8,27 +8,30 @@ put / get / delete and an initial value of "absent".
 
 Conventions (deliberately lenient, so a failure is always a real bug):
 
-* Real-time order: op A precedes op B only if ``A.ret < B.call``.  ``A.ret == B.call``
-  counts as concurrent, because simulated clocks are coarse and two events in the same
-  tick have no meaningful order.  Events are sorted with calls before returns at equal
-  times to implement this.
+* Real-time order: op A precedes op B only if ``A.ret < B.call``; ``A.ret == B.call`` is
+  concurrent, as simulated clocks are coarse and events in one tick have no real order
+  (events sort calls before returns at equal times).
 * ``ret is None`` (outcome unknown): the op may take effect at any point after its call,
-  or never.  Unknown gets are dropped (they constrain nothing); unknown puts/deletes get
-  a call event but no return event, so the search may linearize them or leave them out.
+  or never.  Unknown gets are dropped (they constrain nothing); see ``_search`` for how
+  unknown puts/deletes are placed without blowing up the search.
 * A get's ``output=None`` means "key absent"; a put of ``None`` is therefore
   indistinguishable from a delete.
-* ``max_states`` caps the number of distinct memoised configurations *per key*.  When a
-  key exceeds it the result is ``ok=False, inconclusive=True`` -- callers must not treat
-  that as a proven violation (nor as a pass).  A definite violation on any key takes
-  precedence over an inconclusive key.
+* ``max_states`` caps memoised configurations *per key* (~100 bytes each).  Exceeding it
+  gives ``ok=False, inconclusive=True``: neither a pass nor a proven violation.  A
+  definite violation on any key takes precedence over an inconclusive key.
+
+Each key first gets an O(n log n) stale-read pass (``_stale_read``): it catches the usual
+Raft bug, a stale read, with a precise message and without the search having to exhaust
+every interleaving to prove it.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 _PUT, _DELETE, _GET = 0, 1, 2
 _KINDS = {"put": _PUT, "delete": _DELETE, "get": _GET}
@@ -38,76 +41,61 @@ _ABSENT = 0  # interned id of "key absent"
 @dataclass(frozen=True, slots=True)
 class Operation:
     client: int
-    call: int
-    ret: int | None
-    kind: str
+    call: int  # time the call was issued (simulated ms or step)
+    ret: int | None  # time the reply arrived; None = outcome unknown
+    kind: str  # "put" | "get" | "delete"
     key: str
-    value: object = None
-    output: object = None
+    value: object = None  # put: the value written
+    output: object = None  # get: the value read (None = key absent)
 
 
 @dataclass
 class CheckResult:
     ok: bool
-    key: str | None
+    key: str | None  # first key whose sub-history is not linearizable (or inconclusive)
     explanation: str
-    inconclusive: bool = False
-
-
-class _BudgetExhausted(Exception):
-    pass
+    inconclusive: bool = False  # ok=False only because max_states ran out
 
 
 class _Interner:
-    """Maps values to small ints so register states are cheap to hash and compare.
-
-    Equal values must share an id (two puts of the same value lead to the same state),
-    which also lets the memo cache merge them.  Unhashable values fall back to a linear
-    scan using ``==``; they are rare in practice.
-    """
+    """Maps values to small dense ints: states become cheap to hash, and equal values
+    written by different puts share a state, so the memo merges them.  Unhashable
+    values (lists, dicts) fall back to a linear ``==`` scan."""
 
     def __init__(self) -> None:
+        self.size = _ABSENT + 1
         self._ids: dict[Hashable, int] = {}
         self._unhashable: list[tuple[object, int]] = []
-        self._next = _ABSENT + 1
 
     def lookup(self, value: object, *, create: bool) -> int | None:
         if value is None:
             return _ABSENT
         try:
             found = self._ids.get(value)  # type: ignore[arg-type]
+            if found is None and create:
+                self._ids[value] = self.size  # type: ignore[index]
         except TypeError:
-            for other, ident in self._unhashable:
-                if other == value:
-                    return ident
-            if not create:
-                return None
-            self._unhashable.append((value, self._next))
-        else:
-            if found is not None or not create:
-                return found
-            self._ids[value] = self._next  # type: ignore[index]
-        self._next += 1
-        return self._next - 1
-
-    @property
-    def size(self) -> int:
-        return self._next
+            found = next((ident for other, ident in self._unhashable if other == value), None)
+            if found is None and create:
+                self._unhashable.append((value, self.size))
+        if found is None and create:
+            found, self.size = self.size, self.size + 1
+        return found
 
 
 def _describe(op: Operation) -> str:
-    ret = "?" if op.ret is None else str(op.ret)
-    if op.kind == "put":
-        body = f"put({op.key!r}, {op.value!r})"
-    elif op.kind == "get":
-        body = f"get({op.key!r}) -> {op.output!r}"
-    else:
-        body = f"delete({op.key!r})"
-    return f"client {op.client} {body} [{op.call}, {ret}]"
+    call = f"put({op.key!r}, {op.value!r})" if op.kind == "put" else f"{op.kind}({op.key!r})"
+    out = f" -> {op.output!r}" if op.kind == "get" else ""
+    return f"client {op.client} {call}{out} [{op.call}, {'?' if op.ret is None else op.ret}]"
 
 
 def check_kv_history(ops: Sequence[Operation], *, max_states: int = 2_000_000) -> CheckResult:
     """Check that ``ops`` is a linearizable history of a KV map (see module docstring)."""
+    return _check(ops, max_states, precheck=True)
+
+
+def _check(ops: Sequence[Operation], max_states: int, *, precheck: bool) -> CheckResult:
+    # `precheck=False` exists so tests can drive the search itself into every failure.
     by_key: dict[str, list[Operation]] = {}
     for op in ops:
         if op.kind not in _KINDS:
@@ -116,106 +104,137 @@ def check_kv_history(ops: Sequence[Operation], *, max_states: int = 2_000_000) -
             raise ValueError(f"operation returns before it is called: {op}")
         by_key.setdefault(op.key, []).append(op)
 
-    first_inconclusive: CheckResult | None = None
+    inconclusive: CheckResult | None = None
     for key, key_ops in by_key.items():  # insertion order == order of first appearance
-        result = _check_key(key, key_ops, max_states)
-        if result.ok:
-            continue
-        if not result.inconclusive:
+        result = _check_key(key, key_ops, max_states, precheck)
+        if not result.ok and not result.inconclusive:
             return result
-        first_inconclusive = first_inconclusive or result
-    if first_inconclusive is not None:
-        return first_inconclusive
-    return CheckResult(True, None, f"linearizable: {len(ops)} ops over {len(by_key)} keys")
+        inconclusive = inconclusive or (None if result.ok else result)
+    return inconclusive or CheckResult(True, None, f"linearizable: {len(ops)} ops over {len(by_key)} keys")
 
 
-def _check_key(key: str, raw_ops: list[Operation], max_states: int) -> CheckResult:
+def _check_key(key: str, raw_ops: list[Operation], max_states: int, precheck: bool) -> CheckResult:
     interner = _Interner()
     for op in raw_ops:
         if op.kind == "put":
             interner.lookup(op.value, create=True)
-
-    readers: Counter[int] = Counter()  # value id -> completed gets that return it
-    for op in raw_ops:
-        if op.kind == "get" and op.ret is not None:
-            ident = interner.lookup(op.output, create=False)
-            if ident is None:
-                # Fast path with a precise message; the search would also reject it.
-                return CheckResult(False, key, f"{_describe(op)} reads a value never written to the key")
-            readers[ident] += 1
-
     ops: list[Operation] = []
     kinds: list[int] = []
-    args: list[int] = []
+    args: list[int] = []  # put: value id written; get: value id read; delete: _ABSENT
     for op in raw_ops:
         kind = _KINDS[op.kind]
         if kind == _GET:
             if op.ret is None:
                 continue
             arg = interner.lookup(op.output, create=False)
-        elif kind == _PUT:
-            arg = interner.lookup(op.value, create=True)
+            if arg is None:
+                return CheckResult(False, key, f"{_describe(op)} reads a value never written to the key")
         else:
-            arg = _ABSENT
+            arg = interner.lookup(op.value, create=True) if kind == _PUT else _ABSENT
         assert arg is not None
-        # An unknown-outcome write of a value nobody reads can always be moved to just
-        # before the next write (or the end), i.e. it is equivalent to "never happened".
-        # Dropping it keeps it from doubling the search space.
-        if op.ret is None and readers[arg] == 0:
-            continue
         ops.append(op)
         kinds.append(kind)
         args.append(arg)
+    if precheck and (stale := _stale_read(ops, kinds, args, interner.size)) is not None:
+        why = "every write of that value started after it returned or was overwritten before it was called"
+        return CheckResult(False, key, f"stale read: {_describe(stale)} cannot be placed: {why}")
+    return _search(key, ops, kinds, args, interner.size, max_states)
 
-    need = [readers[v] for v in range(interner.size)]
-    return _search(key, ops, kinds, args, need, max_states)
+
+def _stale_read(ops: list[Operation], kinds: list[int], args: list[int], n_values: int) -> Operation | None:
+    """Return a completed get that no linearization can satisfy on its own, if any.
+
+    Write w can be the one get g reads only if w.call <= g.ret and no completed write x has
+    w.ret < x.call and x.ret < g.call (x would sit between them in every linearization).
+    x's value is irrelevant: if x rewrites the same value, x itself is then the candidate.
+    """
+    # An unknown-outcome write that is the only write of its value (the initial state
+    # counts as a write of "absent") and is read must have taken effect before its first
+    # reader returned, so here it counts as a write returning then.  (The search does not
+    # need this, and treating it as completed there would only widen concurrency windows.)
+    writes = [i for i in range(len(ops)) if kinds[i] != _GET]
+    writers = Counter(args[i] for i in writes) + Counter([_ABSENT])
+    first_read: dict[int, int] = {}
+    for op, kind, arg in zip(ops, kinds, args, strict=True):
+        if kind == _GET:
+            first_read[arg] = min(first_read.get(arg, op.ret), op.ret)  # type: ignore[type-var]
+    rets = [op.ret for op in ops]
+    for i, op in enumerate(ops):
+        if op.ret is None and writers[args[i]] == 1 and first_read.get(args[i], -1) >= op.call:
+            rets[i] = first_read[args[i]]
+    inf = float("inf")
+    done = sorted((ops[i].call, rets[i]) for i in writes if rets[i] is not None)
+    done_calls = [c for c, _ in done]
+    # first_ret_after[j]: earliest return among completed writes done[j:].
+    first_ret_after = [*accumulate(reversed([r for _, r in done]), min, initial=inf)][::-1]
+    # Per value: (call, time until which the write may still be the latest), the initial
+    # "absent" acting as a completed write at -inf.
+    lives: list[list[tuple[float, float]]] = [[] for _ in range(n_values)]
+    lives[_ABSENT].append((-inf, first_ret_after[0]))
+    for i in writes:
+        ret = rets[i]
+        until = inf if ret is None else first_ret_after[bisect_right(done_calls, ret)]
+        lives[args[i]].append((ops[i].call, until))
+    calls = [[c for c, _ in sorted(w)] for w in lives]
+    best = [[*accumulate((u for _, u in sorted(w)), max)] for w in lives]  # prefix max
+    for i, op in enumerate(ops):
+        if kinds[i] == _GET:
+            j = bisect_right(calls[args[i]], op.ret)
+            if j == 0 or best[args[i]][j - 1] < op.call:
+                return op
+    return None
 
 
 def _search(
-    key: str, ops: list[Operation], kinds: list[int], args: list[int], need: list[int], max_states: int
+    key: str, ops: list[Operation], kinds: list[int], args: list[int], n_values: int, max_states: int
 ) -> CheckResult:
-    # Event nodes: (time, 0=call/1=return, op index).  Calls sort before returns at equal
-    # times, which makes ret == call concurrent (see module docstring).
-    events: list[tuple[int, int, int]] = []
-    for i, op in enumerate(ops):
-        events.append((op.call, 0, i))
-        if op.ret is not None:
-            events.append((op.ret, 1, i))
+    """Wing & Gong / Lowe search for one key; ``args`` are interned value ids.
+
+    Unknown-outcome writes are kept out of the event list.  In any linearization such a
+    write is either useless (the next op is a write, or the state already held its value)
+    and can be deleted, or it is immediately followed by a get reading its value.  So it
+    is only ever placed as a macro step "unknown write of v, then a get of v" when the
+    state is not already v.  Every step therefore linearizes one completed op, and which
+    unknown writes were consumed is tracked apart from the completed set.
+    """
+    done = sorted((i for i in range(len(ops)) if ops[i].ret is not None), key=lambda i: ops[i].call)
+    unknown = sorted((i for i in range(len(ops)) if ops[i].ret is None), key=lambda i: ops[i].call)
+    # Bits in call order keep the completed set a run of ones plus a narrow window, so
+    # the memo can store it compactly as (length of the run, window).
+    bit = {op_i: 1 << b for b, op_i in enumerate(done)}
+    bit.update({op_i: 1 << b for b, op_i in enumerate(unknown)})
+    pending: list[list[int]] = [[] for _ in range(n_values)]  # value -> unknown writes, by call
+    for i in unknown:
+        pending[args[i]].append(i)
+    events: list[tuple[int, int, int]] = []  # (time, 0=call/1=return, op index)
+    for i in done:
+        events += [(ops[i].call, 0, i), (ops[i].ret, 1, i)]  # type: ignore[list-item]
+    # Calls sort before returns at equal times, which makes ret == call concurrent.
     events.sort()
 
     m = len(events)
     head, tail = m, m + 1  # sentinels, so unlinking never needs end-of-list checks
-    nxt = [0] * (m + 2)
-    prv = [0] * (m + 2)
-    order = [head, *range(m), tail]
-    for a, b in pairwise(order):
+    nxt, prv = [0] * (m + 2), [0] * (m + 2)
+    for a, b in pairwise([head, *range(m), tail]):
         nxt[a], prv[b] = b, a
     node_op = [e[2] for e in events]
+    node_time = [e[0] for e in events]
     is_call = [e[1] == 0 for e in events]
-    match = [-1] * m  # call node -> its return node (-1 for unknown-outcome ops)
-    call_node = [0] * len(ops)
-    for n, (_, is_ret, i) in enumerate(events):
-        if is_ret:
-            match[call_node[i]] = n
-        else:
-            call_node[i] = n
-    bits = [1 << i for i in range(len(ops))]
-    # The same argument as in _check_key applies during the search: once every get that
-    # reads v is linearized, unknown-outcome writes of v are useless.  `dead` holds those
-    # writes; they are never tried, and they are OR-ed into the memo key so that "placed
-    # earlier" and "never placed" collapse into one configuration.  Without this each
-    # lingering unknown-outcome write doubles the state space for the rest of the history.
-    pending_writes = [0] * len(need)  # value id -> bitset of unknown-outcome writes of it
-    for i, op in enumerate(ops):
-        if op.ret is None:
-            pending_writes[args[i]] |= bits[i]
-    dead = 0
+    node_of = {(is_ret, i): n for n, (_, is_ret, i) in enumerate(events)}
+    match = [node_of[1, i] if not is_ret else -1 for _, is_ret, i in events]  # call -> return
 
-    remaining = sum(1 for op in ops if op.ret is not None)  # return events still listed
+    remaining = len(done)
     state = _ABSENT
-    linearized = 0
-    stack: list[tuple[int, int, int]] = []  # (call node, state before it, dead before it)
-    cache: set[tuple[int, int]] = set()
+    linearized = 0  # bitset over `done`
+    used = 0  # bitset over `unknown`: writes consumed by macro steps
+    stack: list[tuple[int, int, int]] = []  # (call node, state before, unknown write or -1)
+    # Lowe's memo, extended with dominance: for the same completed set and state, having
+    # consumed fewer unknown writes is never worse, so a config is pruned when a failed
+    # one consumed a subset of its unknown writes.  Every step adds a completed op, so no
+    # config on the current path shares a key with the one being tested.
+    memo: dict[tuple[int, int, int], tuple[int, ...]] = {}
+    no_unknown = (0,)  # shared: most configs consume nothing, so they cost no allocation
+    n_configs = 0
     best_depth, best_last, best_blocked = -1, -1, -1
     entry = nxt[head]
 
@@ -225,33 +244,44 @@ def _search(
         if is_call[entry]:
             i = node_op[entry]
             kind, arg = kinds[i], args[i]
-            new_dead = dead
-            if kind == _GET:
-                legal, new_state = state == arg, state
-                if need[arg] == 1:
-                    new_dead |= pending_writes[arg]
-            else:
-                legal, new_state = not dead & bits[i], (arg if kind == _PUT else _ABSENT)
-            if legal:
-                memo = (linearized | bits[i] | new_dead, new_state)
-                if memo not in cache:
-                    if len(cache) >= max_states:
-                        return CheckResult(False, key, "inconclusive: state budget exhausted", True)
-                    cache.add(memo)
-                    stack.append((entry, state, dead))
-                    if kind == _GET:
-                        need[arg] -= 1
-                    state, dead, linearized = new_state, new_dead, linearized | bits[i]
-                    # Lift the op: unlink its call (and return) so later scans skip it.
-                    nxt[prv[entry]] = nxt[entry]
-                    prv[nxt[entry]] = prv[entry]
-                    r = match[entry]
-                    if r >= 0:
-                        nxt[prv[r]] = nxt[r]
-                        prv[nxt[r]] = prv[r]
-                        remaining -= 1
-                    entry = nxt[head]
+            new_state, extra = arg, -1
+            if kind == _GET and state != arg:
+                r = entry
+                while is_call[r]:
+                    r = nxt[r]
+                # An unknown write is placeable iff its call is no later than the
+                # earliest outstanding return (the usual list-prefix rule).
+                for w in pending[arg]:
+                    if ops[w].call > node_time[r]:
+                        break
+                    if not used & bit[w]:
+                        extra = w  # equal-value unknown writes are interchangeable
+                        break
+                if extra < 0:
+                    entry = nxt[entry]
                     continue
+            lin = linearized | bit[i]
+            run = (~lin & (lin + 1)).bit_length() - 1
+            memo_key = (run, lin >> run, new_state)
+            mask = used | bit[extra] if extra >= 0 else used
+            failed = memo.get(memo_key)
+            if failed is None or all(old & ~mask for old in failed):
+                if n_configs >= max_states:
+                    return CheckResult(False, key, "inconclusive: state budget exhausted", True)
+                n_configs += 1
+                entry_masks = no_unknown if mask == 0 else (mask,)
+                memo[memo_key] = entry_masks if failed is None else (*failed, mask)
+                stack.append((entry, state, extra))
+                used, state, linearized = mask, new_state, lin
+                # Lift the op: unlink its call and return so later scans skip it.
+                r = match[entry]
+                nxt[prv[entry]] = nxt[entry]
+                prv[nxt[entry]] = prv[entry]
+                nxt[prv[r]] = nxt[r]
+                prv[nxt[r]] = prv[r]
+                remaining -= 1
+                entry = nxt[head]
+                continue
             entry = nxt[entry]
         else:
             # A return with its op not yet linearized: this prefix is a dead end.
@@ -260,27 +290,22 @@ def _search(
                 best_last = node_op[stack[-1][0]] if stack else -1
             if not stack:
                 break
-            entry, state, dead = stack.pop()
-            i = node_op[entry]
-            linearized &= ~bits[i]
-            if kinds[i] == _GET:
-                need[args[i]] += 1
+            entry, state, extra = stack.pop()
+            linearized &= ~bit[node_op[entry]]
+            if extra >= 0:
+                used &= ~bit[extra]
             # Unlift in reverse order of lifting so the saved neighbour links are valid.
             r = match[entry]
-            if r >= 0:
-                nxt[prv[r]] = r
-                prv[nxt[r]] = r
-                remaining += 1
+            nxt[prv[r]] = r
+            prv[nxt[r]] = r
             nxt[prv[entry]] = entry
             prv[nxt[entry]] = entry
+            remaining += 1
             entry = nxt[entry]
 
     if not remaining:
         return CheckResult(True, None, f"linearizable: {len(ops)} ops on key {key!r}")
     last = f"ending with {_describe(ops[best_last])}" if best_last >= 0 else "(empty)"
-    return CheckResult(
-        False,
-        key,
-        f"not linearizable: longest linearizable prefix has {best_depth} ops {last}; "
-        f"then {_describe(ops[best_blocked])} could not be placed",
-    )
+    why = f"longest linearizable prefix has {best_depth} completed ops {last}"
+    stuck = f"{_describe(ops[best_blocked])} could not be placed"
+    return CheckResult(False, key, f"not linearizable: {why}; then {stuck}")
