@@ -242,7 +242,7 @@ class RaftCore:
             or self._read_due
             or self._save_snapshot is not None
             or self.log.handed < self.log.last_index
-            or min(self.log.committed, self.log.stable) > self.log.applying
+            or self.log.committed > self.log.applying
             or (self.term, self.vote) != self._saved[:2]
         )
 

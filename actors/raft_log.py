@@ -180,8 +180,14 @@ class RaftLog:
             self.stable = index
 
     def take_committed(self, entries_max: int) -> list[Entry]:
-        """Committed, durable entries not yet given to the state machine, in order."""
-        hi = min(self.committed, self.stable)
+        """Committed entries not yet given to the state machine, in order.
+
+        Committed means durable on a majority, so they may be applied before *our* copy is on
+        disk: a leader answers as soon as its followers have synced, without waiting for its
+        own fsync (the same rule as etcd's synchronous mode). A crash loses only this replica's
+        in-memory state, which is rebuilt from snapshot and log.
+        """
+        hi = self.committed
         if hi <= self.applying:
             return []
         start = self.applying - self.base_index

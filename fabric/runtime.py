@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +84,9 @@ class NodeRuntime:
         os.makedirs(s.data_dir, exist_ok=True)
         self._check_identity()
         self.store = LmdbLogStore(os.path.join(s.data_dir, "log"), fsync=s.fsync)
+        # The disk thread needs the GIL for a moment after each fsync to hand the result back;
+        # with CPython's default 5 ms switch interval a busy loop would sit on it that long.
+        sys.setswitchinterval(0.0005)
         self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed)
         stored = {g: self.store.load(g) for g in self.store.groups()}
         self.core = NodeCore(
