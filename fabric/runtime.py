@@ -166,9 +166,12 @@ class NodeRuntime:
             self._send_replies(flush.replies)
         for topic, msg in flush.publishes:
             t.publish(topic, msg)
-        if flush.writes or self.writer.in_flight:
+        if flush.writes or (flush.sends_after_persist and self.writer.in_flight):
+            # After-persist messages may acknowledge entries a queued write carries.
             self.writer.submit(flush)
         else:
+            # Nothing here waits for the disk (readies without writes advance in any order
+            # relative to pending writes); queueing it would only make the thread spin.
             self._persisted(flush)
         m.turns.inc()
         if (core.has_work() or t.readable()) and self.writer.in_flight < WRITES_IN_FLIGHT_MAX:
@@ -182,7 +185,8 @@ class NodeRuntime:
             return
         for flush in flushes:
             self._persisted(flush)
-        self._wake()
+        if self.core.has_work():
+            self._wake()
 
     def _persisted(self, flush: Flush) -> None:
         me, t = self.settings.node_id, self.transport
