@@ -1,20 +1,51 @@
-"""A node's Raft logs in one LMDB environment: one named database per group, one ``meta`` database.
+"""A node's Raft logs in one LMDB environment, written through a write-ahead log.
 
-Log keys are 8-byte big-endian indexes, so LMDB's byte order is index order: appends go through
-``MDB_APPEND`` (no key comparisons down the tree) and the first/last entry is one cursor move.
-``meta`` holds each group's HardState and Snapshot under ``<group:8 bytes BE><kind:1 byte>``.
+Layout. ``wal`` holds whole turns as ``encode_batch`` made them, under 8-byte big-endian
+sequence numbers. Folded state lives in one named database per group (``log.<group>``, keys are
+8-byte big-endian indexes, values the msgpack Entry) and in ``meta`` (HardState and Snapshot under
+``<group:8 bytes BE><kind:1 byte>``). The state of the disk is the folded state with every WAL
+record applied on top, in order.
 
-Limits: ``_DBS_MAX`` named databases per environment, one of them ``meta``, so at most
-``GROUPS_MAX`` groups ever written (LMDB raises ``lmdb.DbsFullError`` past that); groups are
-non-negative ints below 2**64; the map is ``map_size_bytes`` (``lmdb.MapFullError`` when full).
-Not thread-safe: one thread owns a store, as one actor owns a node's disk.
+Why a WAL: a turn's commit then touches one B-tree with one put per turn instead of ~9 trees and
+hundreds of puts, so the commit is cheaper and, run on a writer thread, holds the GIL for almost
+nothing (py-lmdb releases it during the commit's write and fsync). ``checkpoint`` folds the WAL
+into the per-group databases (``apply_persist``, the semantics MemoryLogStore also uses), in one
+transaction that also empties the WAL; ``write_encoded`` does so itself once the WAL would pass
+``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes, so that one commit in so many
+is much bigger. Folding still puts every entry into its group's B-tree (~0.7 us of CPU each,
+measured: about what the old per-turn write spent), so the byte cap is what bounds that commit:
+512 turns of 576 entries would fold for ~0.5 s. A writer thread does better to report a turn
+durable when ``write_encoded`` returns and then call ``checkpoint`` once ``wal_bytes`` passes its
+own mark: the fold then delays only turns that arrive meanwhile (which it can write together),
+and the constructor's limits stay a backstop.
+
+Reading: opening the store folds whatever WAL a previous run left, and ``load``/``groups`` fold
+first too, so reads only ever see the per-group databases: one read path, and a start-up costs at
+most one checkpoint. (The alternative, replaying the WAL in memory for every read, would be a
+second read path for no gain: reads happen at start-up, right after the open's fold.)
+
+Validation: a WAL record must never fail to fold, or the store could not open again. So
+``encode_batch`` checks each batch against the index span every group's log will have once all
+earlier records are written (the same ``apply_persist``, on spans) and raises ValueError, changing
+nothing, as ``write`` always did; records carry their sequence number, and ``write_encoded``
+rejects one written out of order or after a skipped one.
+
+Threads: one thread (the event loop) calls ``encode_batch``; one writer thread calls
+``write_encoded`` and ``checkpoint``; ``size_bytes``, ``wal_records`` and ``wal_bytes`` may be
+called from any thread. ``load``, ``groups`` and ``write`` are for when no writer thread runs
+(start-up, tests, the simulator). If ``write_encoded`` raises (``lmdb.MapFullError``: reopen with
+a larger ``map_size_bytes``), retry the same records or close the store: later records wait on them.
+
+Limits: ``GROUPS_MAX`` groups ever given entries (``lmdb.DbsFullError`` from ``encode_batch``
+past that); groups are non-negative ints below 2**64; the map is ``map_size_bytes``.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import lmdb
 import msgspec
@@ -22,22 +53,43 @@ import msgspec
 from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
 from syncfab.storage.log_store import StoredGroup
+from syncfab.storage.persist_apply import LogSpan, apply_persist
 
 _DBS_MAX = 256
-GROUPS_MAX = _DBS_MAX - 1
+GROUPS_MAX = _DBS_MAX - 2  # named databases left once meta and wal have theirs
 # Only this process's own short transactions read, so a handful of reader slots is plenty.
 _READERS_MAX = 16
 
 _META = b"meta"
+_WAL = b"wal"
 _LOG_PREFIX = b"log."
 _HARD_STATE = b"h"
 _SNAPSHOT = b"s"
+_SEQ_BYTES = 8
 
 _key = struct.Struct(">Q").pack
+# Separate encoders for the loop thread (records) and the writer thread (checkpoints).
+_encode_ops = msgspec.msgpack.Encoder().encode
 _encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(Entry).decode
 _decode_hard_state = msgspec.msgpack.Decoder(HardState).decode
 _decode_snapshot = msgspec.msgpack.Decoder(Snapshot).decode
+
+
+class _Op(msgspec.Struct, array_like=True, frozen=True):
+    """One group's Persist in a WAL record. ``encode_batch`` writes plain tuples of this shape;
+    entries decode as ``Raw``, the very bytes a group database stores, so folding copies them
+    without building or re-encoding an Entry."""
+
+    group: int
+    hard_state: HardState | None
+    snapshot: Snapshot | None
+    compact_to: int | None
+    truncate_from: int | None
+    entries: list[msgspec.Raw]
+
+
+_decode_ops = msgspec.msgpack.Decoder(list[_Op]).decode
 
 
 def _index(key: bytes) -> int:
@@ -61,44 +113,76 @@ def _bounds(cursor: lmdb.Cursor) -> tuple[int, int] | None:
     return _index(cursor.key()), last
 
 
-def _delete_below(txn: lmdb.Transaction, db: lmdb._Database, index: int) -> None:
-    cursor = txn.cursor(db)
-    bounds = _bounds(cursor)
-    if bounds is None or index <= bounds[0]:
-        return
-    first, last = bounds
-    if index > last:
-        txn.drop(db, delete=False)  # one C call instead of a delete per entry
-        return
-    cursor.first()
-    # The log is contiguous, so the count is known and no key needs reading back.
-    for _ in range(index - first):
-        cursor.delete()
+class _DbLog:
+    """A GroupLog over one group's database inside a checkpoint's write transaction. One serves
+    every record of the checkpoint and tracks the span itself: the database is asked once."""
 
+    __slots__ = ("_group", "_meta", "_span", "_txn", "db")
 
-def _delete_from(txn: lmdb.Transaction, db: lmdb._Database, index: int) -> None:
-    cursor = txn.cursor(db)
-    bounds = _bounds(cursor)
-    if bounds is None or index > bounds[1]:
-        return
-    first, last = bounds
-    if index <= first:
-        txn.drop(db, delete=False)
-        return
-    cursor.set_key(_key(index))
-    for _ in range(last - index + 1):
-        cursor.delete()
+    def __init__(
+        self, txn: lmdb.Transaction, db: lmdb._Database | None, meta: lmdb._Database, group: int
+    ) -> None:
+        self._txn, self.db, self._meta, self._group = txn, db, meta, group
+        self._span = LogSpan(None if db is None else _bounds(txn.cursor(db)))
+
+    def bounds(self) -> tuple[int, int] | None:
+        return self._span.span
+
+    def clear(self) -> None:
+        self._txn.drop(self.db, delete=False)  # one C call instead of a delete per entry
+        self._span.clear()
+
+    def drop_first(self, count: int) -> None:
+        cursor = self._txn.cursor(self.db)
+        cursor.first()
+        for _ in range(count):  # the log is contiguous: no key needs reading back
+            cursor.delete()
+        self._span.drop_first(count)
+
+    def drop_last(self, count: int) -> None:
+        assert self._span.span is not None
+        cursor = self._txn.cursor(self.db)
+        cursor.set_key(_key(self._span.span[1] - count + 1))
+        for _ in range(count):
+            cursor.delete()
+        self._span.drop_last(count)
+
+    def first_of(self, group: int, entries: Sequence[msgspec.Raw]) -> int:
+        return _decode_entry(entries[0]).index  # the rest were checked by encode_batch
+
+    def append(self, first: int, entries: Sequence[msgspec.Raw]) -> None:
+        assert self.db is not None
+        keys = map(_key, range(first, first + len(entries)))
+        # MDB_APPEND: no key comparisons down the tree; zip/map/putmulti all iterate in C.
+        consumed, added = self._txn.cursor(self.db).putmulti(zip(keys, entries, strict=True), append=True)
+        if added != consumed:  # MDB_APPEND skips an out-of-order key silently
+            raise ValueError(f"group {self._group}: entries from {first} are not in ascending order")
+        self._span.append(first, entries)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._txn.put(_meta_key(self._group, _SNAPSHOT), _encode(snapshot), db=self._meta)
+
+    def save_hard_state(self, hard_state: HardState) -> None:
+        self._txn.put(_meta_key(self._group, _HARD_STATE), _encode(hard_state), db=self._meta)
 
 
 class LmdbLogStore:
-    """LogStore on LMDB. ``write`` is one LMDB write transaction whatever the batch holds.
+    """LogStore on LMDB: a turn is one WAL record, written by one small transaction.
 
     With ``fsync=False`` commits skip fsync: a process crash loses nothing (the data is in the
     OS page cache), but a power loss or kernel crash may drop the last turns' writes — which
     breaks Raft's promises unless a quorum's disks survived.
     """
 
-    def __init__(self, path: str, *, fsync: bool = True, map_size_bytes: int = 8 << 30) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        fsync: bool = True,
+        map_size_bytes: int = 8 << 30,
+        checkpoint_records_max: int = 512,
+        checkpoint_bytes_max: int = 4 << 20,
+    ) -> None:
         os.makedirs(path, exist_ok=True)
         self._env = lmdb.open(
             path,
@@ -113,26 +197,39 @@ class LmdbLogStore:
             readahead=False,
         )
         self._meta = self._env.open_db(_META)
-        # Handles live as long as the environment; an entry is cached only once the transaction
-        # that opened it has committed (an aborted one closes it).
-        self._logs: dict[int, lmdb._Database] = {}
+        self._wal = self._env.open_db(_WAL)
+        self._checkpoint_records_max = checkpoint_records_max
+        self._checkpoint_bytes_max = checkpoint_bytes_max
+        with self._env.begin() as txn:
+            names = [k for k in txn.cursor().iternext(values=False) if k.startswith(_LOG_PREFIX)]
+            wal = txn.cursor(self._wal)
+            self._wal_records = txn.stat(self._wal)["entries"]
+            self._wal_bytes = sum(map(len, wal.iternext(keys=False)))
+            # Keep counting after a crashed run's records, so sequence numbers never repeat.
+            self._next_encoded = self._next_written = _index(wal.key()) + 1 if wal.last() else 0
+        # Every group database is opened now, so a group missing here has none. An entry is added
+        # only once the transaction that opened it has committed (an aborted one closes it).
+        self._logs: dict[int, lmdb._Database] = {
+            int(name[len(_LOG_PREFIX) :]): self._env.open_db(name, create=False) for name in names
+        }
+        self.checkpoint()
+        # Each log's span as it will be once every encoded record is written: encode_batch's
+        # view, owned by the encoding thread (folding never changes a span). A group is here iff
+        # it has a database or an encoded record will create one.
+        with self._env.begin() as txn:
+            self._spans = {group: LogSpan(_bounds(txn.cursor(db))) for group, db in self._logs.items()}
 
     def groups(self) -> list[int]:
+        self.checkpoint()
         with self._env.begin() as txn:
             found = {_index(k[:8]) for k in txn.cursor(self._meta).iternext(values=False)}
-            named = [
-                int(k[len(_LOG_PREFIX) :])
-                for k in txn.cursor().iternext(values=False)
-                if k.startswith(_LOG_PREFIX)
-            ]
-        logs = {group: self._existing_log(group) for group in named if group not in found}
-        with self._env.begin() as txn:
             # A compaction can leave a group's database empty, and an empty log is not "stored".
-            found.update(group for group, db in logs.items() if db is not None and txn.stat(db)["entries"])
+            found.update(group for group, db in self._logs.items() if txn.stat(db)["entries"])
         return sorted(found)
 
     def load(self, group: int) -> StoredGroup:
-        db = self._existing_log(group)
+        self.checkpoint()
+        db = self._logs.get(group)
         with self._env.begin() as txn:
             hard_state = txn.get(_meta_key(group, _HARD_STATE), db=self._meta)
             snapshot = txn.get(_meta_key(group, _SNAPSHOT), db=self._meta)
@@ -146,69 +243,106 @@ class LmdbLogStore:
         )
 
     def write(self, batch: Iterable[tuple[int, Persist]]) -> None:
-        work = [(group, persist) for group, persist in batch if persist]
-        if not work:
+        self.write_encoded([self.encode_batch(batch)])
+
+    def encode_batch(self, batch: Iterable[tuple[int, Persist]]) -> bytes:
+        """The batch as one WAL record, or ``b""`` when it holds nothing to keep.
+
+        No I/O; call from one thread, in the order the records will be written. Raises
+        ValueError (and changes nothing) for a batch the log could not take.
+        """
+        staged: dict[int, LogSpan] = {}
+        created: set[int] = set()
+        ops = []
+        for group, persist in batch:
+            if not persist:
+                continue
+            if not 0 <= group < 1 << 64:
+                raise ValueError(f"group {group} is not a non-negative int below 2**64")
+            span = staged.get(group)
+            if span is None:
+                current = self._spans.get(group)
+                span = staged[group] = LogSpan(current.span if current is not None else None)
+            apply_persist(span, group, persist)
+            if persist.entries and group not in self._spans:
+                created.add(group)  # folding this record will create the group's database
+            # The shape of _Op; Entry structs encode themselves, in C.
+            p = persist
+            ops.append((group, p.hard_state, p.snapshot, p.compact_to, p.truncate_from, p.entries))
+        if not ops:
+            return b""
+        if len(self._spans) + len(created) > GROUPS_MAX:
+            raise lmdb.DbsFullError(f"more than {GROUPS_MAX} groups with a log")
+        record = _key(self._next_encoded) + _encode_ops(ops)
+        self._spans.update((g, span) for g, span in staged.items() if g in self._spans or g in created)
+        self._next_encoded += 1
+        return record
+
+    def write_encoded(self, records: list[bytes]) -> None:
+        """Append ``encode_batch``'s records to the WAL in one transaction, durable when this
+        returns (unless fsync is off). Meant for a writer thread: the Python work is a few
+        operations per record, none per entry. Empty records are skipped; a commit that would
+        take the WAL past either checkpoint limit folds the WAL and these records into the group
+        databases instead (the bigger commit)."""
+        records = [record for record in records if record]
+        if not records:
             return  # no transaction, so no fsync, for a turn with nothing to keep
-        opened: dict[int, lmdb._Database] = {}
-        with self._env.begin(write=True) as txn:
-            for group, persist in work:
-                self._apply(txn, group, persist, opened)
-        self._logs.update(opened)
+        first = self._next_written
+        for offset, record in enumerate(records):
+            seq = _index(record[:_SEQ_BYTES])
+            if seq != first + offset:
+                raise ValueError(f"record {seq} written where record {first + offset} is due")
+        size = sum(map(len, records))
+        if (
+            self._wal_records + len(records) > self._checkpoint_records_max
+            or self._wal_bytes + size > self._checkpoint_bytes_max
+        ):
+            self._fold(records)
+        else:
+            with self._env.begin(write=True) as txn:
+                items = [(record[:_SEQ_BYTES], record) for record in records]
+                consumed, added = txn.cursor(self._wal).putmulti(items, append=True)
+                if added != consumed:
+                    raise ValueError(f"records from {first} are not past the WAL's end")
+            self._wal_records += len(records)
+            self._wal_bytes += size
+        self._next_written = first + len(records)
+
+    def checkpoint(self) -> None:
+        """Fold every WAL record into the group databases and empty the WAL, in one transaction."""
+        if self._wal_records:
+            self._fold([])
+
+    def wal_records(self) -> int:
+        return self._wal_records
+
+    def wal_bytes(self) -> int:
+        return self._wal_bytes
 
     def size_bytes(self) -> int:
         """Bytes of the data file in use (the file itself is sparse up to the map size)."""
         return (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
 
     def close(self) -> None:
+        """Close without folding: the WAL is as good as folded state, and the next open folds it."""
         self._logs.clear()
         self._env.close()
 
-    def _existing_log(self, group: int) -> lmdb._Database | None:
-        db = self._logs.get(group)
-        if db is None:
-            with self._env.begin() as txn:
-                exists = txn.get(_log_name(group)) is not None
-            if not exists:
-                return None
-            db = self._logs[group] = self._env.open_db(_log_name(group), create=False)
-        return db
-
-    def _log_in(self, txn: lmdb.Transaction, group: int, opened: dict[int, lmdb._Database]) -> lmdb._Database:
-        db = self._logs.get(group)
-        if db is None:
-            db = opened.get(group)
-        if db is None:
-            # Opened inside the batch's transaction, so a new group costs no commit of its own.
-            db = opened[group] = self._env.open_db(_log_name(group), txn=txn)
-        return db
-
-    def _apply(
-        self, txn: lmdb.Transaction, group: int, persist: Persist, opened: dict[int, lmdb._Database]
-    ) -> None:
-        if persist.snapshot is not None:
-            txn.put(_meta_key(group, _SNAPSHOT), _encode(persist.snapshot), db=self._meta)
-        if persist.compact_to is not None or persist.truncate_from is not None or persist.entries:
-            db = self._log_in(txn, group, opened)
-            if persist.compact_to is not None:
-                _delete_below(txn, db, persist.compact_to)
-            if persist.truncate_from is not None:
-                _delete_from(txn, db, persist.truncate_from)
-            if persist.entries:
-                self._append(txn, db, group, persist.entries)
-        if persist.hard_state is not None:
-            txn.put(_meta_key(group, _HARD_STATE), _encode(persist.hard_state), db=self._meta)
-
-    def _append(self, txn: lmdb.Transaction, db: lmdb._Database, group: int, entries: list[Entry]) -> None:
-        first = entries[0].index
-        if entries[-1].index - first != len(entries) - 1:
-            raise ValueError(f"group {group}: entries {first}..{entries[-1].index} are not contiguous")
-        # As etcd's MemoryStorage does: new entries replace whatever the log held from their start.
-        _delete_from(txn, db, first)
-        cursor = txn.cursor(db)
-        if cursor.last() and _index(cursor.key()) + 1 != first:
-            raise ValueError(f"group {group}: entries from {first} leave a gap after {_index(cursor.key())}")
-        consumed, added = cursor.putmulti([(_key(e.index), _encode(e)) for e in entries], append=True)
-        # MDB_APPEND skips an out-of-order key silently; with the span checked above, every key
-        # landing means the indexes were exactly first, first + 1, ...
-        if added != consumed:
-            raise ValueError(f"group {group}: entries from {first} are not in ascending order")
+    def _fold(self, records: list[bytes]) -> None:
+        opened: dict[int, lmdb._Database] = {}
+        logs: dict[int, _DbLog] = {}
+        with self._env.begin(write=True) as txn:
+            # Reading the WAL while changing other databases of the same transaction is safe:
+            # its pages are not freed for reuse before the commit.
+            for record in chain(txn.cursor(self._wal).iternext(keys=False), records):
+                for op in _decode_ops(memoryview(record)[_SEQ_BYTES:]):
+                    log = logs.get(op.group)
+                    if log is None:
+                        log = logs[op.group] = _DbLog(txn, self._logs.get(op.group), self._meta, op.group)
+                    if log.db is None and op.entries:
+                        # Opened inside this transaction, so a new group costs no commit of its own.
+                        log.db = opened[op.group] = self._env.open_db(_log_name(op.group), txn=txn)
+                    apply_persist(log, op.group, op)
+            txn.drop(self._wal, delete=False)
+        self._logs.update(opened)
+        self._wal_records = self._wal_bytes = 0

@@ -2,17 +2,18 @@
 
 Whatever ``write`` was given is durable; a crash is a node that never called ``write``. The
 semantics match ``LmdbLogStore`` exactly, including the errors, so a run in the simulator says
-something about a run on disk.
+something about a run on disk: both apply a ``Persist`` through ``persist_apply.apply_persist``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
 from syncfab.storage.log_store import StoredGroup
+from syncfab.storage.persist_apply import apply_persist, contiguous_first
 
 
 @dataclass(slots=True)
@@ -29,26 +30,30 @@ class _GroupDisk:
         # Entries, HardState and Snapshot are frozen, so sharing them is safe; the list is not.
         return _GroupDisk(self.hard_state, self.snapshot, list(self.entries))
 
-    def apply(self, group: int, persist: Persist) -> None:
-        if persist.snapshot is not None:
-            self.snapshot = persist.snapshot
-        log = self.entries
-        if persist.compact_to is not None and log:
-            del log[: max(0, persist.compact_to - log[0].index)]
-        if persist.truncate_from is not None and log:
-            del log[max(0, persist.truncate_from - log[0].index) :]
-        if persist.entries:
-            first = persist.entries[0].index
-            if any(e.index != first + i for i, e in enumerate(persist.entries)):
-                raise ValueError(f"group {group}: entries from {first} are not contiguous")
-            # As etcd's MemoryStorage does: new entries replace whatever the log held from their start.
-            if log:
-                del log[max(0, first - log[0].index) :]
-            if log and log[-1].index + 1 != first:
-                raise ValueError(f"group {group}: entries from {first} leave a gap after {log[-1].index}")
-            log.extend(persist.entries)
-        if persist.hard_state is not None:
-            self.hard_state = persist.hard_state
+    # GroupLog: apply_persist holds the semantics, these only edit the list.
+    def bounds(self) -> tuple[int, int] | None:
+        return (self.entries[0].index, self.entries[-1].index) if self.entries else None
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def drop_first(self, count: int) -> None:
+        del self.entries[:count]
+
+    def drop_last(self, count: int) -> None:
+        del self.entries[-count:]
+
+    def first_of(self, group: int, entries: Sequence[Entry]) -> int:
+        return contiguous_first(group, entries)
+
+    def append(self, first: int, entries: Sequence[Entry]) -> None:
+        self.entries.extend(entries)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def save_hard_state(self, hard_state: HardState) -> None:
+        self.hard_state = hard_state
 
 
 class MemoryLogStore:
@@ -78,7 +83,7 @@ class MemoryLogStore:
             if disk is None:
                 current = self._groups.get(group)
                 disk = staged[group] = current.copy() if current is not None else _GroupDisk()
-            disk.apply(group, persist)
+            apply_persist(disk, group, persist)
         self._groups.update(staged)
 
     def copy(self) -> MemoryLogStore:

@@ -137,7 +137,6 @@ class Network:
         node = self.nodes[node_id]
         expected = node.applied_index + 1  # taking committed entries moves it
         rd = node.ready()
-        disk = self.disks[node_id]
         for e in rd.committed:
             # Only committed entries are applied (durable on a majority, though perhaps not yet
             # on this node's disk), in order, without gaps, each once.

@@ -8,6 +8,7 @@ import random
 from collections.abc import Iterable
 
 import pytest
+
 from syncfab.fabric.detector import PhiAccrualDetector
 
 

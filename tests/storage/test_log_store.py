@@ -1,4 +1,5 @@
-"""One contract for every LogStore: the same tests run on LMDB (fsync on and off) and in memory."""
+"""One contract for every LogStore: the same tests run on LMDB (fsync on and off, and folding its WAL
+every other write) and in memory."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ class Disk:
                 return LmdbLogStore(str(self.path))
             case "lmdb-nofsync":
                 return LmdbLogStore(str(self.path), fsync=False, map_size_bytes=64 << 20)
+            case "lmdb-autocheckpoint":
+                # Every other write folds the WAL inside write_encoded.
+                return LmdbLogStore(
+                    str(self.path), fsync=False, map_size_bytes=64 << 20, checkpoint_records_max=1
+                )
         raise ValueError(self.kind)
 
     def reopen(self) -> None:
@@ -43,7 +49,7 @@ class Disk:
             self.store = self._open()
 
 
-@pytest.fixture(params=["memory", "lmdb", "lmdb-nofsync"])
+@pytest.fixture(params=["memory", "lmdb", "lmdb-nofsync", "lmdb-autocheckpoint"])
 def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Disk]:
     d = Disk(request.param, tmp_path / "node")
     yield d

@@ -1,0 +1,63 @@
+"""`syncfab cluster` and `syncfab status`, run the way the README tells a newcomer to."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from syncfab.fabric.local import free_ports
+
+
+def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
+    peer_base, http_base = free_ports(2)
+    # Node i uses base + 100*(i-1): make sure those are free too, or pick again.
+    cmd = [sys.executable, "-m", "syncfab.fabric.cli", "cluster", "--data-dir", str(tmp_path / "data"),
+           "--base-port", str(peer_base), "--http-base-port", str(http_base)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "cluster of 3 up" in line:
+                break
+        assert any("cluster of 3 up" in line for line in lines), "".join(lines)
+        urls = [line.split()[1] for line in lines if line.startswith(("n1:", "n2:", "n3:"))]
+        assert len(urls) == 3
+        put = urllib.request.Request(urls[0] + "/kv/hello", data=b'"world"', method="PUT")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert urllib.request.urlopen(put, timeout=5).status == 200
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        got = json.loads(urllib.request.urlopen(urls[2] + "/kv/hello", timeout=5).read())
+        assert got == {"key": "hello", "value": "world"}
+        status = subprocess.run([sys.executable, "-m", "syncfab.fabric.cli", "status", "--http", urls[1]],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0
+        assert "control group leader" in status.stdout and status.stdout.count("alive") == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "syncfab cluster stopped" in out
+
+
+def test_status_reports_an_unreachable_node() -> None:
+    (port,) = free_ports(1)
+    out = subprocess.run([sys.executable, "-m", "syncfab.fabric.cli", "status", "--http",
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "no answer" in out.stderr

@@ -1,0 +1,172 @@
+"""A real 3-node cluster (processes, ZeroMQ, LMDB, HTTP): the API a newcomer meets first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from syncfab.actors.kv import Get, Put
+from syncfab.actors.results import Err, Ok
+from syncfab.fabric.client import AsyncClient, Client, NotFound
+from syncfab.fabric.codec import Request, decode_reply, encode
+from syncfab.fabric.local import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(size=3) as c:
+        yield c
+
+
+def http(c: LocalCluster, node: str, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(c.url(node) + path, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def test_health_and_cluster_view(cluster: LocalCluster) -> None:
+    assert http(cluster, "n2", "GET", "/health") == (200, {"status": "ok", "node": "n2"})
+    status, view = http(cluster, "n1", "GET", "/cluster")
+    assert status == 200
+    assert view["node"] == "n1"
+    assert view["leader"] in cluster.ids and view["term"] >= 1
+    assert [m["id"] for m in view["members"]] == cluster.ids
+    assert all(m["alive"] for m in view["members"])
+    assert {m["address"] for m in view["members"]} == set(cluster.addresses)
+    assert [s["id"] for s in view["shards"]] == list(range(1, 9))
+    for shard in view["shards"]:
+        assert sorted(shard["replicas"]) == cluster.ids
+        assert shard["leader"] in cluster.ids
+
+
+def test_kv_through_any_node(cluster: LocalCluster) -> None:
+    status, body = http(cluster, "n1", "PUT", "/kv/orders/42", b'{"qty": 3, "tags": ["a"]}')
+    assert status == 200 and body["key"] == "orders/42" and body["index"] > 0
+    for node in cluster.ids:
+        assert http(cluster, node, "GET", "/kv/orders/42") == (
+            200, {"key": "orders/42", "value": {"qty": 3, "tags": ["a"]}}
+        )
+    assert http(cluster, "n3", "PUT", "/kv/orders/42", b"null")[0] == 200
+    assert http(cluster, "n2", "GET", "/kv/orders/42")[1]["value"] is None
+    assert http(cluster, "n3", "DELETE", "/kv/orders/42") == (200, {"key": "orders/42", "deleted": True})
+    assert http(cluster, "n1", "DELETE", "/kv/orders/42") == (200, {"key": "orders/42", "deleted": False})
+    status, body = http(cluster, "n2", "GET", "/kv/orders/42")
+    assert status == 404 and body["error"] == "not_found" and body["key"] == "orders/42"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error", "field"),
+    [
+        ("PUT", "/kv/k", b"{not json", 400, "bad_request", "body"),
+        ("PUT", "/kv/k", b"", 400, "bad_request", "body"),
+        ("PUT", "/kv/" + "k" * 2000, b"1", 400, "bad_request", "key"),
+        ("PUT", "/kv/k", b'"' + b"x" * (2 << 20) + b'"', 413, "payload_too_large", "body"),
+        ("GET", "/nowhere", None, 404, "not_found", None),
+        ("POST", "/kv/k", b"1", 405, "method_not_allowed", None),
+    ],
+)
+def test_bad_http_input_gets_a_json_error(cluster: LocalCluster, method: str, path: str,
+                                          body: bytes | None, status: int, error: str,
+                                          field: str | None) -> None:
+    got_status, got = http(cluster, "n1", method, path, body)
+    assert got_status == status
+    assert got["error"] == error
+    if field:
+        assert got["field"] == field
+    assert http(cluster, "n1", "GET", "/health")[0] == 200
+
+
+def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster) -> None:
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, 5000)
+    dealer.connect(f"tcp://{cluster.address('n2')}")
+    try:
+        wrong_types = encode(["rq", "c", "one", 0, ["get", "k"]])
+        for junk in (b"\x00garbage", encode({"not": "a request"}), wrong_types):
+            dealer.send(junk)
+            reply = decode_reply(dealer.recv())
+            assert isinstance(reply.result, Err) and reply.result.code == "bad_request"
+        # The same socket still works for real requests afterwards.
+        dealer.send(encode(Request("probe", 1, 1, Put("probe-key", 7))))
+        put = decode_reply(dealer.recv()).result
+        assert isinstance(put, Ok) and isinstance(put.value, int)
+        dealer.send(encode(Request("probe", 2, 2, Get("probe-key"))))
+        assert decode_reply(dealer.recv()).result == Ok(7)
+    finally:
+        dealer.close()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.RCVTIMEO, 5000)
+    req.connect(f"tcp://{cluster.address('n3')}")
+    try:
+        req.send(b"hello")
+        reply = decode_reply(req.recv())
+        assert isinstance(reply.result, Err) and "DEALER" in reply.result.message
+    finally:
+        req.close()
+    metrics = http(cluster, "n2", "GET", "/metrics")[1]
+    bad = [s.value for f in text_string_to_metric_families(metrics) if f.name == "syncfab_bad_frames"
+           for s in f.samples if s.name == "syncfab_bad_frames_total"]
+    assert bad and bad[0] >= 3
+
+
+def test_openapi_document_is_served(cluster: LocalCluster) -> None:
+    status, text = http(cluster, "n1", "GET", "/openapi.yaml")
+    assert status == 200 and text.startswith("openapi: 3") and "/kv/{key}" in text
+
+
+def test_metrics_are_prometheus_text(cluster: LocalCluster) -> None:
+    http(cluster, "n3", "PUT", "/kv/metric-probe", b"1")
+    status, text = http(cluster, "n3", "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    terms = {s.labels["group"]: s.value for s in families["syncfab_raft_term"].samples}
+    assert set(terms) == {str(g) for g in range(9)} and all(t >= 1 for t in terms.values())
+    assert {s.labels["group"] for s in families["syncfab_raft_commit_index"].samples} == set(terms)
+    leaders = {s.labels["group"]: s.labels["leader"] for s in families["syncfab_raft_leader"].samples}
+    assert set(leaders.values()) <= set(cluster.ids)
+    puts = [s for s in families["syncfab_http_requests"].samples
+            if s.labels.get("endpoint") == "/kv/{key}" and s.labels.get("method") == "PUT"]
+    assert puts and puts[0].value >= 1
+    assert "syncfab_http_request_seconds" in families
+    assert "syncfab_disk_write_seconds" in families
+
+
+def test_native_blocking_client(cluster: LocalCluster) -> None:
+    with Client([cluster.address("n1")]) as client:
+        index = client.put("native/a", {"x": 1})
+        assert index > 0
+        assert client.get("native/a") == {"x": 1}
+        assert client.delete("native/a") is True
+        with pytest.raises(NotFound):
+            client.get("native/a")
+        assert client.get("native/a", default="absent") == "absent"
+        assert set(client.cluster()["members"][i]["id"] for i in range(3)) == set(cluster.ids)
+
+
+def test_native_async_client_many_concurrent(cluster: LocalCluster) -> None:
+    async def run() -> list[int]:
+        async with AsyncClient(cluster.addresses) as client:
+            await asyncio.gather(*(client.put(f"many/{i}", i) for i in range(300)))
+            return await asyncio.gather(*(client.get(f"many/{i}") for i in range(300)))
+
+    assert asyncio.run(run()) == list(range(300))

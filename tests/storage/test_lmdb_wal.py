@@ -1,0 +1,287 @@
+"""LmdbLogStore's write-ahead log: records survive reopening and crashes, folding changes nothing
+visible, encode_batch never lets a bad record into the WAL, and a writer thread may write while
+another thread encodes."""
+
+from __future__ import annotations
+
+import queue
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import lmdb
+import pytest
+from test_log_store import Model, entries, random_persist
+
+from syncfab.actors.messages import Entry, HardState, Snapshot
+from syncfab.actors.ready import Persist
+from syncfab.storage import LmdbLogStore, StoredGroup
+from syncfab.storage.lmdb_store import GROUPS_MAX
+
+Batch = list[tuple[int, Persist]]
+
+
+def open_store(
+    path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512, checkpoint_bytes_max: int = 4 << 20
+) -> LmdbLogStore:
+    return LmdbLogStore(
+        str(path),
+        fsync=fsync,
+        map_size_bytes=64 << 20,
+        checkpoint_records_max=checkpoint_records_max,
+        checkpoint_bytes_max=checkpoint_bytes_max,
+    )
+
+
+def wal_on_disk(path: Path) -> int:
+    """Records in the closed store's ``wal`` database, read without LmdbLogStore (which folds)."""
+    env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return txn.stat(env.open_db(b"wal", txn=txn, create=False))["entries"]
+    finally:
+        env.close()
+
+
+def random_batch(rng: random.Random, models: dict[int, Model]) -> Batch:
+    batch = []
+    for _ in range(rng.randint(1, 4)):
+        group = rng.randint(0, 4)
+        batch.append((group, random_persist(rng, models.setdefault(group, Model()))))
+    return batch
+
+
+def assert_matches(store: LmdbLogStore, models: dict[int, Model], where: str) -> None:
+    for group, model in models.items():
+        assert store.load(group) == model.stored(), f"{where} group={group}"
+    assert store.groups() == sorted(g for g, m in models.items() if m), where
+
+
+def test_wal_records_survive_reopen_without_checkpoint(tmp_path: Path) -> None:
+    rng, models = random.Random(7), {}
+    store = open_store(tmp_path, fsync=True)
+    for _ in range(20):
+        store.write_encoded([store.encode_batch(random_batch(rng, models))])
+    assert store.wal_records() == 20
+    assert store.wal_bytes() > 0
+    store.close()
+    assert wal_on_disk(tmp_path) == 20  # close folded nothing: the reopen must replay
+    store = open_store(tmp_path)
+    assert store.wal_records() == 0
+    assert_matches(store, models, "after reopen")
+    store.close()
+
+
+def test_wal_survives_a_crash(tmp_path: Path) -> None:
+    # A process that dies right after write_encoded returns, never closing the store.
+    child = f"""
+        import os
+        from syncfab.actors.messages import Entry, HardState
+        from syncfab.actors.ready import Persist
+        from syncfab.storage import LmdbLogStore
+        store = LmdbLogStore({str(tmp_path)!r})
+        for i in range(1, 4):
+            entries = [Entry(1, i * 10 + j, b"x") for j in range(10)]
+            rec = store.encode_batch([(5, Persist(hard_state=HardState(1, "n1", i), entries=entries))])
+            store.write_encoded([rec])
+        assert store.wal_records() == 3
+        os._exit(0)
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(child)], check=True, timeout=60)
+    assert wal_on_disk(tmp_path) == 3
+    store = open_store(tmp_path)
+    want = [Entry(1, i, b"x") for i in range(10, 40)]
+    assert store.load(5) == StoredGroup(hard_state=HardState(1, "n1", 3), entries=want)
+    store.close()
+
+
+def test_checkpoint_then_reopen(tmp_path: Path) -> None:
+    rng, models = random.Random(8), {}
+    store = open_store(tmp_path, fsync=True)
+    for _ in range(10):
+        store.write(random_batch(rng, models))
+    store.checkpoint()
+    assert (store.wal_records(), store.wal_bytes()) == (0, 0)
+    store.close()
+    assert wal_on_disk(tmp_path) == 0
+    store = open_store(tmp_path)
+    assert_matches(store, models, "after checkpoint and reopen")
+    store.close()
+
+
+def test_auto_checkpoint_at_threshold_changes_nothing_visible(tmp_path: Path) -> None:
+    store = open_store(tmp_path, checkpoint_records_max=3)
+    for i in range(3):
+        store.write([(1, Persist(entries=entries(i * 4 + 1, i * 4 + 4)))])
+    assert store.wal_records() == 3
+    # This record would make 4: it is folded with the other three instead of logged.
+    store.write([(1, Persist(entries=entries(13, 16), hard_state=HardState(term=1)))])
+    assert store.wal_records() == 0
+    store.write([(2, Persist(snapshot=Snapshot(3, 1, b"s"), compact_to=3))])
+    assert store.wal_records() == 1
+    store.close()
+    assert wal_on_disk(tmp_path) == 1
+    store = open_store(tmp_path, checkpoint_records_max=3)
+    assert store.load(1) == StoredGroup(hard_state=HardState(term=1), entries=entries(1, 16))
+    assert store.load(2) == StoredGroup(snapshot=Snapshot(3, 1, b"s"))
+    assert store.groups() == [1, 2]
+    store.close()
+
+
+def test_auto_checkpoint_at_byte_threshold(tmp_path: Path) -> None:
+    def turn(i: int) -> Batch:  # every turn encodes to the same size
+        return [(1, Persist(entries=[Entry(1, j, bytes(20)) for j in range(i * 10 + 1, i * 10 + 11)]))]
+
+    store = open_store(tmp_path)
+    record_bytes = len(store.encode_batch(turn(0)))
+    store.close()
+    store = open_store(tmp_path, checkpoint_bytes_max=2 * record_bytes + record_bytes // 2)
+    for i in range(2):
+        store.write(turn(i))
+    assert (store.wal_records(), store.wal_bytes()) == (2, 2 * record_bytes)
+    store.write(turn(2))  # would pass the cap: folded with the other two instead
+    assert (store.wal_records(), store.wal_bytes()) == (0, 0)
+    store.write(turn(3))
+    assert store.wal_records() == 1
+    assert store.load(1) == StoredGroup(entries=[Entry(1, j, bytes(20)) for j in range(1, 41)])
+    store.close()
+
+
+def test_records_must_be_written_in_the_order_encoded(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    r1 = store.encode_batch([(1, Persist(entries=entries(1, 2)))])
+    r2 = store.encode_batch([(1, Persist(entries=entries(3, 4)))])
+    with pytest.raises(ValueError):
+        store.write_encoded([r2])
+    with pytest.raises(ValueError):
+        store.write_encoded([r2, r1])
+    assert store.wal_records() == 0
+    store.write_encoded([r1, r2])
+    r3 = store.encode_batch([(1, Persist(entries=entries(5, 5)))])
+    r4 = store.encode_batch([(1, Persist(entries=entries(6, 6)))])
+    with pytest.raises(ValueError):
+        store.write_encoded([r4])  # r3 skipped: r4 was checked against a log that holds 5
+    store.write_encoded([r3, r4])
+    assert store.load(1) == StoredGroup(entries=entries(1, 6))
+    store.close()
+
+
+def test_nothing_to_keep_encodes_to_nothing(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    assert store.encode_batch([]) == b""
+    assert store.encode_batch([(1, Persist()), (2, Persist())]) == b""
+    store.write_encoded([b"", b""])
+    assert (store.wal_records(), store.groups()) == (0, [])
+    store.close()
+
+
+def test_encode_rejects_what_could_not_be_folded(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    with pytest.raises(ValueError):
+        store.encode_batch([(-1, Persist(hard_state=HardState(term=1)))])
+    too_many = [(g, Persist(entries=entries(1, 1))) for g in range(GROUPS_MAX + 1)]
+    with pytest.raises(lmdb.DbsFullError):
+        store.encode_batch(too_many)
+    store.write(too_many[:GROUPS_MAX])
+    with pytest.raises(lmdb.DbsFullError):
+        store.encode_batch(too_many[GROUPS_MAX:])
+    store.write([(0, Persist(entries=entries(2, 2)))])  # a group with a database may still grow
+    store.checkpoint()
+    assert len(store.groups()) == GROUPS_MAX
+    store.close()
+
+
+def bad_batch(rng: random.Random, models: dict[int, Model]) -> Batch:
+    """A batch with a valid part (on throwaway copies of the models) and then a rejected one."""
+    scratch = {g: Model(m.hard_state, m.snapshot, dict(m.log)) for g, m in models.items()}
+    group = rng.randint(0, 4)
+    model = scratch.setdefault(group, Model())
+    valid = random_persist(rng, model)
+    last = max(model.log) if model.log else rng.randint(0, 30)
+    bad = Persist(entries=[Entry(1, last + 1, b""), Entry(1, last + 3, b"")])  # not contiguous
+    if model.log and rng.random() < 0.5:
+        bad = Persist(entries=entries(last + 2, last + 3))  # a gap
+    return [(group, valid), (group, bad)]
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14, 15, 16])
+def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    models: dict[int, Model] = {}
+
+    def reopen() -> LmdbLogStore:
+        # Sometimes fold on every write, sometimes by count, sometimes by size, sometimes never.
+        return open_store(
+            tmp_path,
+            checkpoint_records_max=rng.choice([0, 1, 2, 5, 50, 1000]),
+            checkpoint_bytes_max=rng.choice([1, 300, 2000, 1 << 20]),
+        )
+
+    store = reopen()
+    for step in range(150):
+        where = f"seed={seed} step={step}"
+        if rng.random() < 0.1:
+            with pytest.raises(ValueError):
+                store.encode_batch(bad_batch(rng, models))
+        records = [store.encode_batch(random_batch(rng, models)) for _ in range(rng.randint(1, 3))]
+        store.write_encoded(records)
+        roll = rng.random()
+        if roll < 0.1:
+            store.checkpoint()
+            assert store.wal_records() == 0, where
+        elif roll < 0.2:
+            store.close()
+            store = reopen()
+        elif roll < 0.3:
+            assert_matches(store, models, where)
+    store.close()
+    store = open_store(tmp_path)
+    assert_matches(store, models, f"seed={seed} at the end")
+    store.close()
+
+
+def test_writer_thread_writes_while_main_thread_encodes(tmp_path: Path) -> None:
+    rng, models = random.Random(21), {}
+    store = open_store(tmp_path, fsync=True, checkpoint_records_max=7)
+    pending: queue.Queue[bytes | None] = queue.Queue()
+    errors: list[BaseException] = []
+    written: list[int] = []
+
+    def writer() -> None:
+        try:
+            done = False
+            while not done:
+                # Take whatever else is queued: one commit for every turn encoded meanwhile.
+                records = [pending.get()]
+                while not pending.empty():
+                    records.append(pending.get())
+                if None in records:  # the last thing queued
+                    done = True
+                    records.remove(None)
+                store.write_encoded(records)  # type: ignore[arg-type]  # None removed above
+                written.append(len(records))
+        except BaseException as e:  # handed to the main thread, which asserts on it
+            errors.append(e)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            pending.put(store.encode_batch(random_batch(rng, models)))
+            # The calls the loop thread may make while the writer runs.
+            assert store.size_bytes() > 0
+            assert store.wal_records() <= 7
+    finally:
+        pending.put(None)
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert errors == []
+    assert sum(written) == 300
+    assert_matches(store, models, "after the writer thread")
+    store.close()
+    store = open_store(tmp_path)
+    assert_matches(store, models, "after reopen")
+    store.close()

@@ -1,0 +1,35 @@
+"""ruff is part of the test command: a lint error fails the suite like any other bug."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: pip install -e '.[test]'")
+    out = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_modules_stay_readable() -> None:
+    """One module, one idea: a file a reader can hold in mind."""
+    long = []
+    for folder in ("actors", "fabric", "storage", "gateway"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            lines = len(path.read_text().splitlines())
+            if lines > 600:
+                long.append(f"{folder}/{path.name}: {lines} lines")
+    assert not long, long
+
+
+def test_python_is_supported() -> None:
+    assert sys.version_info >= (3, 11)
