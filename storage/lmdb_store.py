@@ -6,29 +6,27 @@ sequence numbers. Folded state lives in one named database per group (``log.<gro
 ``<group:8 bytes BE><kind:1 byte>``). The state of the disk is the folded state with every WAL
 record applied on top, in order.
 
-Why a WAL: a turn's commit then touches one B-tree with one put per turn instead of ~9 trees and
-hundreds of puts, so the commit is cheaper and, run on a writer thread, holds the GIL for almost
-nothing (py-lmdb releases it during the commit's write and fsync). ``checkpoint`` folds the WAL
-into the per-group databases (``apply_persist``, the semantics MemoryLogStore also uses), in one
-transaction that also empties the WAL; ``write_encoded`` does so itself once the WAL would pass
-``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes, so that one commit in so many
-is much bigger. Folding still puts every entry into its group's B-tree (~0.7 us of CPU each,
-measured: about what the old per-turn write spent), so the byte cap is what bounds that commit:
-512 turns of 576 entries would fold for ~0.5 s. A writer thread does better to report a turn
-durable when ``write_encoded`` returns and then call ``checkpoint`` once ``wal_bytes`` passes its
-own mark: the fold then delays only turns that arrive meanwhile (which it can write together),
-and the constructor's limits stay a backstop.
+Why a WAL: a turn's commit touches one B-tree with one put instead of ~9 trees and hundreds of
+puts, so it is cheaper and, on a writer thread, holds the GIL for almost nothing (py-lmdb drops it
+for every LMDB call, the commit's write and fsync included). ``checkpoint`` folds the oldest WAL
+records into the group databases (through ``apply_persist``, as MemoryLogStore applies a Persist)
+and deletes them, in one transaction; ``write_encoded`` folds the whole WAL itself when it would
+pass ``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes, so that commit is much
+bigger. A fold still puts every entry (~0.7 us of CPU each, about the old per-turn write's cost),
+and py-lmdb retakes the GIL after each put, so a fold racing a busy loop thread can crawl. Hence
+the byte cap (512 turns of 576 entries fold in ~0.5 s even alone), and the better pattern for a
+writer thread: report a turn durable when ``write_encoded`` returns, then ``checkpoint`` (in
+slices) when idle or once ``wal_bytes`` passes its own mark, leaving the limits as a backstop.
 
 Reading: opening the store folds whatever WAL a previous run left, and ``load``/``groups`` fold
-first too, so reads only ever see the per-group databases: one read path, and a start-up costs at
-most one checkpoint. (The alternative, replaying the WAL in memory for every read, would be a
-second read path for no gain: reads happen at start-up, right after the open's fold.)
+first too, so reads only see the per-group databases: one read path, at most one fold per start-up
+(replaying the WAL in memory instead would be a second read path, for reads that follow the open).
 
 Validation: a WAL record must never fail to fold, or the store could not open again. So
-``encode_batch`` checks each batch against the index span every group's log will have once all
-earlier records are written (the same ``apply_persist``, on spans) and raises ValueError, changing
-nothing, as ``write`` always did; records carry their sequence number, and ``write_encoded``
-rejects one written out of order or after a skipped one.
+``encode_batch`` checks a batch against the span each group's log will have once every earlier
+record is written (``apply_persist`` on ``LogSpan``s) and raises ValueError, changing nothing, as
+``write`` always did. Records carry their sequence number: ``write_encoded`` rejects one written
+out of order or after a skipped one.
 
 Threads: one thread (the event loop) calls ``encode_batch``; one writer thread calls
 ``write_encoded`` and ``checkpoint``; ``size_bytes``, ``wal_records`` and ``wal_bytes`` may be
@@ -45,7 +43,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from itertools import chain
+from itertools import chain, islice
 
 import lmdb
 import msgspec
@@ -297,7 +295,7 @@ class LmdbLogStore:
             self._wal_records + len(records) > self._checkpoint_records_max
             or self._wal_bytes + size > self._checkpoint_bytes_max
         ):
-            self._fold(records)
+            self._fold(self._wal_records, records)
         else:
             with self._env.begin(write=True) as txn:
                 items = [(record[:_SEQ_BYTES], record) for record in records]
@@ -308,10 +306,13 @@ class LmdbLogStore:
             self._wal_bytes += size
         self._next_written = first + len(records)
 
-    def checkpoint(self) -> None:
-        """Fold every WAL record into the group databases and empty the WAL, in one transaction."""
-        if self._wal_records:
-            self._fold([])
+    def checkpoint(self, records_max: int | None = None) -> None:
+        """Fold the oldest ``records_max`` WAL records (all by default) into the group databases
+        and delete them, in one transaction. Folding in slices bounds how long one fold can hold
+        up the next turn's write."""
+        count = self._wal_records if records_max is None else min(records_max, self._wal_records)
+        if count > 0:
+            self._fold(count, [])
 
     def wal_records(self) -> int:
         return self._wal_records
@@ -328,13 +329,17 @@ class LmdbLogStore:
         self._logs.clear()
         self._env.close()
 
-    def _fold(self, records: list[bytes]) -> None:
+    def _fold(self, count: int, records: list[bytes]) -> None:
+        """Fold the WAL's first ``count`` records, then ``records`` (only when count is all)."""
         opened: dict[int, lmdb._Database] = {}
         logs: dict[int, _DbLog] = {}
+        folded_bytes = 0
         with self._env.begin(write=True) as txn:
+            wal = txn.cursor(self._wal)
             # Reading the WAL while changing other databases of the same transaction is safe:
             # its pages are not freed for reuse before the commit.
-            for record in chain(txn.cursor(self._wal).iternext(keys=False), records):
+            for record in chain(islice(wal.iternext(keys=False), count), records):
+                folded_bytes += len(record)
                 for op in _decode_ops(memoryview(record)[_SEQ_BYTES:]):
                     log = logs.get(op.group)
                     if log is None:
@@ -343,6 +348,12 @@ class LmdbLogStore:
                         # Opened inside this transaction, so a new group costs no commit of its own.
                         log.db = opened[op.group] = self._env.open_db(_log_name(op.group), txn=txn)
                     apply_persist(log, op.group, op)
-            txn.drop(self._wal, delete=False)
+            if count == self._wal_records:
+                txn.drop(self._wal, delete=False)
+            else:
+                wal.first()
+                for _ in range(count):
+                    wal.delete()
         self._logs.update(opened)
-        self._wal_records = self._wal_bytes = 0
+        self._wal_records -= count
+        self._wal_bytes -= folded_bytes - sum(map(len, records))

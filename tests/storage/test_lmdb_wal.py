@@ -112,6 +112,25 @@ def test_checkpoint_then_reopen(tmp_path: Path) -> None:
     store.close()
 
 
+def test_checkpoint_in_slices(tmp_path: Path) -> None:
+    rng, models = random.Random(9), {}
+    store = open_store(tmp_path)
+    sizes = []
+    for _ in range(10):
+        record = store.encode_batch(random_batch(rng, models))
+        store.write_encoded([record])
+        sizes.append(len(record))
+    store.checkpoint(3)
+    assert (store.wal_records(), store.wal_bytes()) == (7, sum(sizes[3:]))
+    store.checkpoint(5)
+    assert (store.wal_records(), store.wal_bytes()) == (2, sum(sizes[8:]))
+    store.close()
+    assert wal_on_disk(tmp_path) == 2
+    store = open_store(tmp_path)
+    assert_matches(store, models, "after slices and reopen")
+    store.close()
+
+
 def test_auto_checkpoint_at_threshold_changes_nothing_visible(tmp_path: Path) -> None:
     store = open_store(tmp_path, checkpoint_records_max=3)
     for i in range(3):
@@ -230,8 +249,10 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
         store.write_encoded(records)
         roll = rng.random()
         if roll < 0.1:
-            store.checkpoint()
-            assert store.wal_records() == 0, where
+            before = store.wal_records()
+            records_max = rng.choice([None, 1, 3])
+            store.checkpoint(records_max)
+            assert store.wal_records() == (0 if records_max is None else max(0, before - records_max)), where
         elif roll < 0.2:
             store.close()
             store = reopen()
