@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from syncfab.actors.results import Err, Ok, Result
+
+if TYPE_CHECKING:
+    from syncfab.actors.machine import ApplyContext
 
 
 class Put(msgspec.Struct, frozen=True, tag="put", array_like=True):
@@ -25,15 +28,16 @@ class Get(msgspec.Struct, frozen=True, tag="get", array_like=True):
 class KvStore:
     commands = (Put, Delete)
     queries = (Get,)
+    locals = ()
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
 
-    def apply(self, index: int, op: Put | Delete) -> Result:
+    def apply(self, ctx: ApplyContext, op: Put | Delete) -> Result:
         match op:
             case Put(key=key, value=value):
                 self.data[key] = value
-                return Ok(index)
+                return Ok(ctx.index)
             case Delete(key=key):
                 return Ok(self.data.pop(key, _ABSENT) is not _ABSENT)
         raise TypeError(f"not a kv command: {op!r}")
@@ -43,6 +47,15 @@ class KvStore:
         if value is _ABSENT:
             return Err("not_found", f"no key {op.key!r}", {"key": op.key})
         return Ok(value)
+
+    def local(self, now_ms: int, op: object) -> Result:
+        raise TypeError("the key/value store has no leader-only operations")
+
+    def due(self, now_ms: int) -> list[object]:
+        return []
+
+    def reset_local(self) -> None:
+        pass
 
     def snapshot(self) -> bytes:
         return _encode(self.data)

@@ -1,27 +1,72 @@
 """One Raft group's replicated state: a session table in front of the services the group hosts.
 
-Shard groups host the key/value store (and, later, queue partitions); the control group hosts
-the lock table. A service is any object with ``commands`` / ``queries`` (the op types it owns),
-``apply(index, op)``, ``query(op)``, ``snapshot() -> bytes`` and ``restore(bytes)``.
+Shard groups host the key/value store and queue partitions; the control group hosts the lock
+table. A service owns some op types and implements ``Service``. Four kinds of op:
+
+- **commands** go through the log; ``apply`` runs on every replica in log order and must be
+  deterministic: time comes from ``ctx.now_ms``, stamped into the entry by the leader;
+- **queries** are linearizable reads: ReadIndex on the leader, then ``query``;
+- **locals** run on the leader only, against state that is not replicated (a queue's in-flight
+  marks): ``local``. A new leader starts that state afresh (``reset_local``);
+- **housekeeping**: ``due(now_ms)`` lets the leader propose commands of its own (lease expiry,
+  visibility deadlines) — decided by the leader's clock, applied everywhere from the log.
+
+A command may leave its request *waiting* (a lock acquire behind a holder): ``apply`` returns
+``WAITING`` and the answer comes later, when another command's apply decides it and calls
+``ctx.notify(client, request_id, result)``. The session table records a waiting request as
+such and replaces the record with the final answer, so a retry gets whichever is current.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
-from syncfab.actors.results import Err, Result
+from syncfab.actors.results import WAITING, Err, Result, Waiting
 from syncfab.actors.sessions import SessionTable
+
+__all__ = ["WAITING", "ApplyContext", "GroupMachine", "Notice", "Service", "Waiting"]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """The answer to an earlier, waiting request."""
+
+    client: str
+    request_id: int
+    result: Result
+
+
+@dataclass(slots=True)
+class ApplyContext:
+    """What a command's application may know and do besides its op."""
+
+    index: int  # the log entry's index
+    now_ms: int  # the leader's wall clock when it proposed the entry
+    client: str = ""  # who sent the command ("" for the leader's own housekeeping)
+    request_id: int = 0
+    notices: list[Notice] = field(default_factory=list)
+
+    def notify(self, client: str, request_id: int, result: Result) -> None:
+        self.notices.append(Notice(client, request_id, result))
 
 
 class Service(Protocol):
     commands: tuple[type, ...]
     queries: tuple[type, ...]
+    locals: tuple[type, ...]
 
-    def apply(self, index: int, op: Any) -> Result: ...
+    def apply(self, ctx: ApplyContext, op: Any) -> Result | Waiting: ...
 
     def query(self, op: Any) -> Result: ...
+
+    def local(self, now_ms: int, op: Any) -> Result | Waiting: ...
+
+    def due(self, now_ms: int) -> list[Any]: ...
+
+    def reset_local(self) -> None: ...
 
     def snapshot(self) -> bytes: ...
 
@@ -43,29 +88,39 @@ class GroupMachine:
         self.sessions = SessionTable(clients_max)
         self._writes: dict[type, Service] = {}
         self._reads: dict[type, Service] = {}
+        self._locals: dict[type, Service] = {}
         for service in services.values():
             self._writes.update(dict.fromkeys(service.commands, service))
             self._reads.update(dict.fromkeys(service.queries, service))
+            self._locals.update(dict.fromkeys(service.locals, service))
 
     def accepts(self, op: Any) -> bool:
-        return type(op) in self._writes or type(op) in self._reads
+        kind = type(op)
+        return kind in self._writes or kind in self._reads or kind in self._locals
 
     def is_query(self, op: Any) -> bool:
         return type(op) in self._reads
 
-    def apply(self, index: int, client: str, request_id: int, acked: int, op: Any) -> Result:
-        """Apply a committed command once, however many times it was proposed."""
+    def is_local(self, op: Any) -> bool:
+        return type(op) in self._locals
+
+    def apply(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting:
+        """Apply a committed command once, however many times it was proposed. Notices for
+        earlier waiting requests are left in ``ctx.notices`` (and recorded as their answers)."""
+        client, request_id = ctx.client, ctx.request_id
         if request_id:
             recorded = self.sessions.lookup(client, request_id, acked)
             if recorded is not None:
                 return recorded
         service = self._writes.get(type(op))
-        result = (
-            service.apply(index, op) if service is not None
+        result: Result | Waiting = (
+            service.apply(ctx, op) if service is not None
             else Err("bad_request", f"{type(op).__name__} is not a command of this group")
         )
         if request_id:
             self.sessions.record(client, request_id, acked, result)
+        for notice in ctx.notices:
+            self.sessions.replace(notice.client, notice.request_id, notice.result)
         return result
 
     def query(self, op: Any) -> Result:
@@ -73,6 +128,19 @@ class GroupMachine:
         if service is None:
             return Err("bad_request", f"{type(op).__name__} is not a query of this group")
         return service.query(op)
+
+    def local(self, now_ms: int, op: Any) -> Result | Waiting:
+        service = self._locals.get(type(op))
+        if service is None:
+            return Err("bad_request", f"{type(op).__name__} is not a leader operation of this group")
+        return service.local(now_ms, op)
+
+    def due(self, now_ms: int) -> list[Any]:
+        return [op for service in self.services.values() for op in service.due(now_ms)]
+
+    def reset_local(self) -> None:
+        for service in self.services.values():
+            service.reset_local()
 
     def snapshot(self) -> bytes:
         return _encode(_Image(self.sessions.snapshot(), {n: s.snapshot() for n, s in self.services.items()}))

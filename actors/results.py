@@ -22,5 +22,13 @@ class Err(msgspec.Struct, frozen=True, tag="err", array_like=True):
 
 Result = Ok | Err
 
+
+class Waiting(msgspec.Struct, frozen=True, tag="wait", array_like=True):
+    """A command left its request parked (a lock acquire behind a holder); the answer comes
+    later, when another command decides it (see actors/machine.py)."""
+
+
+WAITING = Waiting()
+
 # Codes a client may retry, with the same request id, on the same or another node.
 RETRYABLE = frozenset({"not_leader", "no_leader", "busy", "leader_changed", "unavailable"})

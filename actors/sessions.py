@@ -13,13 +13,13 @@ from collections import OrderedDict
 
 import msgspec
 
-from syncfab.actors.results import Err, Result
+from syncfab.actors.results import Err, Result, Waiting
 
 
 class _Image(msgspec.Struct, array_like=True):
     client: str
     acked: int
-    results: list[tuple[int, Result]]
+    results: list[tuple[int, Result | Waiting]]
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -30,12 +30,12 @@ class SessionTable:
     def __init__(self, clients_max: int = 100_000) -> None:
         self.clients_max = clients_max
         # client -> (acked, {request id: result})
-        self._sessions: OrderedDict[str, tuple[int, dict[int, Result]]] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[int, dict[int, Result | Waiting]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def lookup(self, client: str, request_id: int, acked: int) -> Result | None:
+    def lookup(self, client: str, request_id: int, acked: int) -> Result | Waiting | None:
         """The recorded result of a retried request, an error for one the client already
         acknowledged, or None when it is new and must be applied."""
         session = self._sessions.get(client)
@@ -48,7 +48,7 @@ class SessionTable:
             return Err("stale_request", f"request {request_id} was already acknowledged")
         return None
 
-    def record(self, client: str, request_id: int, acked: int, result: Result) -> None:
+    def record(self, client: str, request_id: int, acked: int, result: Result | Waiting) -> None:
         session = self._sessions.pop(client, None)
         if session is None:
             floor, results = acked, {}
@@ -61,6 +61,12 @@ class SessionTable:
         self._sessions[client] = (floor, results)
         while len(self._sessions) > self.clients_max:
             self._sessions.popitem(last=False)
+
+    def replace(self, client: str, request_id: int, result: Result) -> None:
+        """A waiting request got its answer: a retry from now on gets the answer."""
+        session = self._sessions.get(client)
+        if session is not None and request_id in session[1]:
+            session[1][request_id] = result
 
     def snapshot(self) -> bytes:
         return _encode([_Image(c, floor, list(res.items())) for c, (floor, res) in self._sessions.items()])

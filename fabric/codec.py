@@ -2,8 +2,8 @@
 
 Everything is MessagePack via msgspec, decoders built once. A ROUTER socket receives either
 a client ``Request`` or a ``PeerBatch`` (every message one peer has for us this turn, for any
-group), told apart by their tags. A log entry's payload is a list of encoded ``Request``s —
-one turn's writes to one group — kept byte for byte as their clients sent them.
+group), told apart by their tags. A log entry's payload is a ``Batch``: one turn's writes to
+one group, kept byte for byte as their clients sent them, with the leader's timestamp.
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ class ClusterInfo(msgspec.Struct, frozen=True, tag="cluster", array_like=True):
     """Ask a node for its view of the cluster (members, shard leaders); answered locally."""
 
 
-Op = Put | Get | Delete | ClusterInfo
+class OnShard(msgspec.Struct, frozen=True, tag="on", array_like=True):
+    """Run ``op`` on a named shard (a queue consumer visiting each shard in turn, a setting
+    applied to every shard, a batch a client has already split by shard)."""
+
+    shard: int
+    op: ShardOp
+
+
+ShardOp = Put | Get | Delete
+Op = Put | Get | Delete | ClusterInfo | OnShard
 
 
 class Request(msgspec.Struct, frozen=True, tag="rq", array_like=True):
@@ -54,16 +63,33 @@ encode = msgspec.msgpack.Encoder().encode
 decode_inbound = msgspec.msgpack.Decoder(Inbound).decode
 decode_request = msgspec.msgpack.Decoder(Request).decode
 decode_reply = msgspec.msgpack.Decoder(Reply).decode
-_decode_requests = msgspec.msgpack.Decoder(list[Request]).decode
 
 
-def encode_batch(requests: list[bytes]) -> bytes:
-    """A log entry's payload: the requests of one turn, each exactly as its client encoded it."""
-    return encode([msgspec.Raw(r) for r in requests])
+class Batch(msgspec.Struct, frozen=True, array_like=True):
+    """A log entry's payload: one turn's writes to one group, each exactly as its client
+    encoded it, and the leader's wall clock when it proposed them (the only time a replicated
+    state machine ever sees)."""
+
+    now_ms: int
+    requests: list[msgspec.Raw]
 
 
-def decode_batch(data: bytes) -> list[Request]:
-    return _decode_requests(data)
+class _DecodedBatch(msgspec.Struct, frozen=True, array_like=True):
+    now_ms: int
+    requests: list[Request]
+
+
+_decode_batch = msgspec.msgpack.Decoder(_DecodedBatch).decode
+
+
+def encode_batch(now_ms: int, requests: list[bytes]) -> bytes:
+    return encode(Batch(now_ms, [msgspec.Raw(r) for r in requests]))
+
+
+def decode_batch(data: bytes) -> tuple[int, list[Request]]:
+    batch = _decode_batch(data)
+    return batch.now_ms, batch.requests
+
 
 DecodeError = msgspec.DecodeError
 ValidationError = msgspec.ValidationError

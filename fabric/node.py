@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from syncfab.actors.kv import Delete, Get, KvStore, Put
-from syncfab.actors.machine import GroupMachine
+from syncfab.actors.machine import ApplyContext, GroupMachine
 from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
 from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
-from syncfab.actors.results import Err, Ok, Result
+from syncfab.actors.results import Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement, shard_for_key
 from syncfab.fabric.codec import (
     ClusterInfo,
     DecodeError,
+    OnShard,
     PeerMessage,
     Reply,
     Request,
@@ -105,11 +106,16 @@ class _Group:
     raft: RaftCore
     machine: GroupMachine
     writes: list[bytes] = field(default_factory=list)  # this turn's requests, encoded
-    writers: list[_Pending] = field(default_factory=list)
+    writers: list[_Pending | None] = field(default_factory=list)  # None: our own housekeeping
     queries: list[_Read] = field(default_factory=list)  # this turn's reads
     proposals: dict[int, list[_Pending]] = field(default_factory=dict)  # log index -> waiters
     reads: dict[int, list[_Read]] = field(default_factory=dict)  # ReadIndex context -> reads
     read_waits: list[tuple[int, int, list[_Read]]] = field(default_factory=list)  # heap by index
+    # Requests a command left waiting (a lock acquire): answered when a notice names them.
+    deferred: dict[tuple[str, int], _Pending] = field(default_factory=dict)
+    # Leader-local ops waiting for data (a long-polling consume): heap of (deadline, seq, ...).
+    parked: list[tuple[int, int, _Pending, Any]] = field(default_factory=list)
+    housekeeping_index: int = 0  # our last housekeeping entry, until it is applied
     lead_term: int = -1  # the term in which our waiters were registered
     leading_since_ms: int = 0
 
@@ -132,7 +138,8 @@ class NodeCore:
             list(self.members), cfg.shard_count, cfg.replication, cfg.vnodes
         )
         self.detector = PhiAccrualDetector()
-        self._now = now_ms
+        self._now = self._wall = now_ms
+        self._park_seq = 0
         self.groups: dict[int, _Group] = {}
         for gid in self.placement.groups_of(node_id):
             disk = stored.get(gid)
@@ -199,12 +206,17 @@ class NodeCore:
 
     # -- the turn -------------------------------------------------------------------------
 
-    def turn(self, now_ms: int) -> Flush:
+    def turn(self, now_ms: int, wall_ms: int | None = None) -> Flush:
+        """``now_ms`` drives timers (monotonic); ``wall_ms`` is what a leader stamps into the
+        entries it proposes — the replicated state machines' only clock (default: now_ms)."""
         self._now = now_ms
+        self._wall = now_ms if wall_ms is None else wall_ms
         if now_ms >= self._next_tick:
             self._next_tick = now_ms + self.config.tick_ms
             for g in self.groups.values():
                 g.raft.tick(now_ms)
+                if g.raft.role is Role.LEADER:
+                    self._housekeeping(g)
             self._active.update(self.groups)
         if now_ms >= self._next_beat:
             self._next_beat = now_ms + self.config.beat_ms
@@ -252,15 +264,11 @@ class NodeCore:
         if ready.restore is not None:
             g.machine.restore(ready.restore.data)
             self.counters["snapshots_installed"] += 1
-        apply = g.machine.apply
         for entry in ready.committed:
-            if not entry.data:
-                continue  # a new leader's no-op
-            results = [apply(entry.index, r.client, r.id, r.acked, r.op) for r in decode_batch(entry.data)]
-            waiters = g.proposals.pop(entry.index, None)
-            if waiters is not None:
-                for waiter, result in zip(waiters, results, strict=True):
-                    self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
+            if entry.data:  # b"" is a new leader's no-op
+                self._apply_entry(g, entry.index, entry.data)
+        if ready.committed and g.parked:
+            self._retry_parked(g)
         applied = raft.applied_index
         for rs in ready.reads:
             reads = g.reads.pop(rs.context, None)
@@ -275,17 +283,69 @@ class NodeCore:
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
         flush.readies.append((g.id, ready))
 
+    def _apply_entry(self, g: _Group, index: int, data: bytes) -> None:
+        now_ms, requests = decode_batch(data)
+        waiters = g.proposals.pop(index, None)
+        machine, deferred = g.machine, g.deferred
+        for pos, request in enumerate(requests):
+            op = request.op.op if isinstance(request.op, OnShard) else request.op
+            ctx = ApplyContext(index, now_ms, request.client, request.id)
+            result = machine.apply(ctx, request.acked, op)
+            waiter = waiters[pos] if waiters is not None else None
+            if isinstance(result, Waiting):
+                if waiter is not None:
+                    deferred[(request.client, request.id)] = waiter
+            elif waiter is not None:
+                self._answer(waiter, result)
+            for notice in ctx.notices:
+                parked = deferred.pop((notice.client, notice.request_id), None)
+                if parked is not None:
+                    self._answer(parked, notice.result)
+        if index >= g.housekeeping_index:
+            g.housekeeping_index = 0
+
     def _propose_batch(self, g: _Group) -> None:
         writes, writers = g.writes, g.writers
         g.writes, g.writers = [], []
         try:
-            index = g.raft.propose(encode_batch(writes))
+            index = g.raft.propose(encode_batch(self._wall, writes))
         except (Busy, NotLeader) as e:
             code = "busy" if isinstance(e, Busy) else "not_leader"
             for w in writers:
-                self._reply(w.origin, w.route, w.request_id, Err(code, str(e)), g.raft.leader)
+                if w is not None:
+                    self._reply(w.origin, w.route, w.request_id, Err(code, str(e)), g.raft.leader)
             return
         g.proposals[index] = writers
+        if None in writers:
+            g.housekeeping_index = index
+
+    def _housekeeping(self, g: _Group) -> None:
+        """Propose what the services' clocks say is due (lease expiry, visibility deadlines) —
+        one housekeeping entry at a time, so a slow commit does not repeat it every tick — and
+        answer parked long-polls whose wait is over."""
+        wall = self._wall
+        if not g.housekeeping_index:
+            for op in g.machine.due(wall):
+                g.writes.append(encode(Request("", 0, 0, op)))
+                g.writers.append(None)
+        while g.parked and g.parked[0][0] <= wall:
+            _, _, waiter, op = heapq.heappop(g.parked)
+            self._answer(waiter, g.machine.local(wall, msgspec.structs.replace(op, wait_ms=0)))
+
+    def _retry_parked(self, g: _Group) -> None:
+        """New entries were applied: a parked long-poll may now find what it waits for."""
+        still: list[tuple[int, int, _Pending, Any]] = []
+        for item in sorted(g.parked):
+            result = g.machine.local(self._wall, item[3])
+            if isinstance(result, Waiting):
+                still.append(item)
+            else:
+                self._answer(item[2], result)
+        heapq.heapify(still)
+        g.parked = still
+
+    def _answer(self, waiter: _Pending, result: Result) -> None:
+        self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
 
     def _check_leadership(self, g: _Group) -> None:
         """Fail every waiter registered under a leadership we no longer hold: their entries may
@@ -294,18 +354,25 @@ class NodeCore:
         leading = raft.role is Role.LEADER
         if leading and raft.term == g.lead_term:
             return
-        if g.proposals or g.reads or g.read_waits or g.writers or g.queries:
-            err = Err("leader_changed", "leadership changed before the request completed")
-            waiters = [*g.writers, *(w for w, _ in g.queries)]
-            waiters += [w for ws in g.proposals.values() for w in ws]
-            waiters += [w for reads in g.reads.values() for w, _ in reads]
-            waiters += [w for _, _, reads in g.read_waits for w, _ in reads]
-            for w in waiters:
+        if not leading and g.lead_term == -1:
+            return  # a follower that was not leading either: nothing was registered here
+        waiters = [*g.writers, *(w for w, _ in g.queries)]
+        waiters += [w for ws in g.proposals.values() for w in ws]
+        waiters += [w for reads in g.reads.values() for w, _ in reads]
+        waiters += [w for _, _, reads in g.read_waits for w, _ in reads]
+        waiters += [*g.deferred.values(), *(w for _, _, w, _ in g.parked)]
+        err = Err("leader_changed", "leadership changed before the request completed")
+        for w in waiters:
+            if w is not None:
                 self._reply(w.origin, w.route, w.request_id, err, raft.leader)
-            g.writes, g.writers, g.queries = [], [], []
-            g.proposals.clear()
-            g.reads.clear()
-            g.read_waits.clear()
+        g.writes, g.writers, g.queries, g.parked = [], [], [], []
+        g.proposals.clear()
+        g.reads.clear()
+        g.read_waits.clear()
+        g.deferred.clear()
+        g.housekeeping_index = 0
+        # Leader-only state (a queue's in-flight marks) starts afresh with each leadership.
+        g.machine.reset_local()
         g.lead_term = raft.term if leading else -1
         if leading:
             g.leading_since_ms = self._now
@@ -334,14 +401,28 @@ class NodeCore:
             return
         self._active.add(gid)
         waiter = _Pending(origin, route, request.id)
-        if g.machine.is_query(op):
-            g.queries.append((waiter, op))
+        inner = op.op if isinstance(op, OnShard) else op
+        if g.machine.is_query(inner):
+            g.queries.append((waiter, inner))
+        elif g.machine.is_local(inner):
+            result = g.machine.local(self._wall, inner)
+            if isinstance(result, Waiting):
+                self._park_seq += 1
+                deadline = self._wall + getattr(inner, "wait_ms", 0)
+                heapq.heappush(g.parked, (deadline, self._park_seq, waiter, inner))
+            else:
+                self._answer(waiter, result)
         else:
             g.writes.append(raw)
             g.writers.append(waiter)
 
     def group_of(self, op: Any) -> int | Err:
         match op:
+            case OnShard(shard=shard):
+                if not 1 <= shard <= self.config.shard_count:
+                    return Err("bad_request", f"shard must be 1..{self.config.shard_count}",
+                               {"field": "shard"})
+                return shard
             case Put(key=key) | Get(key=key) | Delete(key=key):
                 if not key or len(key.encode()) > KEY_BYTES_MAX:
                     return Err("bad_request", f"key must be 1..{KEY_BYTES_MAX} bytes", {"field": "key"})

@@ -158,7 +158,7 @@ class NodeRuntime:
         for frames in t.drain(t.sub, SUB_FRAMES_PER_TURN_MAX):
             self._on_publication(frames)
 
-        flush = core.turn(monotonic_ms())
+        flush = core.turn(monotonic_ms(), time.time_ns() // 1_000_000)
         me = self.settings.node_id
         for peer, items in flush.sends.items():
             t.send_peer(peer, encode(PeerBatch(me, items)))

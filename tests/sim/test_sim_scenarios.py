@@ -86,7 +86,7 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
     applied_puts = set()
     for g in sim.placement.shards:
         for _, data in sim.checker.applied_entries(g):
-            for request in decode_batch(data) if data else ():
+            for request in (decode_batch(data)[1] if data else ()):
                 if isinstance(request.op, Put):
                     applied_puts.add(request.op.value)
     acked = [op.value for op in report.history if op.kind == "put" and op.ret is not None]
