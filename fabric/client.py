@@ -81,6 +81,7 @@ class _Link:
 
 
 _TIMED_OUT: Any = object()
+SWEEP_INTERVAL_S = 0.05
 
 
 class AsyncClient:
@@ -107,6 +108,8 @@ class AsyncClient:
         self._links: dict[str, _Link] = {}  # address -> link
         self._futures: dict[int, asyncio.Future[Result]] = {}
         self._hints: dict[int, str] = {}  # request id -> leader named by its latest reply
+        self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
+        self._sweeper: asyncio.TimerHandle | None = None
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,6 +129,9 @@ class AsyncClient:
         await self.refresh()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for link in self._links.values():
             if self._loop is not None:
                 self._loop.remove_reader(link.fd)
@@ -194,11 +200,9 @@ class AsyncClient:
                 link = self._links[target]
                 link.outbox.append(raw)
                 self._schedule_flush()
-                timer = loop.call_later(min(remaining, self.attempt_timeout_s), _expire, fut)
-                try:
-                    result = await fut
-                finally:
-                    timer.cancel()
+                self._deadlines[rid] = loop.time() + min(remaining, self.attempt_timeout_s)
+                self._schedule_sweep()
+                result = await fut
                 if result is _TIMED_OUT:
                     result = Err("timeout", f"no answer within {self.timeout_s:g} s")
                     target = self._next_address(target)
@@ -216,6 +220,7 @@ class AsyncClient:
             return result
         finally:
             self._futures.pop(rid, None)
+            self._deadlines.pop(rid, None)
             self._hints.pop(rid, None)
             self.ids.done(rid)
 
@@ -251,6 +256,25 @@ class AsyncClient:
         addresses = list(self._links)
         return addresses[(addresses.index(current) + 1) % len(addresses)]
 
+    def _schedule_sweep(self) -> None:
+        # One timer for all requests, not one per request: attempts time out at most
+        # SWEEP_INTERVAL_S late, which is noise next to a one-second attempt timeout.
+        if self._sweeper is None and self._loop is not None:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        assert self._loop is not None
+        now = self._loop.time()
+        for rid, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[rid]
+                fut = self._futures.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_result(_TIMED_OUT)
+        if self._deadlines:
+            self._schedule_sweep()
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
@@ -264,11 +288,6 @@ class AsyncClient:
         # look once more after this round of sends.
         for link in self._links.values():
             link.drain()
-
-
-def _expire(fut: asyncio.Future[Result]) -> None:
-    if not fut.done():
-        fut.set_result(_TIMED_OUT)
 
 
 class Client:

@@ -213,11 +213,13 @@ class NodeCore:
         self._wall = now_ms if wall_ms is None else wall_ms
         if now_ms >= self._next_tick:
             self._next_tick = now_ms + self.config.tick_ms
-            for g in self.groups.values():
+            for gid, g in self.groups.items():
                 g.raft.tick(now_ms)
                 if g.raft.role is Role.LEADER:
                     self._housekeeping(g)
-            self._active.update(self.groups)
+                    self._active.add(gid)  # heartbeats, and entries a full pipeline held back
+                elif g.raft.has_ready():
+                    self._active.add(gid)
         if now_ms >= self._next_beat:
             self._next_beat = now_ms + self.config.beat_ms
             self._send_beats()

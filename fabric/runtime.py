@@ -68,6 +68,7 @@ class NodeRuntime:
         self._futures: dict[int, asyncio.Future[Result]] = {}
         self._scheduled = False
         self._closed = False
+        self._router_readable = self._sub_readable = True
         self.store: LmdbLogStore
         self.core: NodeCore
         self.transport: Transport
@@ -96,8 +97,8 @@ class NodeRuntime:
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
-        self._loop.add_reader(self.transport.router.getsockopt(zmq.FD), self._wake)
-        self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._wake)
+        self._loop.add_reader(self.transport.router.getsockopt(zmq.FD), self._router_ready)
+        self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._sub_ready)
         self._tick()
         log.info("node %s up: router %s, %d groups, fsync %s", s.node_id, s.address,
                  len(self.core.groups), "on" if s.fsync else "off")
@@ -143,6 +144,14 @@ class NodeRuntime:
         self._wake()
         self._ticker = self._loop.call_later(self.settings.tick_ms / 1000, self._tick)
 
+    def _router_ready(self) -> None:
+        self._router_readable = True
+        self._wake()
+
+    def _sub_ready(self) -> None:
+        self._sub_readable = True
+        self._wake()
+
     def _wake(self) -> None:
         if not self._scheduled and not self._closed:
             self._scheduled = True
@@ -153,10 +162,15 @@ class NodeRuntime:
         if self._closed:
             return
         t, core, m = self.transport, self.core, self.metrics
-        for frames in t.drain(t.router, ROUTER_FRAMES_PER_TURN_MAX):
-            self._on_router_frames(frames)
-        for frames in t.drain(t.sub, SUB_FRAMES_PER_TURN_MAX):
-            self._on_publication(frames)
+        # Only sockets that signalled: an empty non-blocking receive costs an exception.
+        if self._router_readable:
+            self._router_readable = False
+            for frames in t.drain(t.router, ROUTER_FRAMES_PER_TURN_MAX):
+                self._on_router_frames(frames)
+        if self._sub_readable:
+            self._sub_readable = False
+            for frames in t.drain(t.sub, SUB_FRAMES_PER_TURN_MAX):
+                self._on_publication(frames)
 
         flush = core.turn(monotonic_ms(), time.time_ns() // 1_000_000)
         me = self.settings.node_id
@@ -172,9 +186,13 @@ class NodeRuntime:
         else:
             # Nothing here waits for the disk (readies without writes advance in any order
             # relative to pending writes); queueing it would only make the thread spin.
-            self._persisted(flush)
+            self._persisted([flush])
         m.turns.inc()
-        if (core.has_work() or t.readable()) and self.writer.in_flight < WRITES_IN_FLIGHT_MAX:
+        # Edge-triggered FDs: a socket may hold messages its FD will not announce again.
+        self._router_readable, self._sub_readable = t.readable()
+        if (core.has_work() or self._router_readable or self._sub_readable) and (
+            self.writer.in_flight < WRITES_IN_FLIGHT_MAX
+        ):
             self._wake()
 
     def _on_written(self, flushes: list[Flush], elapsed_s: float) -> None:
@@ -183,16 +201,22 @@ class NodeRuntime:
         self.metrics.disk_write_seconds.observe(elapsed_s)
         if self._closed:
             return
-        for flush in flushes:
-            self._persisted(flush)
+        self._persisted(flushes)
         if self.core.has_work():
             self._wake()
 
-    def _persisted(self, flush: Flush) -> None:
+    def _persisted(self, flushes: list[Flush]) -> None:
+        """These flushes are durable: one message per peer for all they held back, then
+        confirm each to the core, in order."""
+        by_peer: dict[str, list[Any]] = {}
+        for flush in flushes:
+            for peer, items in flush.sends_after_persist.items():
+                by_peer.setdefault(peer, []).extend(items)
         me, t = self.settings.node_id, self.transport
-        for peer, items in flush.sends_after_persist.items():
+        for peer, items in by_peer.items():
             t.send_peer(peer, encode(PeerBatch(me, items)))
-        self.core.advance(flush)
+        for flush in flushes:
+            self.core.advance(flush)
 
     def _on_write_failed(self, error: BaseException) -> None:
         log.critical("disk write failed, stopping: %r", error)

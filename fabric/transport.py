@@ -111,10 +111,12 @@ class Transport:
             pass
         return out
 
-    def readable(self) -> bool:
-        """Edge-triggered FDs: after any socket operation, only EVENTS tells the truth."""
-        return bool(self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN) or bool(
-            self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN
+    def readable(self) -> tuple[bool, bool]:
+        """(router, sub) hold messages? Edge-triggered FDs: after any socket operation only
+        EVENTS tells the truth."""
+        return (
+            bool(self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN),
+            bool(self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN),
         )
 
     def send_peer(self, peer: str, data: bytes) -> None:

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         addresses = args.target.split(",")
         node_pids: dict[str, int] = {}
     else:
-        extra = ["--fsync", args.fsync]
+        extra = ["--fsync", args.fsync, "--shards", str(args.shards)]
         cluster = LocalCluster(size=args.nodes, extra_args=extra)
         cluster.start()
         cluster.wait_ready()
@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "processes": args.processes,
         "seconds": args.seconds,
         "fsync": args.fsync,
+        "shards": args.shards,
         "read_ratio": args.read_ratio,
         "errors": sum(r["errors"] for r in results),
         "operations": {},
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", choices=["on", "off"], default="on")
+    parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--read-ratio", type=float, default=0.0, help="share of linearizable reads")
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
