@@ -11,7 +11,17 @@ from __future__ import annotations
 import msgspec
 
 from syncfab.actors.kv import Delete, Get, Put
+from syncfab.actors.locks import (
+    Acquire,
+    ExpireLocks,
+    LockInfo,
+    OwnerInfo,
+    Release,
+    ReleaseAll,
+    Renew,
+)
 from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
+from syncfab.actors.queue_ops import QueueCommand, QueueLocal, QueueQuery
 from syncfab.actors.results import Err, Result
 
 
@@ -27,8 +37,11 @@ class OnShard(msgspec.Struct, frozen=True, tag="on", array_like=True):
     op: ShardOp
 
 
-ShardOp = Put | Get | Delete
-Op = Put | Get | Delete | ClusterInfo | OnShard
+# Every op a Request may carry — clients' and the leaders' own housekeeping, which is logged
+# as a Request too — so one decoder reads any log entry.
+ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete
+LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo
+Op = Put | Get | Delete | ClusterInfo | OnShard | LockOp | QueueCommand | QueueQuery | QueueLocal
 
 
 class Request(msgspec.Struct, frozen=True, tag="rq", array_like=True):

@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from syncfab.actors.kv import Delete, Get, KvStore, Put
+from syncfab.actors.kv import KvStore
+from syncfab.actors.locks import LockTable
 from syncfab.actors.machine import ApplyContext, GroupMachine
 from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
+from syncfab.actors.queues import QueuePartitions
 from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Err, Ok, Result, Waiting
-from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement, shard_for_key
+from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
 from syncfab.fabric.codec import (
     ClusterInfo,
     DecodeError,
@@ -42,6 +44,7 @@ from syncfab.fabric.codec import (
     encode_batch,
 )
 from syncfab.fabric.detector import PhiAccrualDetector
+from syncfab.fabric.routing import group_for
 
 if TYPE_CHECKING:
     from syncfab.storage.log_store import StoredGroup
@@ -49,7 +52,6 @@ if TYPE_CHECKING:
 # Replies to this route go to the in-process gateway rather than a ROUTER identity.
 LOCAL_ROUTE = b""
 
-KEY_BYTES_MAX = 1024
 BEAT_TOPIC = b"beat"
 
 
@@ -172,8 +174,9 @@ class NodeCore:
 
     @staticmethod
     def _machine_for(group: int) -> GroupMachine:
-        # The control group gains the lock table in its own issue; shards hold the KV today.
-        return GroupMachine({} if group == CONTROL_GROUP else {"kv": KvStore()})
+        if group == CONTROL_GROUP:
+            return GroupMachine({"locks": LockTable()})
+        return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(group)})
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -386,7 +389,7 @@ class NodeCore:
         if isinstance(op, ClusterInfo):
             self._reply(origin, route, request.id, Ok(self.cluster_view()), None)
             return
-        gid = self.group_of(op)
+        gid = group_for(op, self.config.shard_count, request.client, request.id)
         if isinstance(gid, Err):
             self._reply(origin, route, request.id, gid, None)
             return
@@ -417,19 +420,6 @@ class NodeCore:
         else:
             g.writes.append(raw)
             g.writers.append(waiter)
-
-    def group_of(self, op: Any) -> int | Err:
-        match op:
-            case OnShard(shard=shard):
-                if not 1 <= shard <= self.config.shard_count:
-                    return Err("bad_request", f"shard must be 1..{self.config.shard_count}",
-                               {"field": "shard"})
-                return shard
-            case Put(key=key) | Get(key=key) | Delete(key=key):
-                if not key or len(key.encode()) > KEY_BYTES_MAX:
-                    return Err("bad_request", f"key must be 1..{KEY_BYTES_MAX} bytes", {"field": "key"})
-                return shard_for_key(key, self.config.shard_count)
-        return Err("bad_request", f"unsupported operation {type(op).__name__}")
 
     def leader_of(self, gid: int) -> str | None:
         g = self.groups.get(gid)

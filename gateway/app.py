@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.node import KEY_BYTES_MAX
+from syncfab.fabric.routing import KEY_BYTES_MAX
 from syncfab.fabric.runtime import NodeRuntime
 
 log = logging.getLogger("syncfab.gateway")

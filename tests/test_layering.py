@@ -1,6 +1,6 @@
 """The pure part may not reach for I/O, clocks or chance: walk every import it makes.
 
-Pure: everything in actors/, and fabric's node.py, detector.py and codec.py (what the
+Pure: everything in actors/, and fabric's node.py, detector.py, codec.py and routing.py (what the
 simulator runs unchanged). Dependency direction: actors import only actors; fabric imports
 actors, storage and fabric; the gateway sits on top; only fabric/cli.py (the composition
 root) may import the gateway.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_FABRIC = ("node.py", "detector.py", "codec.py")
+PURE_FABRIC = ("node.py", "detector.py", "codec.py", "routing.py")
 # Modules that do I/O, read a clock, or draw unseeded randomness.
 IMPURE = {
     "aiohttp", "asyncio", "lmdb", "os", "prometheus_client", "select", "selectors", "signal",
@@ -85,7 +85,8 @@ def test_pure_fabric_stays_below_the_runtime() -> None:
         path = ROOT / "fabric" / name
         skip = type_checking_lines(path)
         ours = [m for m, n in imports(path) if m.startswith("syncfab.") and n not in skip]
-        allowed = ("syncfab.actors", "syncfab.fabric.codec", "syncfab.fabric.detector", "syncfab.fabric.node")
+        allowed = ("syncfab.actors", "syncfab.fabric.codec", "syncfab.fabric.detector",
+                   "syncfab.fabric.node", "syncfab.fabric.routing")
         assert all(m.startswith(allowed) for m in ours), f"fabric/{name} imports {ours}"
 
 

@@ -1,0 +1,534 @@
+"""The lock table of group 0: shared/exclusive locks, FIFO waiters, leases, fencing tokens.
+
+Applied identically on every replica: time is the leader's stamp (``ctx.now_ms``), order is
+list order or ``sorted``, never set or hash order.
+
+- **Fairness.** A request waits behind every earlier waiter it conflicts with, so readers cannot
+  starve a queued writer; the queue's front is granted once compatible with the holders.
+- **Upgrades** (a shared holder asks exclusive) go ahead of the queue and wait only for the other
+  holders: behind a queued writer an upgrade would always deadlock (the writer waits for the
+  upgrader's shared hold, the upgrader for the writer). Two upgraders still deadlock; the younger
+  request is aborted and its owner keeps its shared hold until it releases it.
+- **Deadlocks.** Only a starting wait adds reachability, so the cycle search runs from its owner.
+  The victim is the youngest *request* on the cycle (highest arrival among the waits behind its
+  edges): as the graph is acyclic before every apply, the one that closed the cycle, which fails
+  at once (notifying an older victim stays as a defence). Edges are reduced to stay linear in the
+  queue: a waiter behind a queued writer points at it (a writer also at the readers between),
+  and it reaches everything further ahead. Every edge is a real conflict and reachability is
+  unchanged, so the cycles found are exactly the real deadlocks.
+- **Leases.** Acquire and Renew raise an owner's deadline to ``now + ttl``, and so does a grant
+  after a wait (a wait longer than the lease needs renewals). A lease ends when ``ExpireLocks`` is
+  applied, earliest deadline first, granting as it goes: a waiter whose holder expired before its
+  own wait ran out is granted, not timed out.
+- **Costs and bounds.** ``waiters_max`` per resource (then ``busy``, retryable), names up to
+  ``NAME_BYTES_MAX`` bytes, ``ttl_ms_max``, ``wait_ms_max``. An append is O(1); a change in a
+  queue revisits it only up to the next writer whose blockers stay the same.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import takewhile
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
+from syncfab.actors.wait_for import WaitForGraph
+
+if TYPE_CHECKING:
+    from syncfab.actors.machine import ApplyContext
+
+SHARED, EXCLUSIVE = "shared", "exclusive"
+MODES = (SHARED, EXCLUSIVE)
+# (held by another owner, requested) -> both may be held at once.
+COMPATIBLE: dict[tuple[str, str], bool] = {
+    (SHARED, SHARED): True, (SHARED, EXCLUSIVE): False,
+    (EXCLUSIVE, SHARED): False, (EXCLUSIVE, EXCLUSIVE): False,
+}
+# (held by the asking owner, requested) -> that hold already grants the request (re-entrancy);
+# the one pair that does not is an upgrade.
+COVERS: dict[tuple[str, str], bool] = {
+    (SHARED, SHARED): True, (SHARED, EXCLUSIVE): False,
+    (EXCLUSIVE, SHARED): True, (EXCLUSIVE, EXCLUSIVE): True,
+}
+NAME_BYTES_MAX = 1024
+_COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
+_LEASE, _WAIT = 0, 1  # kinds of deadline, in the order ties are handled
+
+
+class Acquire(msgspec.Struct, frozen=True, tag="lkacq", array_like=True):
+    resource: str
+    mode: str
+    owner: str
+    wait_ms: int  # 0: try-lock
+    ttl_ms: int
+
+
+class Release(msgspec.Struct, frozen=True, tag="lkrel", array_like=True):
+    resource: str
+    owner: str
+
+
+class ReleaseAll(msgspec.Struct, frozen=True, tag="lkrla", array_like=True):
+    owner: str
+
+
+class Renew(msgspec.Struct, frozen=True, tag="lkren", array_like=True):
+    owner: str
+    ttl_ms: int
+
+
+class ExpireLocks(msgspec.Struct, frozen=True, tag="lkexp", array_like=True):
+    """Housekeeping the leader proposes when ``due``: every deadline up to ``ctx.now_ms``."""
+
+
+class LockInfo(msgspec.Struct, frozen=True, tag="lkinf", array_like=True):
+    resource: str
+
+
+class OwnerInfo(msgspec.Struct, frozen=True, tag="lkown", array_like=True):
+    owner: str
+
+
+class _Hold(msgspec.Struct, array_like=True):
+    mode: str
+    token: int
+
+
+class _Wait(msgspec.Struct, array_like=True, eq=False):
+    """A parked Acquire and whom to answer; ``blockers`` is derived (``_rewire``)."""
+
+    resource: str
+    owner: str
+    mode: str
+    upgrade: bool
+    since_ms: int
+    deadline_ms: int
+    ttl_ms: int
+    arrival: int  # the order waits started in: the age deadlock victims are chosen by
+    client: str
+    request_id: int
+    blockers: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Resource:
+    holders: dict[str, _Hold] = field(default_factory=dict)
+    queue: deque[_Wait] = field(default_factory=deque)  # upgrades first, then arrival order
+
+
+@dataclass(slots=True)
+class _Owner:
+    lease_ms: int
+    held: set[str] = field(default_factory=set)
+    waits: dict[str, _Wait] = field(default_factory=dict)  # resource -> its one wait there
+
+
+class _Image(msgspec.Struct, array_like=True):
+    tokens: int
+    arrivals: int
+    stats: dict[str, int]
+    leases: list[tuple[str, int]]
+    holds: list[tuple[str, str, _Hold]]  # (resource, owner, hold)
+    waits: list[_Wait]  # each queue front to back, resources in sorted order
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Image).decode
+
+
+def _grant(resource: str, hold: _Hold) -> Ok:
+    return Ok({"granted": True, "fencing_token": hold.token, "resource": resource, "mode": hold.mode})
+
+
+class LockTable:
+    commands = (Acquire, Release, ReleaseAll, Renew, ExpireLocks)
+    queries = (LockInfo, OwnerInfo)
+    locals = ()
+
+    def __init__(
+        self, *, ttl_ms_max: int = 3_600_000, wait_ms_max: int = 3_600_000, waiters_max: int = 10_000
+    ) -> None:
+        self.ttl_ms_max = ttl_ms_max
+        self.wait_ms_max = wait_ms_max  # deadlines must stay in the snapshot's 64-bit integers
+        self.waiters_max = waiters_max  # per resource
+        self._reset()
+
+    def _reset(self) -> None:
+        self._resources: dict[str, _Resource] = {}
+        self._owners: dict[str, _Owner] = {}
+        self._waits: dict[int, _Wait] = {}  # arrival -> wait
+        # Min-heap of (deadline_ms, kind, owner, arrival) — a lease names its owner, a wait its
+        # arrival — with lazy deletion: an entry is live while its lease or wait still has that
+        # deadline; dead ones are popped when they reach the top.
+        self._deadlines: list[tuple[int, int, str, int]] = []
+        self.graph = WaitForGraph()
+        self._tokens = self._arrivals = 0
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._ctx: ApplyContext | None = None
+        self._current: _Wait | None = None  # the wait of the Acquire being applied
+        self._decided: Result | None = None  # its answer, when decided within that apply
+
+    # -- the Service protocol ------------------------------------------------------------
+
+    def apply(self, ctx: ApplyContext, op: Any) -> Result | Waiting:
+        if not isinstance(op, self.commands):
+            raise TypeError(f"not a lock command: {op!r}")
+        bad = self._invalid(op)
+        if bad is not None:
+            return bad
+        self._ctx = ctx
+        try:
+            match op:
+                case Acquire():
+                    return self._acquire(ctx, op)
+                case Release(resource=resource, owner=owner):
+                    return self._release(resource, owner)
+                case ReleaseAll(owner=owner):
+                    return self._release_all(owner)
+                case Renew(owner=owner, ttl_ms=ttl_ms):
+                    rec = self._owners.get(owner)
+                    if rec is None:
+                        return Err("lease_expired", f"{owner!r} has no lease", {"owner": owner})
+                    self._extend(owner, rec, ctx.now_ms + ttl_ms)
+                    return Ok({"lease_expires_at_ms": rec.lease_ms})
+                case _:
+                    return self._expire(ctx.now_ms)
+        finally:
+            self._ctx = None
+
+    def query(self, op: Any) -> Result:
+        match op:
+            case LockInfo(resource=r):
+                res = self._resources.get(r) or _Resource()
+                holders = [{"owner": o, "mode": h.mode, "fencing_token": h.token}
+                           for o, h in sorted(res.holders.items())]
+                waiters = [{"owner": w.owner, "mode": w.mode, "since_ms": w.since_ms} for w in res.queue]
+                return Ok({"resource": r, "holders": holders, "waiters": waiters})
+            case OwnerInfo(owner=o):
+                rec = self._owners.get(o)
+                if rec is None:
+                    return Err("not_found", f"no lease for owner {o!r}", {"owner": o})
+                holds = [(r, self._resources[r].holders[o]) for r in sorted(rec.held)]
+                return Ok({
+                    "owner": o,
+                    "lease_expires_at_ms": rec.lease_ms,
+                    "held": [{"resource": r, "mode": h.mode, "fencing_token": h.token} for r, h in holds],
+                    "waiting": [{"resource": r, "mode": rec.waits[r].mode, "since_ms": rec.waits[r].since_ms}
+                                for r in sorted(rec.waits)],
+                })
+        raise TypeError(f"not a lock query: {op!r}")
+
+    def local(self, now_ms: int, op: object) -> Result:
+        raise TypeError("the lock table has no leader-only operations")
+
+    def due(self, now_ms: int) -> list[Any]:
+        """[ExpireLocks()] while some lease or wait deadline has passed. O(1) amortized (the
+        leader asks every few milliseconds): each dead heap entry is popped once."""
+        heap = self._deadlines
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+        return [ExpireLocks()] if heap and heap[0][0] <= now_ms else []
+
+    def reset_local(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        held = sum(len(res.holders) for res in self._resources.values())
+        return {**self._stats, "locks_held": held, "waiters": len(self._waits), "owners": len(self._owners)}
+
+    def snapshot(self) -> bytes:
+        names = sorted(self._resources)
+        return _encode(_Image(
+            self._tokens, self._arrivals, dict(self._stats),
+            sorted((o, rec.lease_ms) for o, rec in self._owners.items()),
+            [(r, o, h) for r in names for o, h in sorted(self._resources[r].holders.items())],
+            [w for r in names for w in self._resources[r].queue],
+        ))
+
+    def restore(self, data: bytes) -> None:
+        image = _decode(data)
+        self._reset()
+        self._tokens, self._arrivals = image.tokens, image.arrivals
+        self._stats = {k: image.stats.get(k, 0) for k in _COUNTERS}
+        self._owners = {o: _Owner(lease_ms) for o, lease_ms in image.leases}
+        for r, o, hold in image.holds:
+            self._resources.setdefault(r, _Resource()).holders[o] = hold
+            self._owners[o].held.add(r)
+        for w in image.waits:
+            self._resources.setdefault(w.resource, _Resource()).queue.append(w)
+            self._owners[w.owner].waits[w.resource] = w
+            self._waits[w.arrival] = w
+            w.blockers = ()  # derived: recomputed below, with the graph
+        self._compact_deadlines()
+        for r in sorted(self._resources):
+            self._rewire(self._resources[r])
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _invalid(self, op: Any) -> Err | None:
+        """The first bad field, in declaration order, named in ``detail["field"]``."""
+        for name in op.__struct_fields__:
+            value = getattr(op, name)
+            if name in ("resource", "owner") and not 0 < len(value.encode()) <= NAME_BYTES_MAX:
+                problem = f"must be 1..{NAME_BYTES_MAX} bytes"
+            elif name == "mode" and value not in MODES:
+                problem = f"must be one of {', '.join(MODES)}"
+            elif name == "wait_ms" and not 0 <= value <= self.wait_ms_max:
+                problem = f"must be 0..{self.wait_ms_max}"
+            elif name == "ttl_ms" and not 0 < value <= self.ttl_ms_max:
+                problem = f"must be 1..{self.ttl_ms_max}"
+            else:
+                continue
+            return Err("bad_request", f"{name} {problem}", {"field": name})
+        return None
+
+    def _acquire(self, ctx: ApplyContext, op: Acquire) -> Result | Waiting:
+        r, o, now_ms = op.resource, op.owner, ctx.now_ms
+        rec = self._owners.get(o)
+        if rec is None:
+            rec = self._owners[o] = _Owner(0)
+        self._extend(o, rec, now_ms + op.ttl_ms)
+        # Safe to create: unless granted, the request is refused only when a hold or wait exists.
+        res = self._resources.setdefault(r, _Resource())
+        hold = res.holders.get(o)
+        if hold is not None and COVERS[hold.mode, op.mode]:
+            return _grant(r, hold)
+        if r in rec.waits:
+            return Err("already_waiting", f"{o!r} already waits for {r!r}", {"resource": r})
+        upgrade = hold is not None
+        free = all(COMPATIBLE[h.mode, op.mode] for h_owner, h in res.holders.items() if h_owner != o)
+        # A normal request also queues behind any waiter: the front is blocked by something this
+        # request conflicts with too, or it would have been granted.
+        if free and (upgrade or not res.queue):
+            grant = self._grant_to(r, res, o, op.mode)
+            if res.queue:
+                self._rewire(res)  # the upgraded holder now blocks the queue as a writer
+            return grant
+        if op.wait_ms == 0:
+            self._stats["timeouts"] += 1
+            return Err("timeout", "lock is held", {"resource": r})
+        if len(res.queue) >= self.waiters_max:
+            return Err("busy", f"{self.waiters_max} requests already wait for {r!r}", {"resource": r})
+        self._arrivals += 1
+        w = _Wait(r, o, op.mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
+                  ctx.client, ctx.request_id)
+        rec.waits[r] = self._waits[w.arrival] = w
+        self._push(w.deadline_ms, _WAIT, "", w.arrival)
+        self._stats["waits"] += 1
+        if upgrade:
+            res.queue.insert(sum(1 for _ in takewhile(lambda q: q.upgrade, res.queue)), w)
+            self._rewire(res)  # everyone queued now waits for the upgrade too
+        else:  # appending changes nobody else's blockers
+            res.queue.append(w)
+            w.blockers = self._blockers(res, res.queue, len(res.queue) - 1)
+            self._reedge(o)
+        self._current, self._decided = w, None
+        try:
+            self._break_cycles(o)
+            return WAITING if self._decided is None else self._decided
+        finally:
+            self._current = self._decided = None
+
+    def _release(self, r: str, o: str) -> Result:
+        rec, res = self._owners.get(o), self._resources.get(r)
+        wait = None if rec is None else rec.waits.get(r)
+        held = rec is not None and res is not None and o in res.holders
+        if not held and wait is None:
+            return Err("not_held", f"{o!r} neither holds nor waits for {r!r}", {"resource": r})
+        assert rec is not None and res is not None
+        start = 0
+        if wait is not None:  # a plain wait, or the upgrade of the hold released below
+            start = self._unqueue(wait)
+            self._answer(wait, Err("cancelled", "released while waiting", {"resource": r}))
+        if held:
+            del res.holders[o]
+            rec.held.discard(r)
+            self._stats["releases"] += 1
+        self._settle(r, 0 if held else start)
+        return Ok({"released": True}) if held else Ok({"released": False, "cancelled": True})
+
+    def _release_all(self, o: str) -> Result:
+        rec = self._owners.get(o)
+        if rec is None:
+            return Ok({"released": 0})
+        released = len(rec.held)
+        self._stats["releases"] += released
+        self._drop_owner(o, Err("cancelled", "the owner released everything", {"owner": o}))
+        return Ok({"released": released})
+
+    def _expire(self, now_ms: int) -> Result:
+        """Every deadline up to ``now_ms``, earliest first, as if each had been handled on time."""
+        leases = timeouts = 0
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            entry = heapq.heappop(heap)
+            if not self._live(entry):
+                continue
+            _, kind, o, arrival = entry
+            if kind == _LEASE:
+                leases += 1
+                self._drop_owner(o, Err("lease_expired", f"the lease of {o!r} expired", {"owner": o}))
+                continue
+            w = self._waits[arrival]
+            timeouts += 1
+            stood = self._unqueue(w)
+            waited = f"waited {w.deadline_ms - w.since_ms} ms"
+            self._answer(w, Err("timeout", waited, {"resource": w.resource}))
+            self._settle(w.resource, stood)
+        self._stats["expiries"] += leases
+        self._stats["timeouts"] += timeouts
+        return Ok({"leases_expired": leases, "waits_timed_out": timeouts})
+
+    # -- grants, queues and edges --------------------------------------------------------
+
+    def _grant_to(self, r: str, res: _Resource, o: str, mode: str) -> Ok:
+        self._tokens += 1
+        self._stats["grants"] += 1
+        hold = res.holders[o] = _Hold(mode, self._tokens)
+        self._owners[o].held.add(r)
+        return _grant(r, hold)
+
+    def _answer(self, w: _Wait, result: Result) -> None:
+        if w is self._current:
+            self._decided = result  # its own apply returns it; no notice
+        else:
+            assert self._ctx is not None
+            self._ctx.notify(w.client, w.request_id, result)
+
+    def _unqueue(self, w: _Wait) -> int:
+        """Take ``w`` out of its queue; returns where it stood."""
+        queue = self._resources[w.resource].queue
+        stood = queue.index(w)
+        del queue[stood]
+        del self._owners[w.owner].waits[w.resource]
+        del self._waits[w.arrival]
+        self._reedge(w.owner)
+        return stood
+
+    def _settle(self, r: str, start: int = 0) -> None:
+        """After holders of ``r`` left (``start`` 0) or a waiter at ``start`` did: grant from the
+        front while compatible, then recompute the blockers of those still waiting. Nothing
+        behind a blocked front can be granted: it conflicts with the front or (two readers) with
+        what blocks the front."""
+        res = self._resources.get(r)
+        if res is None:
+            return
+        while res.queue:
+            w = res.queue[0]
+            if not all(COMPATIBLE[h.mode, w.mode] for o, h in res.holders.items() if o != w.owner):
+                break
+            self._unqueue(w)
+            grant = self._grant_to(r, res, w.owner, w.mode)
+            assert self._ctx is not None
+            self._extend(w.owner, self._owners[w.owner], self._ctx.now_ms + w.ttl_ms)
+            self._answer(w, grant)
+            start = 0
+        if res.holders or res.queue:
+            self._rewire(res, start)
+        else:
+            del self._resources[r]
+
+    @staticmethod
+    def _blockers(res: _Resource, q: Sequence[_Wait], i: int) -> tuple[str, ...]:
+        """The owners ``q[i]`` waits for, reduced to keep the graph linear (module docstring):
+        each is a real conflict, and everything it conflicts with is reachable from them. Needs
+        the blockers of ``q[i - 1]`` current. A writer scans back over the readers just ahead of
+        it, and only the next writer scans them again, so a walk of the queue stays linear."""
+        w = q[i]
+        if w.upgrade:  # the other holders, not the queue (module docstring)
+            return tuple(sorted(o for o in res.holders if o != w.owner))
+        j = i - 1
+        if w.mode == SHARED:
+            if j >= 0 and not q[j].upgrade:  # behind a writer: it; behind a reader: what it waits for
+                return (q[j].owner,) if q[j].mode == EXCLUSIVE else q[j].blockers
+            upgraders = {q[k].owner for k in range(i)}  # all that is ahead
+            return tuple(sorted({o for o, h in res.holders.items() if h.mode == EXCLUSIVE} | upgraders))
+        readers = set()
+        while j >= 0 and not q[j].upgrade and q[j].mode == SHARED:
+            readers.add(q[j].owner)
+            j -= 1
+        # The writer ahead reaches every holder; with none, wait for the holders themselves.
+        ahead = {q[j].owner} if j >= 0 and not q[j].upgrade else set(res.holders)
+        return tuple(sorted(ahead | readers))
+
+    def _rewire(self, res: _Resource, start: int = 0) -> None:
+        """Recompute blockers from ``start`` (where the queue changed; 0 when the holders did),
+        and the edges of owners that changed. It stops at the first writer whose blockers stay:
+        those behind it see the holders and the queue ahead only through it."""
+        q = res.queue
+        changed: set[str] = set()
+        for i in range(start, len(q)):
+            w = q[i]
+            blockers = self._blockers(res, q, i)
+            if blockers != w.blockers:
+                w.blockers = blockers
+                changed.add(w.owner)
+            elif w.mode == EXCLUSIVE and not w.upgrade:
+                break
+        for o in sorted(changed):
+            self._reedge(o)
+
+    def _reedge(self, o: str) -> None:
+        rec = self._owners.get(o)
+        self.graph.set_edges(o, () if rec is None else {b for w in rec.waits.values() for b in w.blockers})
+
+    def _break_cycles(self, start: str) -> None:
+        while (cycle := self.graph.find_cycle(start)) is not None:
+            n = len(cycle)
+            victim = max(
+                (w for i, o in enumerate(cycle) for w in self._owners[o].waits.values()
+                 if cycle[(i + 1) % n] in w.blockers),
+                key=lambda w: w.arrival,
+            )
+            k = cycle.index(victim.owner)
+            cycle = cycle[k:] + cycle[:k]  # the victim's owner first, then whom it waits for
+            self._stats["deadlocks"] += 1
+            stood = self._unqueue(victim)
+            message = f"aborted to break the cycle {' -> '.join(cycle)}"
+            self._answer(victim, Err("deadlock", message, {"cycle": cycle, "resource": victim.resource}))
+            self._settle(victim.resource, stood)
+
+    def _drop_owner(self, o: str, err: Err) -> None:
+        """End an owner's lease: answer its waits with ``err``, drop its holds, grant what that frees."""
+        rec = self._owners[o]
+        touched = sorted(rec.held | rec.waits.keys())
+        for r in sorted(rec.waits):
+            w = rec.waits[r]
+            self._unqueue(w)
+            self._answer(w, err)
+        for r in rec.held:
+            del self._resources[r].holders[o]
+        del self._owners[o]
+        for r in touched:
+            self._settle(r)
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def _extend(self, o: str, rec: _Owner, until_ms: int) -> None:
+        if until_ms > rec.lease_ms:
+            rec.lease_ms = until_ms
+            self._push(until_ms, _LEASE, o, 0)
+
+    def _push(self, deadline_ms: int, kind: int, owner: str, arrival: int) -> None:
+        heapq.heappush(self._deadlines, (deadline_ms, kind, owner, arrival))
+        # Renewals leave dead entries deep in the heap: rebuild before they outnumber live ones.
+        if len(self._deadlines) > 2 * (len(self._owners) + len(self._waits)) + 64:
+            self._compact_deadlines()
+
+    def _compact_deadlines(self) -> None:
+        self._deadlines = [(rec.lease_ms, _LEASE, o, 0) for o, rec in self._owners.items()]
+        self._deadlines += [(w.deadline_ms, _WAIT, "", a) for a, w in self._waits.items()]
+        heapq.heapify(self._deadlines)
+
+    def _live(self, entry: tuple[int, int, str, int]) -> bool:
+        deadline, kind, o, arrival = entry
+        if kind == _LEASE:
+            rec = self._owners.get(o)
+            return rec is not None and rec.lease_ms == deadline
+        w = self._waits.get(arrival)
+        return w is not None and w.deadline_ms == deadline

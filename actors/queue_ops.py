@@ -1,0 +1,199 @@
+"""The queue service's operations and the checks every one of them passes first.
+
+Ops are small frozen tagged Structs (tags prefixed ``q``) that travel through the log, the
+ReadIndex path or the leader's local path (see actors/queues.py for what each one does).
+Validation is deterministic, so a malformed command fails the same way on every replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from syncfab.actors.results import Err
+
+# Bounds: a request can name at most this many ids or messages, a consume take at most this many.
+IDS_MAX = 1000
+BATCH_MAX = 1000
+CONSUME_MAX = 1000
+NAME_BYTES_MAX = 256  # queue names (not counting ".dlq" suffixes), keys, dedup ids, consumers
+# A dead-letter queue of a dead-letter queue adds ".dlq" again; this caps the whole chain.
+QUEUE_NAME_BYTES_MAX = 1024
+HEADERS_MAX = 64
+DLQ_SUFFIX = ".dlq"
+
+
+class NewMessage(msgspec.Struct, frozen=True, array_like=True):
+    data: Any
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    dedup_id: str | None = None
+
+
+class Produce(msgspec.Struct, frozen=True, tag="qprod", array_like=True):
+    queue: str
+    data: Any
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    dedup_id: str | None = None
+
+
+class ProduceBatch(msgspec.Struct, frozen=True, tag="qbatch", array_like=True):
+    queue: str
+    messages: list[NewMessage]
+
+
+class Ack(msgspec.Struct, frozen=True, tag="qack", array_like=True):
+    queue: str
+    message_ids: list[str]
+
+
+class Nack(msgspec.Struct, frozen=True, tag="qnack", array_like=True):
+    queue: str
+    message_ids: list[str]
+
+
+class Redeliver(msgspec.Struct, frozen=True, tag="qredel", array_like=True):
+    """Proposed by the leader when visibility deadlines pass. ``delivery_counts`` (one per id)
+    makes it conditional: an id whose count moved on since the proposal (a nack, an earlier
+    copy of this very command) is left alone, so a re-proposed or stale Redeliver counts once
+    and never cancels a newer delivery. ``None`` redelivers unconditionally."""
+
+    queue: str
+    message_ids: list[str]
+    delivery_counts: list[int] | None = None
+
+
+class ConfigureQueue(msgspec.Struct, frozen=True, tag="qconf", array_like=True):
+    """Replaces every setting of the queue's slice on this shard (0 = forever / unbounded)."""
+
+    queue: str
+    visibility_ms: int = 30_000
+    max_deliveries: int = 10
+    retention_ms: int = 0
+    max_depth: int = 0
+    dedup_window_ms: int = 300_000
+
+
+class ExpireMessages(msgspec.Struct, frozen=True, tag="qexp", array_like=True):
+    queue: str
+
+
+class Consume(msgspec.Struct, frozen=True, tag="qcons", array_like=True):
+    queue: str
+    consumer: str
+    max: int = 1
+    visibility_ms: int | None = None
+    wait_ms: int = 0
+
+
+class Return(msgspec.Struct, frozen=True, tag="qret", array_like=True):
+    queue: str
+    message_ids: list[str]
+
+
+class QueueStats(msgspec.Struct, frozen=True, tag="qstat", array_like=True):
+    queue: str
+
+
+QueueCommand = Produce | ProduceBatch | Ack | Nack | Redeliver | ConfigureQueue | ExpireMessages
+QueueQuery = QueueStats
+QueueLocal = Consume | Return
+
+
+def bad(field: str, message: str) -> Err:
+    return Err("bad_request", message, {"field": field})
+
+
+def _fits(value: str, limit: int = NAME_BYTES_MAX) -> bool:
+    # Cheap reject before encoding: a str of n characters takes at least n bytes.
+    return len(value) <= limit and len(value.encode("utf-8")) <= limit
+
+
+def check_queue(name: object, field: str = "queue") -> Err | None:
+    if not isinstance(name, str) or not name:
+        return bad(field, "a queue name is a non-empty string")
+    if not _fits(name, QUEUE_NAME_BYTES_MAX):
+        return bad(field, f"a queue name is at most {NAME_BYTES_MAX} bytes")
+    base = name
+    while base.endswith(DLQ_SUFFIX):
+        base = base[: -len(DLQ_SUFFIX)]
+    if not base or not _fits(base):
+        return bad(field, f"a queue name is 1 to {NAME_BYTES_MAX} bytes (before any {DLQ_SUFFIX})")
+    return None
+
+
+def check_int(value: object, field: str, low: int, high: int | None = None) -> Err | None:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        upper = "" if high is None else f" and at most {high}"
+        return bad(field, f"{field} must be an integer of at least {low}{upper}")
+    return None
+
+
+def check_text(value: object, field: str, optional: bool = True) -> Err | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or not _fits(value):
+        return bad(field, f"{field} must be a string of 1 to {NAME_BYTES_MAX} bytes")
+    return None
+
+
+def check_message(message: NewMessage | Produce, prefix: str = "") -> Err | None:
+    """``prefix`` names the message in a batch (``messages[3].``) so the error points at it."""
+    err = check_text(message.key, f"{prefix}key") or check_text(message.dedup_id, f"{prefix}dedup_id")
+    if err is not None:
+        return err
+    headers = message.headers
+    if headers is None:
+        return None
+    if not isinstance(headers, dict) or len(headers) > HEADERS_MAX:
+        return bad(f"{prefix}headers", f"headers are a map of at most {HEADERS_MAX} strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        return bad(f"{prefix}headers", "header names and values are strings")
+    return None
+
+
+def check_configure(op: ConfigureQueue) -> Err | None:
+    return (
+        check_queue(op.queue)
+        or check_int(op.visibility_ms, "visibility_ms", 0)
+        or check_int(op.max_deliveries, "max_deliveries", 1)
+        or check_int(op.retention_ms, "retention_ms", 0)
+        or check_int(op.max_depth, "max_depth", 0)
+        or check_int(op.dedup_window_ms, "dedup_window_ms", 0)
+    )
+
+
+def check_consume(op: Consume) -> Err | None:
+    return (
+        check_queue(op.queue)
+        or check_text(op.consumer, "consumer", optional=False)
+        or check_int(op.max, "max", 1, CONSUME_MAX)
+        or (None if op.visibility_ms is None else check_int(op.visibility_ms, "visibility_ms", 0))
+        or check_int(op.wait_ms, "wait_ms", 0)
+    )
+
+
+def message_id(shard: int, seq: int) -> str:
+    return f"{shard}:{seq}"
+
+
+def parse_ids(ids: object, shard: int, field: str = "message_ids") -> list[int] | Err:
+    """Sequence numbers of ``ids``, first occurrences only, in the given order. An id of another
+    shard is an error rather than an unknown id: it means a routing bug, not a retried ack."""
+    if not isinstance(ids, list) or len(ids) > IDS_MAX:
+        return bad(field, f"{field} is a list of at most {IDS_MAX} message ids")
+    prefix = f"{shard}:"
+    seqs: dict[int, None] = {}
+    for mid in ids:
+        if not isinstance(mid, str) or not mid.startswith(prefix):
+            return Err("bad_request", f"{mid!r} is not a message id of shard {shard}",
+                       {"field": field, "message_id": mid})
+        tail = mid[len(prefix):]
+        # isdigit alone admits non-ASCII digits and int() admits "_" and signs: only the
+        # canonical spelling names a message.
+        if not (tail.isascii() and tail.isdigit()) or str(int(tail)) != tail:
+            return Err("bad_request", f"{mid!r} is not a message id", {"field": field, "message_id": mid})
+        seqs[int(tail)] = None
+    return list(seqs)

@@ -1,0 +1,160 @@
+"""Queue operations that span shards, built from single-group calls.
+
+A queue's messages live in every shard (by key), so a client-level operation fans out: a batch
+is split by shard, a consume visits the shards in a rotating order so every shard is served,
+acks go to the shard their ids name, stats are summed. The gateway and the native client both
+use these with their own ``call`` (which routes one op to its group's leader and retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from syncfab.actors.queues import (
+    Ack,
+    ConfigureQueue,
+    Consume,
+    Nack,
+    NewMessage,
+    ProduceBatch,
+    QueueStats,
+    Return,
+)
+from syncfab.actors.results import Err, Ok, Result
+from syncfab.fabric.codec import OnShard
+from syncfab.fabric.routing import message_shard, queue_key_shard
+
+
+class Call(Protocol):
+    def __call__(self, op: Any, *, wait_ms: int = 0) -> Awaitable[Result]: ...
+
+
+_rotation = itertools.count()
+_background: set[asyncio.Future[Result]] = set()  # returns in flight (the loop holds weak refs)
+
+
+def shard_order(shard_count: int) -> list[int]:
+    """All shards, starting somewhere new each time so no shard is always served first."""
+    start = next(_rotation) % shard_count
+    return [(start + i) % shard_count + 1 for i in range(shard_count)]
+
+
+async def produce_batch(call: Call, shard_count: int, queue: str, messages: list[NewMessage]) -> Result:
+    """One ProduceBatch per shard, concurrently; ids come back in the caller's order."""
+    by_shard: dict[int, list[int]] = {}
+    spread = shard_order(shard_count)
+    for n, m in enumerate(messages):
+        if m.key is not None:
+            shard = queue_key_shard(queue, m.key, shard_count)
+        elif m.dedup_id is not None:
+            shard = queue_key_shard(queue, f"\x00dedup\x00{m.dedup_id}", shard_count)
+        else:
+            shard = spread[n % shard_count]
+        by_shard.setdefault(shard, []).append(n)
+    shards = sorted(by_shard)
+    results = await asyncio.gather(*(
+        call(OnShard(s, ProduceBatch(queue, [messages[n] for n in by_shard[s]]))) for s in shards
+    ))
+    ids: list[str | None] = [None] * len(messages)
+    for shard, result in zip(shards, results, strict=True):
+        if isinstance(result, Err):
+            return result  # what other shards stored stays stored: at-least-once, never lost
+        for n, message_id in zip(by_shard[shard], result.value["message_ids"], strict=True):
+            ids[n] = message_id
+    return Ok({"message_ids": ids})
+
+
+async def consume(call: Call, shard_count: int, queue: str, consumer: str, max_messages: int,
+                  visibility_ms: int | None, wait_ms: int) -> Result:
+    """Up to ``max_messages`` from the shards in rotating order; if all are empty and
+    ``wait_ms`` > 0, long-poll every shard and take the first that has something."""
+    order = shard_order(shard_count)
+    got: list[Any] = []
+    for shard in order:
+        result = await call(OnShard(shard, Consume(queue, consumer, max_messages - len(got), visibility_ms)))
+        if isinstance(result, Err):
+            return result
+        got += result.value["messages"]
+        if len(got) >= max_messages:
+            return Ok({"messages": got})
+    if got or wait_ms <= 0:
+        return Ok({"messages": got})
+    polls = [
+        asyncio.ensure_future(call(OnShard(s, Consume(queue, consumer, max_messages, visibility_ms, wait_ms)),
+                                   wait_ms=wait_ms))
+        for s in order
+    ]
+    pending = set(polls)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for fut in done:
+            result = fut.result()
+            if isinstance(result, Ok) and result.value["messages"] and not got:
+                got = result.value["messages"]
+        if got:
+            break
+    for fut in pending:
+        # Those shards may still hand out messages nobody will read: give them straight back.
+        fut.add_done_callback(lambda f: _return_unwanted(call, queue, f))
+    return Ok({"messages": got})
+
+
+def _return_unwanted(call: Call, queue: str, fut: asyncio.Future[Result]) -> None:
+    result = fut.result()
+    if isinstance(result, Ok) and result.value["messages"]:
+        ids = [m["message_id"] for m in result.value["messages"]]
+        shard = message_shard(ids[0])
+        if shard is not None:
+            task = asyncio.ensure_future(call(OnShard(shard, Return(queue, ids))))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+async def settle(call: Call, queue: str, message_ids: list[str], nack: bool = False) -> Result:
+    """Ack (or nack) ids of any shards: one call per shard, counts summed."""
+    by_shard: dict[int | None, list[str]] = {}
+    for message_id in message_ids:
+        by_shard.setdefault(message_shard(message_id), []).append(message_id)
+    if None in by_shard:
+        return Err("bad_request", f"not a message id: {by_shard[None][0]!r}", {"field": "message_ids"})
+    op = Nack if nack else Ack
+    shards = sorted(s for s in by_shard if s is not None)
+    results = await asyncio.gather(*(call(op(queue, by_shard[s])) for s in shards))
+    key = "nacked" if nack else "acked"
+    total = {key: 0, "dead_lettered": 0} if nack else {key: 0}
+    for result in results:
+        if isinstance(result, Err):
+            return result
+        for k in total:
+            total[k] += result.value.get(k, 0)
+    return Ok(total)
+
+
+_SUMMED = ("depth", "visible", "in_flight", "dlq_depth", "produced", "delivered", "acked",
+           "redelivered", "dead_lettered", "expired")
+
+
+async def stats(call: Call, shard_count: int, queue: str) -> Result:
+    results = await asyncio.gather(*(call(OnShard(s, QueueStats(queue))) for s in range(1, shard_count + 1)))
+    shards: list[dict[str, Any]] = []
+    total: dict[str, Any] = {"queue": queue, **dict.fromkeys(_SUMMED, 0)}
+    for result in results:
+        if isinstance(result, Err):
+            return result
+        shards.append(result.value)
+        for k in _SUMMED:
+            total[k] += result.value.get(k, 0)
+    total["shards"] = shards
+    return Ok(total)
+
+
+async def configure(call: Call, shard_count: int, settings: ConfigureQueue) -> Result:
+    results = await asyncio.gather(*(call(OnShard(s, settings)) for s in range(1, shard_count + 1)))
+    for result in results:
+        if isinstance(result, Err):
+            return result
+    return results[0]
+

@@ -1,0 +1,78 @@
+"""Which Raft group an operation belongs to: one function for the node and the native client.
+
+- key/value ops: the key's shard;
+- lock ops: the control group (one lock table, one wait-for graph);
+- a produce with a key: the shard of (queue, key), so one key keeps its order;
+- a produce without one: the shard of its dedup id if it has one, else of (client, request id) —
+  spread over the shards, and a retry lands where the first try did, so dedup holds;
+- acks and nacks: the shard named in the message ids ("<shard>:<seq>"), all ids one shard;
+- anything per shard (consume, stats, settings, a pre-split batch): wrapped in ``OnShard``.
+
+Housekeeping commands (lease expiry, redelivery, retention) are the leaders' own and are
+refused from clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncfab.actors.kv import Delete, Get, Put
+from syncfab.actors.locks import Acquire, ExpireLocks, LockInfo, OwnerInfo, Release, ReleaseAll, Renew
+from syncfab.actors.queues import Ack, ExpireMessages, Nack, Produce, Redeliver
+from syncfab.actors.results import Err
+from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
+from syncfab.fabric.codec import OnShard
+
+KEY_BYTES_MAX = 1024
+HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages)
+_LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo)
+
+
+def bad(field: str, message: str) -> Err:
+    return Err("bad_request", message, {"field": field})
+
+
+def queue_key_shard(queue: str, key: str, shard_count: int) -> int:
+    return shard_for_key(f"{queue}\x1f{key}", shard_count)
+
+
+def message_shard(message_id: str) -> int | None:
+    shard, sep, seq = message_id.partition(":")
+    if not sep or not shard.isdigit() or not seq.isdigit():
+        return None
+    return int(shard)
+
+
+def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) -> int | Err:
+    match op:
+        case Put(key=key) | Get(key=key) | Delete(key=key):
+            if not key or len(key.encode()) > KEY_BYTES_MAX:
+                return bad("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
+            return shard_for_key(key, shard_count)
+        case OnShard(shard=shard, op=inner):
+            if isinstance(inner, HOUSEKEEPING):
+                return bad("op", f"{type(inner).__name__} is not a client operation")
+            if not 1 <= shard <= shard_count:
+                return bad("shard", f"shard must be 1..{shard_count}")
+            return shard
+        case Produce(queue=queue, key=key, dedup_id=dedup_id):
+            if key is not None:
+                return queue_key_shard(queue, key, shard_count)
+            if dedup_id is not None:
+                # A producer retrying under a new request id must reach the shard that remembers.
+                return queue_key_shard(queue, f"\x00dedup\x00{dedup_id}", shard_count)
+            return shard_for_key(f"{client}\x1f{request_id}", shard_count)
+        case Ack(message_ids=ids) | Nack(message_ids=ids):
+            shards = {message_shard(i) for i in ids}
+            if not ids or len(shards) != 1 or None in shards:
+                return bad("message_ids", "message ids must be non-empty and all of one shard")
+            shard = shards.pop()
+            assert shard is not None
+            if not 1 <= shard <= shard_count:
+                return bad("message_ids", f"no shard {shard}")
+            return shard
+        case _ if isinstance(op, _LOCK_OPS):
+            return CONTROL_GROUP
+        case _ if isinstance(op, HOUSEKEEPING):
+            return bad("op", f"{type(op).__name__} is not a client operation")
+    return bad("op", f"{type(op).__name__} must name its shard (OnShard)")
