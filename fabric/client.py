@@ -14,35 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import zmq
 
 from syncfab.actors.kv import Delete, Get, Put
+from syncfab.actors.locks import LockInfo
+from syncfab.actors.queues import ConfigureQueue, NewMessage, Produce
 from syncfab.actors.results import RETRYABLE, Err, Ok, Result
-from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
+from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric import fanout
+from syncfab.fabric.client_locks import (
+    Deadlock,
+    Grant,
+    HeldLock,
+    LockSession,
+    LockTimeout,
+    NotFound,
+    SyncfabError,
+    raise_for,
+)
 from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, decode_reply, encode
+from syncfab.fabric.routing import group_for, wait_of
+
+__all__ = ["AsyncClient", "Client", "Deadlock", "Grant", "LockTimeout", "NotFound", "SyncfabError"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
-
-
-class SyncfabError(Exception):
-    def __init__(self, code: str, message: str = "", detail: Any = None) -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code, self.message, self.detail = code, message, detail
-
-
-class NotFound(SyncfabError):
-    pass
-
-
-def raise_for(err: Err) -> None:
-    raise (NotFound if err.code == "not_found" else SyncfabError)(err.code, err.message, err.detail)
 
 
 class _Link:
@@ -110,6 +113,7 @@ class AsyncClient:
         self._hints: dict[int, str] = {}  # request id -> leader named by its latest reply
         self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
         self._sweeper: asyncio.TimerHandle | None = None
+        self.locks = LockSession(self.call, self.client_id)
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,6 +133,9 @@ class AsyncClient:
         await self.refresh()
 
     async def close(self) -> None:
+        """Release this client's locks (if the cluster answers), then the sockets."""
+        with contextlib.suppress(SyncfabError):
+            await self.locks.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -154,20 +161,87 @@ class AsyncClient:
 
     async def put(self, key: str, value: Any) -> int:
         """Store ``value`` (any JSON-like value) under ``key``; returns its log index."""
-        return self._value(await self.call(Put(key, value), self._shard(key)))
+        return self._value(await self.call(Put(key, value)))
 
     async def get(self, key: str, default: Any = _MISSING) -> Any:
         """A linearizable read. Raises NotFound unless ``default`` is given."""
-        result = await self.call(Get(key), self._shard(key))
+        result = await self.call(Get(key))
         if isinstance(result, Err) and result.code == "not_found" and default is not _MISSING:
             return default
         return self._value(result)
 
     async def delete(self, key: str) -> bool:
-        return self._value(await self.call(Delete(key), self._shard(key)))
+        return self._value(await self.call(Delete(key)))
 
     async def cluster(self) -> dict[str, Any]:
-        return self._value(await self.call(ClusterInfo(), None))
+        return self._value(await self.call(ClusterInfo()))
+
+    # -- locks (group 0); a lease session keeps this client's locks alive -------------------
+
+    async def acquire(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
+                      ttl_ms: int | None = None) -> Grant:
+        """Take a lock; raises LockTimeout, Deadlock (``.detail["cycle"]``) or SyncfabError."""
+        return await self.locks.acquire(resource, mode, wait_ms, ttl_ms)
+
+    async def release(self, resource: str) -> bool:
+        return await self.locks.release(resource)
+
+    async def renew(self, ttl_ms: int | None = None) -> int:
+        """Extend this client's lease now; returns when it expires (cluster wall clock, ms)."""
+        return await self.locks.renew(ttl_ms)
+
+    def lock(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
+             ttl_ms: int | None = None) -> HeldLock:
+        """``async with client.lock("orders/42", wait_ms=5000) as grant: ...grant.fencing_token``"""
+        return HeldLock(self.locks, resource, mode, wait_ms, ttl_ms)
+
+    async def lock_info(self, resource: str) -> dict[str, Any]:
+        return self._value(await self.call(LockInfo(resource)))
+
+    # -- queues (every shard holds a slice of every queue) ---------------------------------
+
+    async def produce(self, queue: str, data: Any, *, key: str | None = None,
+                      headers: dict[str, str] | None = None, dedup_id: str | None = None) -> str:
+        """Returns the message id once the message is durable on a majority of its shard."""
+        return self._value(await self.call(Produce(queue, data, key, headers, dedup_id)))["message_id"]
+
+    async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
+        batch = [m if isinstance(m, NewMessage) else NewMessage(m) for m in messages]
+        result = await fanout.produce_batch(self.call, self._shards(), queue, batch)
+        return self._value(result)["message_ids"]
+
+    async def consume(self, queue: str, consumer: str | None = None, *, max: int = 1,
+                      visibility_ms: int | None = None, wait_ms: int = 0) -> list[dict[str, Any]]:
+        result = await fanout.consume(self.call, self._shards(), queue, consumer or self.client_id,
+                                      max, visibility_ms, wait_ms)
+        return self._value(result)["messages"]
+
+    async def messages(self, queue: str, consumer: str | None = None, *, max: int = 16,
+                       visibility_ms: int | None = None,
+                       wait_ms: int = 1_000) -> AsyncIterator[dict[str, Any]]:
+        """Every message, as it comes (long polling); ack each one you are done with."""
+        while True:
+            for message in await self.consume(queue, consumer, max=max, visibility_ms=visibility_ms,
+                                              wait_ms=wait_ms):
+                yield message
+
+    async def ack(self, queue: str, message_ids: Sequence[str]) -> int:
+        return self._value(await fanout.settle(self.call, queue, list(message_ids)))["acked"]
+
+    async def nack(self, queue: str, message_ids: Sequence[str]) -> int:
+        return self._value(await fanout.settle(self.call, queue, list(message_ids), nack=True))["nacked"]
+
+    async def queue_stats(self, queue: str) -> dict[str, Any]:
+        return self._value(await fanout.stats(self.call, self._shards(), queue))
+
+    async def configure_queue(self, queue: str, **settings: int) -> dict[str, Any]:
+        settings_op = ConfigureQueue(queue, **settings)
+        return self._value(await fanout.configure(self.call, self._shards(), settings_op))
+
+    def _shards(self) -> int:
+        if not self.shard_count:
+            raise SyncfabError("unavailable", "the client has not learnt the cluster yet")
+        return self.shard_count
 
     @staticmethod
     def _value(result: Result) -> Any:
@@ -176,17 +250,23 @@ class AsyncClient:
         assert isinstance(result, Ok)
         return result.value
 
-    def _shard(self, key: str) -> int | None:
-        return shard_for_key(key, self.shard_count) if self.shard_count else None
-
-    async def call(self, op: Any, group: int | None) -> Result:
-        """Send ``op`` to the leader of ``group`` (any node when unknown) until it is answered
-        with something other than a retryable error, the deadline passes, or tries run out."""
+    async def call(self, op: Any) -> Result:
+        """Send ``op`` to its group's leader (any node when unknown) until it is answered with
+        something other than a retryable error, the deadline passes, or tries run out."""
         loop = self._loop
         assert loop is not None, "call connect() first"
         rid = self.ids.next()
+        group: int | None = None
+        if self.shard_count and not isinstance(op, ClusterInfo):
+            routed = group_for(op, self.shard_count, self.client_id, rid)
+            if isinstance(routed, Err):
+                self.ids.done(rid)
+                return routed
+            group = routed
         raw = encode(Request(self.client_id, rid, self.ids.acked, op))
-        deadline = loop.time() + self.timeout_s
+        wait_ms, long_poll = wait_of(op)
+        deadline = loop.time() + self.timeout_s + wait_ms / 1000
+        attempt_timeout_s = self.attempt_timeout_s + (wait_ms / 1000 if long_poll else 0)
         target = self._address_for(group)
         backoff_s = 0.01
         result: Result = Err("timeout", f"no answer within {self.timeout_s:g} s")
@@ -200,7 +280,7 @@ class AsyncClient:
                 link = self._links[target]
                 link.outbox.append(raw)
                 self._schedule_flush()
-                self._deadlines[rid] = loop.time() + min(remaining, self.attempt_timeout_s)
+                self._deadlines[rid] = loop.time() + min(remaining, attempt_timeout_s)
                 self._schedule_sweep()
                 result = await fut
                 if result is _TIMED_OUT:
@@ -303,17 +383,22 @@ class Client:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def put(self, key: str, value: Any) -> int:
-        return self._run(self._async.put(key, value))
+    def __getattr__(self, name: str) -> Any:
+        """Every coroutine method of AsyncClient (put, get, acquire, produce, consume, ack, ...)
+        as a plain method with the same arguments."""
+        method = getattr(self._async, name)
+        if not inspect.iscoroutinefunction(method):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 
-    def get(self, key: str, default: Any = _MISSING) -> Any:
-        return self._run(self._async.get(key, default))
-
-    def delete(self, key: str) -> bool:
-        return self._run(self._async.delete(key))
-
-    def cluster(self) -> dict[str, Any]:
-        return self._run(self._async.cluster())
+    @contextlib.contextmanager
+    def lock(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
+             ttl_ms: int | None = None) -> Iterator[Grant]:
+        grant = self._run(self._async.acquire(resource, mode, wait_ms=wait_ms, ttl_ms=ttl_ms))
+        try:
+            yield grant
+        finally:
+            self._run(self._async.release(resource))
 
     def close(self) -> None:
         self._run(self._async.close())

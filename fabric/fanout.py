@@ -29,7 +29,9 @@ from syncfab.fabric.routing import message_shard, queue_key_shard
 
 
 class Call(Protocol):
-    def __call__(self, op: Any, *, wait_ms: int = 0) -> Awaitable[Result]: ...
+    """Route one op to its group's leader and retry it (see fabric/routing.py wait_of)."""
+
+    def __call__(self, op: Any) -> Awaitable[Result]: ...
 
 
 _rotation = itertools.count()
@@ -82,11 +84,8 @@ async def consume(call: Call, shard_count: int, queue: str, consumer: str, max_m
             return Ok({"messages": got})
     if got or wait_ms <= 0:
         return Ok({"messages": got})
-    polls = [
-        asyncio.ensure_future(call(OnShard(s, Consume(queue, consumer, max_messages, visibility_ms, wait_ms)),
-                                   wait_ms=wait_ms))
-        for s in order
-    ]
+    poll = Consume(queue, consumer, max_messages, visibility_ms, wait_ms)
+    polls = [asyncio.ensure_future(call(OnShard(s, poll))) for s in order]
     pending = set(polls)
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

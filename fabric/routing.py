@@ -18,7 +18,7 @@ from typing import Any
 
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import Acquire, ExpireLocks, LockInfo, OwnerInfo, Release, ReleaseAll, Renew
-from syncfab.actors.queues import Ack, ExpireMessages, Nack, Produce, Redeliver
+from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
 from syncfab.actors.results import Err
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
 from syncfab.fabric.codec import OnShard
@@ -76,3 +76,15 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
         case _ if isinstance(op, HOUSEKEEPING):
             return bad("op", f"{type(op).__name__} is not a client operation")
     return bad("op", f"{type(op).__name__} must name its shard (OnShard)")
+
+
+def wait_of(op: Any) -> tuple[int, bool]:
+    """(how long the op may legitimately wait in ms, whether a retry would repeat it).
+
+    A waiting lock acquire is logged: a retry with the same request id finds the same wait, so
+    callers may retry it every attempt. A long-polling consume runs on the leader only and is
+    not deduplicated: an attempt must outlast its wait, or a retry would take more messages.
+    """
+    inner = op.op if isinstance(op, OnShard) else op
+    wait_ms = getattr(inner, "wait_ms", 0) or 0
+    return wait_ms, isinstance(inner, Consume) and wait_ms > 0

@@ -39,6 +39,7 @@ from syncfab.fabric.codec import (
 from syncfab.fabric.config import ConfigError, NodeSettings
 from syncfab.fabric.metrics import NodeMetrics
 from syncfab.fabric.node import LOCAL_ROUTE, Flush, NodeCore
+from syncfab.fabric.routing import wait_of
 from syncfab.fabric.transport import StreamTracker, Transport, decode_publication
 from syncfab.fabric.writer import DiskWriter
 from syncfab.storage.lmdb_store import LmdbLogStore
@@ -276,7 +277,12 @@ class NodeRuntime:
 
     async def call(self, op: Any, *, timeout_s: float = 5.0, attempt_timeout_s: float = 1.0) -> Result:
         """Run one operation on the cluster from this node: forwarded to its group's leader,
-        retried (same request id, so applied once) across leader changes until ``timeout_s``."""
+        retried (same request id, so applied once) across leader changes until ``timeout_s``
+        (plus however long the op may wait by design)."""
+        wait_ms, long_poll = wait_of(op)
+        timeout_s += wait_ms / 1000
+        if long_poll:
+            attempt_timeout_s += wait_ms / 1000
         rid = self.ids.next()
         request = Request(self.client_id, rid, self.ids.acked, op)
         raw = encode(request)

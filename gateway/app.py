@@ -13,56 +13,23 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from syncfab.actors.kv import Delete, Get, Put
-from syncfab.actors.results import Err, Ok, Result
+from syncfab.actors.results import Ok, Result
 from syncfab.fabric.routing import KEY_BYTES_MAX
 from syncfab.fabric.runtime import NodeRuntime
+from syncfab.gateway import locks, queues
+from syncfab.gateway.context import RUNTIME
+from syncfab.gateway.responses import bad_request, error_response, json_response, read_body, result_error
 
 log = logging.getLogger("syncfab.gateway")
 
 BODY_BYTES_MAX = 1 << 20
-RUNTIME = web.AppKey("runtime", NodeRuntime)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
-# How an operation's error code reads over HTTP.
-STATUS_OF = {
-    "bad_request": 400,
-    "not_found": 404,
-    "stale_request": 409,
-    "deadlock": 409,
-    "timeout": 504,
-    "busy": 503,
-    "no_leader": 503,
-    "not_leader": 503,
-    "leader_changed": 503,
-    "unavailable": 503,
-}
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_json_encode = msgspec.json.Encoder().encode
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_json_encode(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": code, "message": message, **extra}, status)
-
-
-def bad_request(field: str, message: str) -> web.Response:
-    return error_response(400, "bad_request", message, field=field)
-
-
-def result_error(err: Err) -> web.Response:
-    extra = dict(err.detail) if isinstance(err.detail, dict) else {}
-    if err.detail is not None and not extra:
-        extra["detail"] = err.detail
-    return error_response(STATUS_OF.get(err.code, 500), err.code, err.message, **extra)
 
 
 @web.middleware
@@ -84,17 +51,6 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     metrics.http_requests.labels(endpoint, request.method, str(response.status)).inc()
     metrics.http_latency.labels(endpoint, request.method).observe(time.perf_counter() - started)
     return response
-
-
-async def read_json(request: web.Request) -> tuple[Any, web.Response | None]:
-    """The body as JSON, or the 4xx response that says why it is not."""
-    body = await request.read()
-    if not body:
-        return None, bad_request("body", "a JSON body is required")
-    try:
-        return msgspec.json.decode(body), None
-    except msgspec.DecodeError as e:
-        return None, bad_request("body", f"malformed JSON: {e}")
 
 
 def key_of(request: web.Request) -> tuple[str, web.Response | None]:
@@ -137,7 +93,7 @@ async def kv_put(request: web.Request) -> web.Response:
     key, bad = key_of(request)
     if bad:
         return bad
-    value, bad = await read_json(request)
+    value, bad = await read_body(request, Any)
     if bad:
         return bad
     result = await call(request, Put(key, value))
@@ -177,4 +133,6 @@ def create_app(runtime: NodeRuntime) -> web.Application:
     app.router.add_put("/kv/{key:.+}", kv_put)
     app.router.add_get("/kv/{key:.+}", kv_get)
     app.router.add_delete("/kv/{key:.+}", kv_delete)
+    locks.add_routes(app)
+    queues.add_routes(app)
     return app

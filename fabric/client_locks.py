@@ -1,0 +1,134 @@
+"""The native client's lock session: the lease its locks hang on, kept alive while it holds any.
+
+The lock table knows owners by id and leases by deadline. A native client is one owner (its
+client id); while it holds locks a background task renews the lease every third of its ttl, so
+a live client keeps its locks and a dead one loses them one ttl after its last renewal. A clean
+close releases everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
+from syncfab.actors.results import Err, Ok, Result
+
+log = logging.getLogger("syncfab.client")
+
+DEFAULT_TTL_MS = 10_000
+
+
+class SyncfabError(Exception):
+    def __init__(self, code: str, message: str = "", detail: Any = None) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code, self.message, self.detail = code, message, detail
+
+
+class NotFound(SyncfabError):
+    pass
+
+
+class LockTimeout(SyncfabError):
+    """The lock stayed held by others for the whole wait (or wait_ms was 0)."""
+
+
+class Deadlock(SyncfabError):
+    """This request closed a cycle of waits and was chosen to break it: ``detail["cycle"]``."""
+
+
+_ERRORS = {"not_found": NotFound, "deadlock": Deadlock}
+
+
+def raise_for(err: Err) -> None:
+    raise _ERRORS.get(err.code, SyncfabError)(err.code, err.message, err.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    resource: str
+    mode: str
+    fencing_token: int
+
+
+Call = Callable[[Any], Awaitable[Result]]
+
+
+class LockSession:
+    def __init__(self, call: Call, owner: str, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+        self._call = call
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self.held: dict[str, Grant] = {}
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def acquire(self, resource: str, mode: str, wait_ms: int, ttl_ms: int | None) -> Grant:
+        result = await self._call(Acquire(resource, mode, self.owner, wait_ms, ttl_ms or self.ttl_ms))
+        if isinstance(result, Err):
+            if result.code == "timeout":
+                raise LockTimeout(result.code, result.message, result.detail)
+            raise_for(result)
+        assert isinstance(result, Ok)
+        grant = Grant(resource, result.value["mode"], result.value["fencing_token"])
+        self.held[resource] = grant
+        self._keep_alive()
+        return grant
+
+    async def release(self, resource: str) -> bool:
+        result = await self._call(Release(resource, self.owner))
+        self.held.pop(resource, None)
+        if isinstance(result, Err):
+            raise_for(result)
+        assert isinstance(result, Ok)
+        return bool(result.value.get("released"))
+
+    async def renew(self, ttl_ms: int | None = None) -> int:
+        result = await self._call(Renew(self.owner, ttl_ms or self.ttl_ms))
+        if isinstance(result, Err):
+            if result.code == "lease_expired":
+                self.held.clear()  # the table has already released them
+            raise_for(result)
+        assert isinstance(result, Ok)
+        return int(result.value["lease_expires_at_ms"])
+
+    async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self.held:
+            self.held.clear()
+            await self._call(ReleaseAll(self.owner))
+
+    def _keep_alive(self) -> None:
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.ensure_future(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            if not self.held:
+                return
+            try:
+                await self.renew()
+            except SyncfabError as e:
+                log.warning("lock lease of %s not renewed: %s", self.owner, e)
+
+
+class HeldLock:
+    """``async with client.lock(resource) as grant`` — released on the way out."""
+
+    def __init__(self, session: LockSession, resource: str, mode: str, wait_ms: int,
+                 ttl_ms: int | None) -> None:
+        self._session, self._args = session, (resource, mode, wait_ms, ttl_ms)
+        self.grant: Grant | None = None
+
+    async def __aenter__(self) -> Grant:
+        self.grant = await self._session.acquire(*self._args)
+        return self.grant
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.grant is not None and self.grant.resource in self._session.held:
+            await self._session.release(self.grant.resource)

@@ -1,0 +1,87 @@
+"""HTTP for the lock manager: acquire, release, renew, inspect."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from syncfab.actors.locks import Acquire, LockInfo, OwnerInfo, Release, Renew
+from syncfab.actors.results import Ok
+from syncfab.gateway.context import RUNTIME
+from syncfab.gateway.responses import json_response, read_body, result_error
+
+DEFAULT_TTL_MS = 30_000
+
+
+class AcquireBody(msgspec.Struct):
+    resource: str
+    mode: str
+    client_id: str
+    wait_ms: int = 0
+    ttl_ms: int = DEFAULT_TTL_MS
+
+
+class ReleaseBody(msgspec.Struct):
+    resource: str
+    client_id: str
+
+
+class RenewBody(msgspec.Struct):
+    client_id: str
+    ttl_ms: int = DEFAULT_TTL_MS
+
+
+async def acquire(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, AcquireBody)
+    if bad:
+        return bad
+    assert body is not None
+    op = Acquire(body.resource, body.mode, body.client_id, body.wait_ms, body.ttl_ms)
+    result = await request.app[RUNTIME].call(op)
+    if isinstance(result, Ok):
+        return json_response(result.value)
+    if result.code == "timeout" and isinstance(result.detail, dict):
+        # The lock stayed held for the whole wait (a node that did not answer has no detail).
+        return result_error(result, 408, granted=False)
+    if result.code in ("deadlock", "lease_expired", "cancelled"):
+        return result_error(result, granted=False)
+    return result_error(result)
+
+
+async def release(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, ReleaseBody)
+    if bad:
+        return bad
+    assert body is not None
+    result = await request.app[RUNTIME].call(Release(body.resource, body.client_id))
+    return json_response(result.value) if isinstance(result, Ok) else result_error(result)
+
+
+async def renew(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, RenewBody)
+    if bad:
+        return bad
+    assert body is not None
+    result = await request.app[RUNTIME].call(Renew(body.client_id, body.ttl_ms))
+    if isinstance(result, Ok):
+        return json_response({"renewed": True, **result.value})
+    return result_error(result)
+
+
+async def info(request: web.Request) -> web.Response:
+    result = await request.app[RUNTIME].call(LockInfo(request.match_info["resource"]))
+    return json_response(result.value) if isinstance(result, Ok) else result_error(result)
+
+
+async def owner(request: web.Request) -> web.Response:
+    result = await request.app[RUNTIME].call(OwnerInfo(request.match_info["owner"]))
+    return json_response(result.value) if isinstance(result, Ok) else result_error(result)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/lock/acquire", acquire)
+    app.router.add_post("/lock/release", release)
+    app.router.add_post("/lock/renew", renew)
+    app.router.add_get("/lock/{resource:.+}", info)
+    app.router.add_get("/lock-owner/{owner:.+}", owner)
+

@@ -1,0 +1,145 @@
+"""HTTP for the queues: produce, consume (long polling), ack/nack, inspect, configure.
+
+A queue spans every shard; the fan-out (split a batch, visit shards in turn, sum stats) is
+fabric/fanout.py, shared with the native client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from syncfab.actors.queues import ConfigureQueue, NewMessage, Produce
+from syncfab.actors.results import Ok, Result
+from syncfab.fabric import fanout
+from syncfab.gateway.context import RUNTIME
+from syncfab.gateway.responses import bad_request, int_param, json_response, read_body, result_error
+
+
+class ProduceBody(msgspec.Struct):
+    queue: str
+    data: Any
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    dedup_id: str | None = None
+
+
+class BatchMessage(msgspec.Struct):
+    data: Any
+    key: str | None = None
+    headers: dict[str, str] | None = None
+    dedup_id: str | None = None
+
+
+class ProduceBatchBody(msgspec.Struct):
+    queue: str
+    messages: list[BatchMessage]
+
+
+class SettleBody(msgspec.Struct):
+    queue: str
+    message_ids: list[str]
+
+
+class SettingsBody(msgspec.Struct):
+    visibility_ms: int = 30_000
+    max_deliveries: int = 10
+    retention_ms: int = 0
+    max_depth: int = 0
+    dedup_window_ms: int = 300_000
+
+
+def _answer(result: Result) -> web.Response:
+    return json_response(result.value) if isinstance(result, Ok) else result_error(result)
+
+
+def _shards(request: web.Request) -> int:
+    return request.app[RUNTIME].settings.core.shard_count
+
+
+async def produce(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, ProduceBody)
+    if bad:
+        return bad
+    assert body is not None
+    op = Produce(body.queue, body.data, body.key, body.headers, body.dedup_id)
+    return _answer(await request.app[RUNTIME].call(op))
+
+
+async def produce_batch(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, ProduceBatchBody)
+    if bad:
+        return bad
+    assert body is not None
+    if not body.messages:
+        return bad_request("messages", "at least one message")
+    messages = [NewMessage(m.data, m.key, m.headers, m.dedup_id) for m in body.messages]
+    result = await fanout.produce_batch(request.app[RUNTIME].call, _shards(request), body.queue, messages)
+    return _answer(result)
+
+
+async def consume(request: web.Request) -> web.Response:
+    queue = request.query.get("queue")
+    consumer = request.query.get("consumer")
+    if not queue:
+        return bad_request("queue", "queue is required")
+    if not consumer:
+        return bad_request("consumer", "consumer is required")
+    max_messages, bad = int_param(request, "max", 1, 1, 1000)
+    if bad:
+        return bad
+    visibility_ms, bad = int_param(request, "visibility_ms", None, 1, 12 * 3600 * 1000)
+    if bad:
+        return bad
+    wait_ms, bad = int_param(request, "wait_ms", 0, 0, 60_000)
+    if bad:
+        return bad
+    assert max_messages is not None and wait_ms is not None
+    result = await fanout.consume(request.app[RUNTIME].call, _shards(request), queue, consumer,
+                                  max_messages, visibility_ms, wait_ms)
+    return _answer(result)
+
+
+async def ack(request: web.Request) -> web.Response:
+    return await _settle(request, nack=False)
+
+
+async def nack(request: web.Request) -> web.Response:
+    return await _settle(request, nack=True)
+
+
+async def _settle(request: web.Request, nack: bool) -> web.Response:
+    body, bad = await read_body(request, SettleBody)
+    if bad:
+        return bad
+    assert body is not None
+    if not body.message_ids:
+        return bad_request("message_ids", "at least one message id")
+    return _answer(await fanout.settle(request.app[RUNTIME].call, body.queue, body.message_ids, nack))
+
+
+async def stats(request: web.Request) -> web.Response:
+    queue = request.match_info["queue"]
+    return _answer(await fanout.stats(request.app[RUNTIME].call, _shards(request), queue))
+
+
+async def configure(request: web.Request) -> web.Response:
+    body, bad = await read_body(request, SettingsBody)
+    if bad:
+        return bad
+    assert body is not None
+    settings = ConfigureQueue(request.match_info["queue"], body.visibility_ms, body.max_deliveries,
+                              body.retention_ms, body.max_depth, body.dedup_window_ms)
+    return _answer(await fanout.configure(request.app[RUNTIME].call, _shards(request), settings))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/queue/produce", produce)
+    app.router.add_post("/queue/produce_batch", produce_batch)
+    app.router.add_get("/queue/consume", consume)
+    app.router.add_post("/queue/ack", ack)
+    app.router.add_post("/queue/nack", nack)
+    app.router.add_get("/queue/{queue}", stats)
+    app.router.add_put("/queue/{queue}", configure)

@@ -1,0 +1,87 @@
+"""JSON in, JSON out: the shapes every handler shares, errors included.
+
+Every error is ``{"error": code, "message": ..., <detail>}``; bad input names its ``field``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from syncfab.actors.results import Err
+
+T = TypeVar("T")
+
+# How an operation's error code reads over HTTP.
+STATUS_OF = {
+    "bad_request": 400,
+    "not_found": 404,
+    "not_held": 409,
+    "stale_request": 409,
+    "deadlock": 409,
+    "lease_expired": 409,
+    "already_waiting": 409,
+    "cancelled": 409,
+    "queue_full": 429,
+    "timeout": 504,
+    "busy": 503,
+    "no_leader": 503,
+    "not_leader": 503,
+    "leader_changed": 503,
+    "unavailable": 503,
+}
+
+_json_encode = msgspec.json.Encoder().encode
+_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)|missing required field `([A-Za-z_]+)`")
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_json_encode(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": code, "message": message, **extra}, status)
+
+
+def bad_request(field: str, message: str) -> web.Response:
+    return error_response(400, "bad_request", message, field=field)
+
+
+def result_error(err: Err, status: int | None = None, **extra: Any) -> web.Response:
+    detail = dict(err.detail) if isinstance(err.detail, dict) else {}
+    if err.detail is not None and not detail:
+        detail["detail"] = err.detail
+    return error_response(status or STATUS_OF.get(err.code, 500), err.code, err.message, **detail, **extra)
+
+
+async def read_body(request: web.Request, kind: type[T]) -> tuple[T | None, web.Response | None]:
+    """The body decoded as ``kind`` (a msgspec Struct, or Any), or the 4xx that says why not —
+    naming the field for a wrong type or a missing one."""
+    body = await request.read()
+    if not body:
+        return None, bad_request("body", "a JSON body is required")
+    try:
+        return msgspec.json.decode(body, type=kind), None
+    except msgspec.ValidationError as e:
+        match = _FIELD.search(str(e))
+        field = (match.group(1) or match.group(2)) if match else "body"
+        return None, bad_request(field, str(e))
+    except msgspec.DecodeError as e:
+        return None, bad_request("body", f"malformed JSON: {e}")
+
+
+def int_param(request: web.Request, name: str, default: int | None,
+              low: int = 0, high: int = 1 << 31) -> tuple[int | None, web.Response | None]:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default, None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None, bad_request(name, f"{name} must be an integer, got {raw!r}")
+    if not low <= value <= high:
+        return None, bad_request(name, f"{name} must be {low}..{high}")
+    return value, None
