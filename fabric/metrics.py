@@ -7,11 +7,13 @@ counters and latency histograms are kept by the gateway middleware.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from syncfab.actors.ring import CONTROL_GROUP
 
 if TYPE_CHECKING:
     from syncfab.fabric.runtime import NodeRuntime
@@ -84,6 +86,50 @@ class _CoreCollector(Collector):
         counters.add_metric(["pubsub_gaps"], rt.streams.gaps)
         yield counters
 
+        yield from _lock_metrics(core)
+        yield from _queue_metrics(core)
+
         size = GaugeMetricFamily("syncfab_storage_bytes", "LMDB data file bytes in use")
         size.add_metric([], rt.store.size_bytes())
         yield size
+
+
+_LOCK_COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
+_LOCK_GAUGES = ("locks_held", "waiters", "owners")
+_QUEUE_COUNTERS = ("produced", "acked", "redelivered", "dead_lettered", "expired", "deduplicated")
+
+
+def _lock_metrics(core: Any) -> Iterator[Metric]:
+    """The lock table as this node's replica of group 0 has applied it (replicas agree)."""
+    control = core.groups.get(CONTROL_GROUP)
+    if control is None:
+        return
+    stats = control.machine.services["locks"].stats()
+    for name in _LOCK_COUNTERS:
+        yield CounterMetricFamily(f"syncfab_lock_{name}", f"Lock table {name}", value=stats[name])
+    for name in _LOCK_GAUGES:
+        yield GaugeMetricFamily(f"syncfab_lock_{name}", f"Lock table {name} now", value=stats[name])
+
+
+def _queue_metrics(core: Any) -> Iterator[Metric]:
+    """Per queue, summed over the shards this node replicates (all of them on 3 nodes)."""
+    totals: dict[str, dict[str, int]] = {}
+    for gid, g in core.groups.items():
+        if gid == CONTROL_GROUP:
+            continue
+        for queue, stats in g.machine.services["queues"].stats().items():
+            total = totals.setdefault(queue, dict.fromkeys(("depth", *_QUEUE_COUNTERS), 0))
+            for k in total:
+                total[k] += stats.get(k, 0)
+    depth = GaugeMetricFamily("syncfab_queue_depth", "Messages stored (visible or in flight)",
+                              labels=["queue"])
+    counters = {
+        name: CounterMetricFamily(f"syncfab_queue_{name}", f"Queue messages {name}", labels=["queue"])
+        for name in _QUEUE_COUNTERS
+    }
+    for queue in sorted(totals):
+        depth.add_metric([queue], totals[queue]["depth"])
+        for name, family in counters.items():
+            family.add_metric([queue], totals[queue][name])
+    yield depth
+    yield from counters.values()

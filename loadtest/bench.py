@@ -1,5 +1,10 @@
 """Benchmarks over the native client: ``python -m loadtest.bench kv --clients 64 --seconds 10``.
 
+Workloads: ``kv`` (replicated writes; ``--read-ratio`` mixes linearizable reads), ``lock``
+(acquire+release cycles; ``--hot N`` for N contended resources), ``produce`` (``--batch B``
+messages per call), ``consume`` (consume+ack from a prefilled queue), ``failover`` (kill -9 the
+leaders and measure how long writes stall).
+
 Starts a 3-node cluster of real processes (fsync on) unless ``--target`` names one, runs C
 concurrent clients spread over P worker processes for T seconds after a warm-up, and prints
 throughput, p50/p95/p99 latency and the CPU seconds the nodes and the clients used. The
@@ -15,23 +20,11 @@ import multiprocessing as mp
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
+from loadtest import failover, workloads
 from syncfab.fabric.client import AsyncClient
 from syncfab.fabric.local import LocalCluster
-
-Workload = Callable[[AsyncClient, random.Random, int], Coroutine[Any, Any, str]]
-
-
-async def kv_op(client: AsyncClient, rng: random.Random, worker: int, *, read_ratio: float,
-                keys: int) -> str:
-    key = f"k{rng.randrange(keys)}"
-    if rng.random() < read_ratio:
-        await client.get(key, None)
-        return "read"
-    await client.put(key, worker)
-    return "write"
 
 
 def _worker(addresses: list[str], clients: int, warmup_s: float, seconds: float, seed: int,
@@ -41,33 +34,53 @@ def _worker(addresses: list[str], clients: int, warmup_s: float, seconds: float,
     async def run() -> dict[str, Any]:
         client = AsyncClient(addresses, timeout_s=30)
         await client.connect()
+        op = workloads.make(workload, options)
         begin = time.perf_counter() + warmup_s
         end = begin + seconds
         latencies: dict[str, list[float]] = {}
+        units: dict[str, int] = {}
         errors = 0
 
         async def one(n: int) -> None:
             nonlocal errors
             rng = random.Random(seed * 1000 + n)
+            who = f"{client.client_id}/{n}"
             while True:
                 started = time.perf_counter()
                 if started >= end:
                     return
                 try:
-                    kind = await kv_op(client, rng, n, **options)
+                    kind, count = await op(client, rng, who)
                 except Exception:
                     errors += 1
                     continue
                 if started >= begin:
                     latencies.setdefault(kind, []).append(time.perf_counter() - started)
+                    units[kind] = units.get(kind, 0) + count
 
         cpu0 = time.process_time()
         await asyncio.gather(*(one(n) for n in range(clients)))
         cpu = time.process_time() - cpu0
         await client.close()
-        return {"latencies": latencies, "errors": errors, "cpu_s": cpu}
+        return {"latencies": latencies, "units": units, "errors": errors, "cpu_s": cpu}
 
     out.put(uvloop.run(run()))
+
+
+def prefill(addresses: list[str], queue: str, count: int) -> None:
+    """Fill the queue before a consume run, in big concurrent batches."""
+
+    async def fill() -> None:
+        async with AsyncClient(addresses, timeout_s=60) as client:
+            sem = asyncio.Semaphore(8)
+
+            async def batch(n: int) -> None:
+                async with sem:
+                    await client.produce_batch(queue, [workloads.PAYLOAD] * n)
+
+            await asyncio.gather(*(batch(min(500, count - i)) for i in range(0, count, 500)))
+
+    asyncio.run(fill())
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -95,7 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         addresses = cluster.addresses
         node_pids = cluster.pids()
     try:
-        options = {"read_ratio": args.read_ratio, "keys": args.keys}
+        options = {"read_ratio": args.read_ratio, "keys": args.keys, "hot": args.hot,
+                   "queue": args.queue, "batch": args.batch}
+        if args.workload == "consume":
+            prefill(addresses, args.queue, args.prefill)
         per_proc = [args.clients // args.processes + (i < args.clients % args.processes)
                     for i in range(args.processes)]
         ctx = mp.get_context("spawn")
@@ -116,9 +132,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if cluster is not None:
             cluster.stop()
     by_kind: dict[str, list[float]] = {}
+    units: dict[str, int] = {}
     for r in results:
         for kind, values in r["latencies"].items():
             by_kind.setdefault(kind, []).extend(values)
+        for kind, count in r["units"].items():
+            units[kind] = units.get(kind, 0) + count
     report: dict[str, Any] = {
         "workload": args.workload,
         "nodes": args.nodes if not args.target else len(addresses),
@@ -127,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "fsync": args.fsync,
         "shards": args.shards,
-        "read_ratio": args.read_ratio,
+        "options": {k: v for k, v in vars(args).items() if k in ("read_ratio", "hot", "batch", "queue")},
         "errors": sum(r["errors"] for r in results),
         "operations": {},
         "cpu_s": {
@@ -142,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["operations"][kind] = {
             "count": len(values),
             "per_s": round(len(values) / args.seconds),
+            "units_per_s": round(units.get(kind, 0) / args.seconds),
             "p50_ms": round(percentile(values, 0.50) * 1e3, 2),
             "p95_ms": round(percentile(values, 0.95) * 1e3, 2),
             "p99_ms": round(percentile(values, 0.99) * 1e3, 2),
@@ -152,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
-    parser.add_argument("workload", choices=["kv"])
+    parser.add_argument("workload", choices=["kv", "lock", "produce", "consume", "failover"])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -162,15 +182,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--read-ratio", type=float, default=0.0, help="share of linearizable reads")
     parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--hot", type=int, default=0,
+                        help="lock: number of hot resources (0 = each client its own resource)")
+    parser.add_argument("--batch", type=int, default=1, help="produce/consume: messages per call")
+    parser.add_argument("--queue", default="bench")
+    parser.add_argument("--prefill", type=int, default=200_000, help="consume: messages produced first")
+    parser.add_argument("--rounds", type=int, default=3, help="failover: leader kills")
     parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
-    report = run(args)
-    for kind, op in report["operations"].items():
-        print(f"{kind:>6}: {op['per_s']:>8,}/s  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
-              f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
-    print(f" total: {report['total_per_s']:,}/s, errors {report['errors']}, "
-          f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}")
+    if args.workload == "failover":
+        report = failover.run(args.rounds, args.fsync)
+    else:
+        report = run(args)
+        for kind, op in report["operations"].items():
+            unit = f" = {op['units_per_s']:,} msg/s" if op["units_per_s"] != op["per_s"] else ""
+            print(f"{kind:>13}: {op['per_s']:>8,}/s{unit}  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
+                  f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
+        print(f"        total: {report['total_per_s']:,}/s, errors {report['errors']}, "
+              f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}")
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
