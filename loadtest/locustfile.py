@@ -1,0 +1,70 @@
+"""Load through the HTTP gateway, as outside clients would: a mixed workload of the three
+services. Point it at any node's gateway (every node forwards to the right leader):
+
+    syncfab cluster &
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8101 --headless -u 64 -r 16 -t 30s
+
+Spread users over all gateways with several locust processes, one ``--host`` each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import uuid
+
+from locust import FastHttpUser, between, task
+
+_ids = itertools.count()
+
+
+class KvUser(FastHttpUser):
+    wait_time = between(0, 0.01)
+
+    @task(3)
+    def write(self) -> None:
+        self.client.put(f"/kv/load-{random.randrange(10_000)}", json={"n": next(_ids)}, name="/kv/{key} PUT")
+
+    @task(2)
+    def read(self) -> None:
+        with self.client.get(f"/kv/load-{random.randrange(10_000)}", name="/kv/{key} GET",
+                             catch_response=True) as response:
+            if response.status_code in (200, 404):
+                response.success()
+
+
+class LockUser(FastHttpUser):
+    wait_time = between(0, 0.01)
+
+    def on_start(self) -> None:
+        self.owner = f"locust-{uuid.uuid4().hex[:12]}"
+
+    @task
+    def cycle(self) -> None:
+        resource = f"load-res-{self.owner}"
+        body = {"resource": resource, "mode": "exclusive", "client_id": self.owner, "wait_ms": 1000,
+                "ttl_ms": 30_000}
+        self.client.post("/lock/acquire", json=body, name="/lock/acquire")
+        self.client.post("/lock/release", json={"resource": resource, "client_id": self.owner},
+                         name="/lock/release")
+
+
+class QueueUser(FastHttpUser):
+    wait_time = between(0, 0.01)
+
+    def on_start(self) -> None:
+        self.consumer = f"locust-{uuid.uuid4().hex[:12]}"
+
+    @task(2)
+    def produce(self) -> None:
+        self.client.post("/queue/produce", json={"queue": "load", "data": "x" * 100}, name="/queue/produce")
+
+    @task(1)
+    def consume_and_ack(self) -> None:
+        response = self.client.get(f"/queue/consume?queue=load&consumer={self.consumer}&max=10",
+                                   name="/queue/consume")
+        if response.status_code != 200:
+            return
+        ids = [m["message_id"] for m in response.json()["messages"]]
+        if ids:
+            self.client.post("/queue/ack", json={"queue": "load", "message_ids": ids}, name="/queue/ack")
