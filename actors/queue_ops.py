@@ -154,6 +154,12 @@ def check_message(message: NewMessage | Produce, prefix: str = "") -> Err | None
     return None
 
 
+def check_batch_size(messages: object) -> Err | None:
+    if not isinstance(messages, list) or not 1 <= len(messages) <= BATCH_MAX:
+        return bad("messages", f"a batch has 1 to {BATCH_MAX} messages")
+    return None
+
+
 def check_configure(op: ConfigureQueue) -> Err | None:
     return (
         check_queue(op.queue)

@@ -316,7 +316,8 @@ class QueuePartitions:
 
     def _redeliver(self, name: str, ids: list[str], counts: list[int] | None, verb: str) -> Result:
         """Count a failed delivery for each message named: visible again, or dead-lettered once
-        its deliveries exceed max_deliveries. A nack ends any lease this replica holds on it; a
+        it has been delivered max_deliveries times (SQS's maxReceiveCount: max_deliveries=3 hands
+        a message out at most 3 times). A nack ends any lease this replica holds on it; a
         Redeliver with counts (the leader's own) only one whose deadline passed."""
         seqs = self._ids(name, ids)
         if isinstance(seqs, Err):
@@ -336,7 +337,7 @@ class QueuePartitions:
             msg.delivery_count += 1
             done += 1
             lease = q.inflight.get(seq)
-            if msg.delivery_count > q.settings.max_deliveries and self._dead_letter(q, msg):
+            if msg.delivery_count >= q.settings.max_deliveries and self._dead_letter(q, msg):
                 dead += 1
             elif counts is None or lease is None or lease.proposed or lease.wake_ms <= self._now_ms:
                 q.release(seq)

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from syncfab.actors.queue_ops import check_batch_size, check_message, check_queue
 from syncfab.actors.queues import (
     Ack,
     ConfigureQueue,
@@ -45,7 +46,18 @@ def shard_order(shard_count: int) -> list[int]:
 
 
 async def produce_batch(call: Call, shard_count: int, queue: str, messages: list[NewMessage]) -> Result:
-    """One ProduceBatch per shard, concurrently; ids come back in the caller's order."""
+    """One ProduceBatch per shard, concurrently; ids come back in the caller's order.
+
+    The whole batch is checked first, naming each message by its place in *this* batch: a
+    batch refused for bad input stores nothing. (A shard that is full or unreachable fails
+    only its part; what the others stored stays — at-least-once, never lost.)"""
+    err = check_queue(queue) or check_batch_size(messages)
+    if err is not None:
+        return err
+    for n, message in enumerate(messages):
+        err = check_message(message, f"messages[{n}].")
+        if err is not None:
+            return err
     by_shard: dict[int, list[int]] = {}
     spread = shard_order(shard_count)
     for n, m in enumerate(messages):

@@ -281,12 +281,25 @@ class NodeCore:
                 heapq.heappush(g.read_waits, (rs.index, rs.context, reads))
         while g.read_waits and g.read_waits[0][0] <= applied:
             for waiter, op in heapq.heappop(g.read_waits)[2]:
-                self._reply(waiter.origin, waiter.route, waiter.request_id, g.machine.query(op), self.id)
+                self._serve_read(g, waiter, op)
         if ready.persist:
             flush.writes.append((g.id, ready.persist))
         _route(flush.sends, g.id, ready.messages)
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
         flush.readies.append((g.id, ready))
+
+    def _serve_read(self, g: _Group, waiter: _Pending, op: Any) -> None:
+        """A query or leader-local op whose ReadIndex the state machine has reached."""
+        if not g.machine.is_local(op):
+            self._answer(waiter, g.machine.query(op))
+            return
+        result = g.machine.local(self._wall, op)
+        if isinstance(result, Waiting):
+            self._park_seq += 1
+            deadline = self._wall + getattr(op, "wait_ms", 0)
+            heapq.heappush(g.parked, (deadline, self._park_seq, waiter, op))
+        else:
+            self._answer(waiter, result)
 
     def _apply_entry(self, g: _Group, index: int, data: bytes) -> None:
         now_ms, requests = decode_batch(data)
@@ -407,16 +420,12 @@ class NodeCore:
         self._active.add(gid)
         waiter = _Pending(origin, route, request.id)
         inner = op.op if isinstance(op, OnShard) else op
-        if g.machine.is_query(inner):
+        if g.machine.is_query(inner) or g.machine.is_local(inner):
+            # Leader-local ops (a consume) read replicated state too, so they wait for ReadIndex
+            # like queries: run at once, a new leader that has not applied its predecessor's last
+            # acks, or a deposed leader that does not know it yet, handed out messages whose ack
+            # was already acknowledged (simulation seeds 104 and 135). See _serve_read.
             g.queries.append((waiter, inner))
-        elif g.machine.is_local(inner):
-            result = g.machine.local(self._wall, inner)
-            if isinstance(result, Waiting):
-                self._park_seq += 1
-                deadline = self._wall + getattr(inner, "wait_ms", 0)
-                heapq.heappush(g.parked, (deadline, self._park_seq, waiter, inner))
-            else:
-                self._answer(waiter, result)
         else:
             g.writes.append(raw)
             g.writers.append(waiter)

@@ -6,7 +6,7 @@ import msgspec
 from aiohttp import web
 
 from syncfab.actors.locks import Acquire, LockInfo, OwnerInfo, Release, Renew
-from syncfab.actors.results import Ok
+from syncfab.actors.results import Err, Ok
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import json_response, read_body, result_error
 
@@ -31,6 +31,14 @@ class RenewBody(msgspec.Struct):
     ttl_ms: int = DEFAULT_TTL_MS
 
 
+def _http_names(result: Err) -> Err:
+    """The lock table calls the owner ``owner``; over HTTP it is ``client_id``."""
+    if isinstance(result.detail, dict) and result.detail.get("field") == "owner":
+        return Err(result.code, result.message.replace("owner", "client_id"),
+                   {**result.detail, "field": "client_id"})
+    return result
+
+
 async def acquire(request: web.Request) -> web.Response:
     body, bad = await read_body(request, AcquireBody)
     if bad:
@@ -45,7 +53,7 @@ async def acquire(request: web.Request) -> web.Response:
         return result_error(result, 408, granted=False)
     if result.code in ("deadlock", "lease_expired", "cancelled"):
         return result_error(result, granted=False)
-    return result_error(result)
+    return result_error(_http_names(result))
 
 
 async def release(request: web.Request) -> web.Response:
@@ -54,7 +62,7 @@ async def release(request: web.Request) -> web.Response:
         return bad
     assert body is not None
     result = await request.app[RUNTIME].call(Release(body.resource, body.client_id))
-    return json_response(result.value) if isinstance(result, Ok) else result_error(result)
+    return json_response(result.value) if isinstance(result, Ok) else result_error(_http_names(result))
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -65,7 +73,7 @@ async def renew(request: web.Request) -> web.Response:
     result = await request.app[RUNTIME].call(Renew(body.client_id, body.ttl_ms))
     if isinstance(result, Ok):
         return json_response({"renewed": True, **result.value})
-    return result_error(result)
+    return result_error(_http_names(result))
 
 
 async def info(request: web.Request) -> web.Response:

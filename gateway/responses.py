@@ -35,7 +35,8 @@ STATUS_OF = {
 }
 
 _json_encode = msgspec.json.Encoder().encode
-_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)|missing required field `([A-Za-z_]+)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -66,11 +67,20 @@ async def read_body(request: web.Request, kind: type[T]) -> tuple[T | None, web.
     try:
         return msgspec.json.decode(body, type=kind), None
     except msgspec.ValidationError as e:
-        match = _FIELD.search(str(e))
-        field = (match.group(1) or match.group(2)) if match else "body"
-        return None, bad_request(field, str(e))
+        return None, bad_request(_field_of(str(e)), str(e))
     except msgspec.DecodeError as e:
         return None, bad_request("body", f"malformed JSON: {e}")
+
+
+def _field_of(message: str) -> str:
+    """msgspec says ``Expected `int`, got `str` - at `$.messages[1].data``` or ``Object missing
+    required field `data` - at `$.messages[0]```: name the field as a path into the body."""
+    missing, path = _MISSING.search(message), _PATH.search(message)
+    # A map's values show as `headers[...]`: the map is the field to name.
+    where = path.group(1).replace("[...]", "") if path else ""
+    if missing:
+        return f"{where}.{missing.group(1)}" if where else missing.group(1)
+    return where or "body"
 
 
 def int_param(request: web.Request, name: str, default: int | None,
