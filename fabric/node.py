@@ -244,20 +244,21 @@ class NodeCore:
     def advance(self, flush: Flush) -> None:
         cfg = self.config
         for gid, ready in flush.readies:
-            raft = self.groups[gid].raft
+            g = self.groups[gid]
+            raft = g.raft
             raft.advance(ready)
             if ready.persist.entries or ready.committed or raft.has_ready():
                 self._active.add(gid)  # durable entries may commit, committed ones apply
-        for gid, g in self.groups.items():
-            raft = g.raft
-            base = raft.snapshot.index if raft.snapshot is not None else 0
-            if raft.applied_index - base >= cfg.snapshot_entries:
-                raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
-                self.counters["snapshots_taken"] += 1
-                self._active.add(gid)
+            if ready.committed:
+                base = raft.snapshot.index if raft.snapshot is not None else 0
+                if raft.applied_index - base >= cfg.snapshot_entries:
+                    raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
+                    self.counters["snapshots_taken"] += 1
 
     def _collect(self, g: _Group, flush: Flush) -> None:
         raft = g.raft
+        if raft.role is not Role.LEADER and g.lead_term == -1 and not raft.has_ready():
+            return  # a quiet follower: nothing to write, send or apply
         self._check_leadership(g)
         if g.writes:
             self._propose_batch(g)
