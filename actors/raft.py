@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from syncfab.actors.messages import (
@@ -35,6 +35,7 @@ from syncfab.actors.messages import (
     VoteReply,
     VoteRequest,
 )
+from syncfab.actors.progress import Flow, Progress
 from syncfab.actors.raft_log import RaftLog
 from syncfab.actors.ready import Persist, ReadState, Ready
 
@@ -73,32 +74,6 @@ class RaftConfig:
     # Heartbeat rounds a follower may show no progress before its pipeline is restarted.
     stalled_heartbeats_max: int = 2
     snapshot_stalled_heartbeats_max: int = 20
-
-
-class _Flow(Enum):
-    PROBE = "probe"  # one AppendEntries at a time until a match is found
-    REPLICATE = "replicate"  # optimistic pipelining, bounded by inflight_messages_max
-    SNAPSHOT = "snapshot"  # an InstallSnapshot is on its way
-
-
-@dataclass(slots=True)
-class Progress:
-    """The leader's view of one follower."""
-
-    match: int = 0
-    next: int = 1
-    flow: _Flow = _Flow.PROBE
-    probe_sent: bool = False
-    inflight: deque[int] = field(default_factory=deque)  # last index of each unacked message
-    recent_active: bool = False
-    read_ack: int = 0
-    stalled: int = 0
-    seen_match: int = 0
-    snapshot_index: int = 0
-
-    def probe(self, next_index: int) -> None:
-        self.flow, self.next, self.probe_sent = _Flow.PROBE, next_index, False
-        self.inflight.clear()
 
 
 class RaftCore:
@@ -398,7 +373,7 @@ class RaftCore:
             case HeartbeatReply():
                 pr.recent_active = True
                 pr.read_ack = max(pr.read_ack, msg.read_seq)
-                if pr.flow is _Flow.PROBE:
+                if pr.flow is Flow.PROBE:
                     pr.probe_sent = False  # the probe may have been lost: allow another
                 self._confirm_reads()
             case _:
@@ -475,25 +450,13 @@ class RaftCore:
     # -- leader handlers ------------------------------------------------------------------
 
     def _on_append_ok(self, sender: str, pr: Progress, index: int) -> None:
-        if index > pr.match:
-            pr.match = index
-        while pr.inflight and pr.inflight[0] <= index:
-            pr.inflight.popleft()
-        if pr.flow is _Flow.PROBE or (pr.flow is _Flow.SNAPSHOT and pr.match >= pr.snapshot_index):
-            pr.flow, pr.next = _Flow.REPLICATE, pr.match + 1
-            pr.inflight.clear()
-        elif pr.next <= pr.match:
-            pr.next = pr.match + 1
+        pr.acknowledge(index)
         self._maybe_commit()
         if sender == self._transferee and pr.match == self.log.last_index:
             self._msgs.append((sender, TimeoutNow(self.term)))
 
     def _on_append_rejected(self, pr: Progress, msg: AppendReply) -> None:
-        if msg.index <= pr.match:
-            return  # a rejection of something already superseded
-        if pr.flow is _Flow.PROBE and msg.index != pr.next - 1:
-            return  # the answer to an older probe
-        if pr.flow is _Flow.SNAPSHOT:
+        if not pr.rejection_is_current(msg.index):
             return
         hint = msg.hint
         if msg.hint_term:
@@ -503,32 +466,17 @@ class RaftCore:
 
     def _send_append(self, peer: str, pr: Progress) -> None:
         log, cfg = self.log, self.config
-        while True:
-            if pr.flow is _Flow.SNAPSHOT:
-                return
-            if pr.flow is _Flow.PROBE:
-                if pr.probe_sent:
-                    return
-            elif len(pr.inflight) >= cfg.inflight_messages_max or pr.next > log.last_index:
-                return
+        while not pr.paused(log.last_index, cfg.inflight_messages_max):
             prev = pr.next - 1
             prev_term = log.term(prev)
             if prev_term is None:
-                self._send_snapshot(peer, pr)
+                assert self.snapshot is not None, "log compacted without a snapshot"
+                pr.sending_snapshot(self.snapshot.index)
+                self._msgs.append((peer, InstallSnapshot(self.term, self.snapshot)))
                 return
             entries = log.slice(pr.next, cfg.append_entries_max, cfg.append_bytes_max)
             self._msgs.append((peer, AppendEntries(self.term, prev, prev_term, entries, log.committed)))
-            if pr.flow is _Flow.PROBE:
-                pr.probe_sent = True
-                return
-            pr.next = entries[-1].index + 1
-            pr.inflight.append(pr.next - 1)
-
-    def _send_snapshot(self, peer: str, pr: Progress) -> None:
-        assert self.snapshot is not None, "log compacted without a snapshot"
-        pr.flow, pr.snapshot_index, pr.stalled = _Flow.SNAPSHOT, self.snapshot.index, 0
-        pr.inflight.clear()
-        self._msgs.append((peer, InstallSnapshot(self.term, self.snapshot)))
+            pr.sent(entries[-1].index if entries else prev)
 
     def _broadcast_heartbeat(self) -> None:
         commit, seq = self.log.committed, self._read_seq
@@ -539,17 +487,9 @@ class RaftCore:
     def _restart_stalled(self) -> None:
         """Restart replication to a follower that made no progress for a while: the message
         that would have moved it on was lost (links drop messages when a peer is down)."""
-        last = self.log.last_index
+        last, cfg = self.log.last_index, self.config
         for pr in self.progress.values():
-            if pr.match >= last or pr.match != pr.seen_match:
-                pr.stalled, pr.seen_match = 0, pr.match
-                continue
-            pr.stalled += 1
-            limit = (self.config.snapshot_stalled_heartbeats_max if pr.flow is _Flow.SNAPSHOT
-                     else self.config.stalled_heartbeats_max)
-            if pr.flow is not _Flow.PROBE and pr.stalled >= limit:
-                pr.probe(pr.match + 1)
-                pr.stalled = 0
+            pr.heartbeat_passed(last, cfg.stalled_heartbeats_max, cfg.snapshot_stalled_heartbeats_max)
 
     def _maybe_commit(self) -> None:
         matches = sorted([self.log.stable, *(pr.match for pr in self.progress.values())], reverse=True)
