@@ -496,16 +496,22 @@ class LockTable:
     def _drop_owner(self, o: str, err: Err) -> None:
         """End an owner's lease: answer its waits with ``err``, drop its holds, grant what that frees."""
         rec = self._owners[o]
-        touched = sorted(rec.held | rec.waits.keys())
+        # Where each resource changed: a wait's place in its queue, 0 where a hold went. Settling
+        # a wait-only queue from 0 stopped rewiring at the first unchanged writer, leaving those
+        # behind the dropped wait with an edge to it: replicas that applied the log and replicas
+        # restored from a snapshot disagreed on the wait-for graph, so on deadlocks (found by
+        # tests/sim: SYNCFAB_SIM_SEED=63, and tests/sim/test_sim_locks.py has the case).
+        starts: dict[str, int] = {}
         for r in sorted(rec.waits):
             w = rec.waits[r]
-            self._unqueue(w)
+            starts[r] = self._unqueue(w)
             self._answer(w, err)
         for r in rec.held:
             del self._resources[r].holders[o]
+            starts[r] = 0
         del self._owners[o]
-        for r in touched:
-            self._settle(r)
+        for r in sorted(starts):
+            self._settle(r, starts[r])
 
     # -- deadlines -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ close releases everything at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,12 +65,21 @@ class LockSession:
         self.ttl_ms = ttl_ms
         self.held: dict[str, Grant] = {}
         self._keepalive: asyncio.Task[None] | None = None
+        self._acquired_ever = False
 
     async def acquire(self, resource: str, mode: str, wait_ms: int, ttl_ms: int | None) -> Grant:
+        self._acquired_ever = True
         result = await self._call(Acquire(resource, mode, self.owner, wait_ms, ttl_ms or self.ttl_ms))
         if isinstance(result, Err):
-            if result.code == "timeout":
-                raise LockTimeout(result.code, result.message, result.detail)
+            if result.code == "timeout" and isinstance(result.detail, dict):
+                raise LockTimeout(result.code, result.message, result.detail)  # the table said so
+            if result.code in ("timeout", "unavailable", "no_leader", "leader_changed", "busy"):
+                # No verdict reached us: the acquire may still have been granted. Give it back
+                # rather than leave a lock held by nobody who knows (best effort; the lease is
+                # the backstop).
+                with contextlib.suppress(Exception):
+                    await self._call(Release(resource, self.owner))
+                raise SyncfabError(result.code, f"{result.message}; released in case it was granted")
             raise_for(result)
         assert isinstance(result, Ok)
         grant = Grant(resource, result.value["mode"], result.value["fencing_token"])
@@ -98,7 +108,8 @@ class LockSession:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        if self.held:
+        if self.held or self._acquired_ever:
+            # Also covers a grant whose answer never arrived.
             self.held.clear()
             await self._call(ReleaseAll(self.owner))
 

@@ -425,7 +425,7 @@ class NodeCore:
             # Leader-local ops (a consume) read replicated state too, so they wait for ReadIndex
             # like queries: run at once, a new leader that has not applied its predecessor's last
             # acks, or a deposed leader that does not know it yet, handed out messages whose ack
-            # was already acknowledged (simulation seeds 104 and 135). See _serve_read.
+            # was already acknowledged (tests/sim/test_sim_queues.py has both cases). See _serve_read.
             g.queries.append((waiter, inner))
         else:
             g.writes.append(raw)

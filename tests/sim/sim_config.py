@@ -94,6 +94,40 @@ class SimConfig:
     retry_backoff_ms_max: int = 60
     op_deadline_ms: int = 2_500  # give up (outcome unknown) after this long, safety phase only
 
+    # -- the workloads (sim_workloads.choose_workloads picks them per seed) -----------------
+    workloads: tuple[str, ...] = ("kv",)  # any of "kv", "locks", "queues"
+    # Each node's wall clock (what a leader stamps into entries: the only clock leases and
+    # visibility deadlines see) is off real time by a constant up to this, either way.
+    wall_skew_ms_max: int = 50
+    lock_client_count: int = 4
+    lock_resource_count: int = 3
+    lock_plans_per_client: int = 12  # during the safety phase
+    liveness_lock_plans: int = 2
+    lock_ttl_ms_min: int = 600
+    lock_ttl_ms_max: int = 1_500
+    lock_wait_ms_max: int = 800
+    lock_hold_ms_max: int = 200
+    lock_pair_probability: float = 0.4  # two resources in ring order either way: deadlocks
+    lock_upgrade_probability: float = 0.1  # shared, then exclusive: upgrades (and their deadlocks)
+    lock_abandon_probability: float = 0.1  # wait, then close the session (ReleaseAll) mid-wait
+    lock_die_probability: float = 0.1  # stop renewing past the ttl, then use the old token
+    lock_shared_probability: float = 0.3
+    queue_producer_count: int = 2
+    queue_consumer_count: int = 2
+    queue_produces_per_producer: int = 25
+    liveness_produces: int = 3
+    liveness_produce_gap_ms: int = 0  # a liveness-phase produce waits up to twice this first
+    queue_batch_probability: float = 0.2
+    queue_key_probability: float = 0.3
+    queue_dedup_probability: float = 0.3
+    queue_poison_probability: float = 0.05  # always nacked: ends in the dead-letter queue
+    queue_visibility_ms: int = 300
+    queue_max_deliveries: int = 3
+    queue_nack_probability: float = 0.1
+    queue_lapse_probability: float = 0.1  # neither acked nor nacked: the deadline passes
+    queue_return_probability: float = 0.05  # given back uncounted (Return)
+    queue_long_poll_probability: float = 0.2
+
     # -- the phases -------------------------------------------------------------------------
     safety_duration_ms: int = 5_000
     liveness_budget_ms: int = 20_000

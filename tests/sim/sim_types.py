@@ -45,6 +45,9 @@ class SimNode:
     # The node's monotonic clock: its own origin and rate, the same across restarts (one machine).
     clock_offset_ms: int = 0
     clock_rate: float = 1.0
+    # Its wall clock: real time plus this (NTP keeps it close; it does not drift, and it survives
+    # restarts like the machine does).
+    wall_skew_ms: int = 0
 
     @property
     def writes_in_flight(self) -> int:
@@ -75,3 +78,5 @@ class SimReport:
     network: dict[str, int]
     digest: str
     history: list[Operation]
+    workloads: tuple[str, ...] = ("kv",)
+    workload_stats: dict[str, int] = field(default_factory=dict)

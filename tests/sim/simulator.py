@@ -13,9 +13,15 @@ A node's turn does what ``NodeRuntime`` does, in its order:
     core.advance(flush)
 
 and a crash can land between any two of those steps. Peer batches and client requests cross the
-network as bytes through the real codec. After every turn ``InvariantChecker`` checks Raft's
-safety properties. Then a liveness phase heals everything and the cluster must converge; the
-clients' history must be linearizable.
+network as bytes through the real codec. Each node has a monotonic clock (timers; it may drift)
+and a wall clock a few to ~100 ms off real time (what a leader stamps into entries: the only time
+lock leases and visibility deadlines see). After every turn ``InvariantChecker`` checks Raft's
+safety properties and ``ServiceChecker`` the lock table's and queues' own. Then a liveness phase
+heals everything and the cluster must converge; the KV clients' history must be linearizable,
+every lock client must finish and leave the table empty, the queue must drain.
+
+Workloads (sim_workloads.py): per seed some of kv (sim_clients.py), locks (sim_locks.py) and
+queues (sim_queues.py), all talking to the cluster through requests like a native client's.
 
 Replay a seed from a REPL (from tests/sim): ``run_simulation(17)`` or, to narrow a regime down,
 ``run_simulation(17, packet_loss_probability=0.0)``.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 from linearizability import Operation, check_kv_history
@@ -35,7 +42,9 @@ from sim_config import SimConfig, choose_config
 from sim_faults import Nemesis
 from sim_invariants import InvariantChecker
 from sim_network import SimNetwork
+from sim_service_invariants import ServiceChecker
 from sim_types import Endpoint, SimNode, SimReport
+from sim_workloads import Workloads, choose_workloads
 
 from syncfab.actors.raft import Role
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
@@ -49,6 +58,7 @@ WRITES_IN_FLIGHT_MAX = 64
 # A crash aimed at a point of the write path lands idle if the node gets there this late.
 CRASH_LANDING_MS_MAX = 200
 LIVENESS_POLL_MS = 50
+WALL_EPOCH_MS = 1_700_000_000_000  # wall clocks read like real ones (the monotonic ones do not)
 
 
 class Simulation(SimClock):
@@ -58,8 +68,10 @@ class Simulation(SimClock):
         # does not reshuffle every other decision of the seed.
         streams = [random.Random(master.getrandbits(64)) for _ in range(6)]
         config_rng, self._net_rng, fault_rng, client_rng, self._node_rng, self._sched_rng = streams
+        # Drawn after the first six, so adding them left every earlier stream as it was.
+        workload_rng, wall_rng = random.Random(master.getrandbits(64)), random.Random(master.getrandbits(64))
         if config is None:
-            config = choose_config(config_rng)
+            config = dataclasses.replace(choose_config(config_rng), **choose_workloads(workload_rng))
         cfg = dataclasses.replace(config, **overrides) if overrides else config
         super().__init__(seed, cfg)
         self._trace = hashlib.blake2b(digest_size=16)
@@ -70,14 +82,17 @@ class Simulation(SimClock):
         self.placement = ShardPlacement.build(self.node_ids, cfg.shard_count, cfg.replication, cfg.vnodes)
         self.network = SimNetwork(self._net_rng, cfg, self.after)
         self.checker = InvariantChecker(self.fail)
+        self.services = ServiceChecker(self.fail, self._live_replicas)
         self.nemesis = Nemesis(self, fault_rng, cfg)
         self.nodes = {n: SimNode(n, MemoryLogStore()) for n in self.node_ids}
         for node in self.nodes.values():
             node.clock_offset_ms = self._sched_rng.randint(0, 1 << 40)
             node.clock_rate = 1.0 + self._sched_rng.uniform(-cfg.clock_drift_max, cfg.clock_drift_max)
+            node.wall_skew_ms = wall_rng.randint(-cfg.wall_skew_ms_max, cfg.wall_skew_ms_max)
         self.clients = [SimClient(i, self, random.Random(client_rng.getrandbits(64)), cfg)
-                        for i in range(cfg.client_count)]
+                        for i in range(cfg.client_count if "kv" in cfg.workloads else 0)]
         self._clients_by_route: dict[bytes, Endpoint] = {c.route: c for c in self.clients}
+        self.workloads = Workloads(self, workload_rng)
         for node in self.nodes.values():
             self._start(node)
 
@@ -144,6 +159,16 @@ class Simulation(SimClock):
         """What ``node``'s monotonic clock reads now."""
         return node.clock_offset_ms + int(self.now * node.clock_rate)
 
+    def wall_ms(self, node: SimNode) -> int:
+        """What ``node``'s wall clock reads now: what it stamps into the entries it proposes."""
+        return WALL_EPOCH_MS + self.now + node.wall_skew_ms
+
+    def _live_replicas(self, gid: int) -> Iterator[tuple[str, NodeCore]]:
+        for n in self.placement.replicas(gid):
+            core = self.nodes[n].core
+            if core is not None:
+                yield n, core
+
     def pause(self, node_id: str, pause_ms: int) -> None:
         node = self.nodes[node_id]
         if node.core is not None:
@@ -175,9 +200,10 @@ class Simulation(SimClock):
         # NodeRuntime's order: what may leave at once (peer batches, client replies, broadcasts),
         # then the writes go to the disk writer; what had to wait for them leaves, and the core is
         # advanced, when they are synced (_write_done) — or at once when nothing is in flight.
-        flush = core.turn(self.local_ms(node))
+        flush = core.turn(self.local_ms(node), self.wall_ms(node))
         self.turns += 1
         self.checker.observe(node.id, core, flush)
+        self.services.observe(node.id, core, flush)
         self._trace_applied(node.id, flush)
         point = node.crash_point
         if node.crash_when_writing and not any(p.entries for _, p in flush.writes):
@@ -328,6 +354,7 @@ class Simulation(SimClock):
         """Clients and the nemesis begin (a scenario drives the time itself after this)."""
         for client in self.clients:
             client.start()
+        self.workloads.start()
         self.nemesis.start()
 
     def finish(self) -> SimReport:
@@ -339,10 +366,12 @@ class Simulation(SimClock):
         self.heal()
         for client in self.clients:
             client.enter_liveness(cfg.liveness_ops_per_client)
+        self.workloads.enter_liveness()
         converged: list[bool] = []
 
         def poll() -> None:
-            if all(c.done for c in self.clients) and self.convergence_gap() is None:
+            if (all(c.done for c in self.clients) and self.workloads.settled()
+                    and self.convergence_gap() is None):
                 converged.append(True)
             else:
                 self.after(LIVENESS_POLL_MS, poll)
@@ -350,10 +379,12 @@ class Simulation(SimClock):
         self.after(LIVENESS_POLL_MS, poll)
         self.run_until(heal_ms + cfg.liveness_budget_ms, stop=lambda: bool(converged))
         if not converged:
-            open_ops = "; ".join(c.describe_open() for c in self.clients if not c.done)
+            open_ops = "; ".join([c.describe_open() for c in self.clients if not c.done]
+                                 + self.workloads.describe_open())
             self.fail("liveness", f"no convergence {cfg.liveness_budget_ms} ms after healing (at {heal_ms} "
                       f"ms): {self.convergence_gap() or 'cluster converged'}; open: {open_ops or 'none'}")
         self.check_history()
+        self.workloads.check_final()
         return self._report(heal_ms)
 
     def leader_of(self, gid: int) -> str | None:
@@ -436,6 +467,8 @@ class Simulation(SimClock):
             network=dict(sorted(self.network.stats.items())),
             digest=self._trace.hexdigest(),
             history=history,
+            workloads=self.config.workloads,
+            workload_stats=self.workloads.stats(),
         )
 
 

@@ -3,6 +3,9 @@
 - ``SYNCFAB_SIM_SEEDS=N`` runs seeds 1..N (default 200), in chunks so a failure names its seeds;
 - ``SYNCFAB_SIM_SEED=n`` runs exactly seed n (replay a failure).
 
+Each seed runs some of the kv, locks and queues workloads (sim_workloads.choose_workloads); the
+summary line says how many seeds ran each.
+
 A failure message starts with ``seed=<n>`` and the command line that replays it.
 """
 
@@ -12,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +24,10 @@ from simulator import SimulationFailure, run_simulation
 
 CHUNK_SEEDS = 10
 HERE = Path(__file__).resolve().parent
+# Counters summed over the seeds and printed: a workload that stopped reaching its hard cases
+# (deadlocks, fenced zombies, dead letters) would still pass, so the summary shows them.
+SUMMARY_EVENTS = ("lock.granted", "lock.acquire_deadlock", "lock.acquire_lease_expired", "lock.fenced",
+                  "queue.deliveries", "queue.lapsed", "queue.dead_lettered", "queue.dedup_hits")
 
 
 def _seed_chunks() -> list[list[int]]:
@@ -35,6 +43,8 @@ class _Timing:
         self.seeds = 0
         self.seconds = 0.0
         self.slowest: tuple[float, int] = (0.0, 0)
+        self.workloads: Counter[str] = Counter()  # seeds that ran each workload
+        self.events: Counter[str] = Counter()  # what the lock and queue clients went through
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +57,14 @@ def timing(request: pytest.FixtureRequest) -> Iterator[_Timing]:
         reporter = plugins.get_plugin("terminalreporter")
         capture = plugins.get_plugin("capturemanager")
         line = (f"simulation: {t.seeds} seeds in {t.seconds:.1f} s, {1000 * t.seconds / t.seeds:.0f} ms/seed "
-                f"average, slowest seed {t.slowest[1]} ({1000 * t.slowest[0]:.0f} ms)")
+                f"average, slowest seed {t.slowest[1]} ({1000 * t.slowest[0]:.0f} ms); seeds per workload: "
+                + ", ".join(f"{name} {n}" for name, n in sorted(t.workloads.items())))
+        events = ", ".join(f"{t.events[k]} {k}" for k in SUMMARY_EVENTS)
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():
                 reporter.write_line("")
                 reporter.write_line(line)
+                reporter.write_line(f"simulation workloads saw: {events}")
 
 
 @pytest.mark.parametrize("seeds", _seed_chunks(), ids=lambda c: f"seeds{c[0]}-{c[-1]}")
@@ -60,7 +73,9 @@ def test_seeds(seeds: list[int], timing: _Timing) -> None:
     for seed in seeds:
         started = time.perf_counter()
         try:
-            run_simulation(seed)
+            report = run_simulation(seed)
+            timing.workloads.update(report.workloads)
+            timing.events.update(report.workload_stats)
         except SimulationFailure as e:
             failures.append(str(e))
         elapsed = time.perf_counter() - started
@@ -71,19 +86,27 @@ def test_seeds(seeds: list[int], timing: _Timing) -> None:
         pytest.fail("\n\n".join(failures), pytrace=False)
 
 
-def test_same_seed_same_trace() -> None:
-    """A seed is a replay: every delivered message and applied entry, in order, is the same."""
-    for seed in (3, 11):
-        first, second = run_simulation(seed), run_simulation(seed)
-        assert first.digest == second.digest, f"seed={seed}: two runs of one seed diverged"
-        assert first.history == second.history
-        assert (first.turns, first.crashes, first.network) == (second.turns, second.crashes, second.network)
+ALL_WORKLOADS = ("kv", "locks", "queues")
+
+
+@pytest.mark.parametrize(("seed", "workloads"), [(3, None), (11, None), (7, ALL_WORKLOADS)])
+def test_same_seed_same_trace(seed: int, workloads: tuple[str, ...] | None) -> None:
+    """A seed is a replay: every delivered message and applied entry, in order, is the same —
+    and so is what the lock and queue clients saw (their counters)."""
+    overrides = {} if workloads is None else {"workloads": workloads}
+    first, second = run_simulation(seed, **overrides), run_simulation(seed, **overrides)
+    assert first.digest == second.digest, f"seed={seed}: two runs of one seed diverged"
+    assert first.history == second.history
+    assert (first.turns, first.crashes, first.network) == (second.turns, second.crashes, second.network)
+    assert first.workloads == second.workloads and first.workload_stats == second.workload_stats
+    if workloads is not None:
+        assert first.workload_stats.get("lock.granted") and first.workload_stats.get("queue.acked")
 
 
 def test_trace_does_not_depend_on_string_hashing() -> None:
     """Iterating a set of strings where the order reaches an output would make a seed replay
     differently in another process: run one seed under two hash seeds and compare."""
-    code = "from simulator import run_simulation; print(run_simulation(5).digest)"
+    code = f"from simulator import run_simulation; print(run_simulation(5, workloads={ALL_WORKLOADS}).digest)"
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
