@@ -222,6 +222,10 @@ class QueuePartitions:
             for name, q in sorted(self._queues.items())
         }
 
+    def delivered(self) -> dict[str, int]:
+        """Deliveries this node made while leading, per queue (leader memory, for metrics)."""
+        return dict(sorted(self._delivered.items()))
+
     def browse(self, queue: str) -> list[dict[str, Any]]:
         """Every stored message of ``queue``, oldest first, with ``consumer`` (the holder, on the
         leader) and ``delivery_count`` as replicated (deliveries counted so far). O(depth):

@@ -114,13 +114,17 @@ def _lock_metrics(core: Any) -> Iterator[Metric]:
 def _queue_metrics(core: Any) -> Iterator[Metric]:
     """Per queue, summed over the shards this node replicates (all of them on 3 nodes)."""
     totals: dict[str, dict[str, int]] = {}
+    delivered: dict[str, int] = {}
     for gid, g in core.groups.items():
         if gid == CONTROL_GROUP:
             continue
-        for queue, stats in g.machine.services["queues"].stats().items():
+        partitions = g.machine.services["queues"]
+        for queue, stats in partitions.stats().items():
             total = totals.setdefault(queue, dict.fromkeys(("depth", *_QUEUE_COUNTERS), 0))
             for k in total:
                 total[k] += stats.get(k, 0)
+        for queue, count in partitions.delivered().items():
+            delivered[queue] = delivered.get(queue, 0) + count
     depth = GaugeMetricFamily("syncfab_queue_depth", "Messages stored (visible or in flight)",
                               labels=["queue"])
     counters = {
@@ -131,5 +135,11 @@ def _queue_metrics(core: Any) -> Iterator[Metric]:
         depth.add_metric([queue], totals[queue]["depth"])
         for name, family in counters.items():
             family.add_metric([queue], totals[queue][name])
+    # Consumes are not replicated: each node counts what it handed out while leading a shard.
+    handed = CounterMetricFamily("syncfab_queue_delivered", "Messages this node delivered as a shard leader",
+                                 labels=["queue"])
+    for queue in sorted(delivered):
+        handed.add_metric([queue], delivered[queue])
     yield depth
     yield from counters.values()
+    yield handed
