@@ -48,6 +48,7 @@ log = logging.getLogger("syncfab.node")
 
 ROUTER_FRAMES_PER_TURN_MAX = 4096
 SUB_FRAMES_PER_TURN_MAX = 1024
+REQUEST_BYTES_MAX = 1 << 20  # the same bound as the HTTP gateway's bodies
 # Turns whose writes are queued or being synced; past this the loop stops taking input until
 # the disk catches up (backpressure) instead of piling up more.
 WRITES_IN_FLIGHT_MAX = 64
@@ -255,6 +256,11 @@ class NodeRuntime:
                 continue
             if isinstance(msg, PeerBatch):
                 core.deliver_peer(msg.src, msg.items)
+            elif len(data) > REQUEST_BYTES_MAX:
+                # The native protocol's 413: a request becomes a log entry on three disks.
+                self.metrics.bad_frames.inc()
+                self.transport.reply(route, [error_reply(msg.id, "payload_too_large",
+                                                         f"a request is at most {REQUEST_BYTES_MAX} bytes")])
             else:
                 core.deliver_client(route, msg, data)
 

@@ -105,6 +105,9 @@ def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster)
             dealer.send(junk)
             reply = decode_reply(dealer.recv())
             assert isinstance(reply.result, Err) and reply.result.code == "bad_request"
+        dealer.send(encode(Request("probe", 1, 1, Put("big", "x" * (2 << 20)))))
+        reply = decode_reply(dealer.recv())
+        assert isinstance(reply.result, Err) and reply.result.code == "payload_too_large"
         # The same socket still works for real requests afterwards.
         dealer.send(encode(Request("probe", 1, 1, Put("probe-key", 7))))
         put = decode_reply(dealer.recv()).result
