@@ -1,14 +1,18 @@
 """NodeCore: everything one node decides, for every Raft group it hosts, with no I/O.
 
 The runtime (or the simulator) feeds it peer batches, client requests and the time, then runs
-one *turn*: ``turn(now_ms)`` returns a ``Flush`` — one write for all groups (group commit),
-messages per peer to send before and after that write, replies to clients — and
-``advance(flush)`` confirms it was carried out. Nothing here reads a clock, a socket or a file.
+one *turn*: ``turn(now_ms, wall_ms)`` returns a ``Flush`` — one write for all groups (group
+commit), messages per peer to send before and after that write, replies to clients,
+broadcasts — and ``advance(flush)`` confirms it was carried out (flushes may be advanced late,
+in order). Nothing here reads a clock, a socket or a file.
 
-Routing: a request names its group through its op (a key's shard, the control group for
-cluster-wide state). The leader of that group proposes the request's own encoded bytes; any
-other replica forwards them to the leader it knows, once, and relays the answer. Reads go
-through ReadIndex on the leader and are answered once the state machine has caught up.
+Routing (fabric/routing.py): a request names its group through its op. The leader of that
+group batches the turn's writes into one entry of the requests' own encoded bytes, stamped
+with its wall clock; any other replica forwards the bytes to the leader it knows, once, and
+relays the answer. Queries and leader-local ops (a consume) wait for one ReadIndex round per
+turn, then run once the state machine has caught up. A command may leave its request waiting
+(a lock acquire); the notice that answers it comes from a later entry. Each tick, a leader
+proposes what its services say is due (lease expiry, redelivery).
 """
 
 from __future__ import annotations
