@@ -67,13 +67,14 @@ def run_node(settings: NodeSettings, bind_host: str | None) -> int:
     try:
         import uvloop
 
-        uvloop.run(_serve(settings, bind_host))
+        healthy = uvloop.run(_serve(settings, bind_host))
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run
-        asyncio.run(_serve(settings, bind_host))
-    return 0
+        healthy = asyncio.run(_serve(settings, bind_host))
+    return 0 if healthy else 1
 
 
-async def _serve(settings: NodeSettings, bind_host: str | None) -> None:
+async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
+    """Run until SIGINT/SIGTERM (True) or until the disk fails under us (False)."""
     from aiohttp import web
 
     from syncfab.fabric.config import split_address
@@ -99,6 +100,7 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> None:
     if runner is not None:
         await runner.cleanup()
     runtime.close()
+    return runtime.writer.failed is None
 
 
 # -- cluster -------------------------------------------------------------------------------
