@@ -180,6 +180,7 @@ class LmdbLogStore:
         map_size_bytes: int = 8 << 30,
         checkpoint_records_max: int = 512,
         checkpoint_bytes_max: int = 4 << 20,
+        fold_steady_records: int = 128,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         self._env = lmdb.open(
@@ -198,6 +199,7 @@ class LmdbLogStore:
         self._wal = self._env.open_db(_WAL)
         self._checkpoint_records_max = checkpoint_records_max
         self._checkpoint_bytes_max = checkpoint_bytes_max
+        self._fold_steady_records = fold_steady_records
         with self._env.begin() as txn:
             names = [k for k in txn.cursor().iternext(values=False) if k.startswith(_LOG_PREFIX)]
             wal = txn.cursor(self._wal)
@@ -297,13 +299,22 @@ class LmdbLogStore:
         ):
             self._fold(self._wal_records, records)
         else:
+            # Past the soft limit every commit also folds as many old records as it appends:
+            # the WAL stays that long and folding costs a little per commit, in the same
+            # transaction (no extra fsync), instead of one big commit now and then.
+            steady = 0
+            if self._wal_records >= self._fold_steady_records:
+                steady = min(len(records), self._wal_records)
+            opened: dict[int, lmdb._Database] = {}
             with self._env.begin(write=True) as txn:
+                folded_bytes = self._fold_into(txn, steady, [], opened) if steady else 0
                 items = [(record[:_SEQ_BYTES], record) for record in records]
                 consumed, added = txn.cursor(self._wal).putmulti(items, append=True)
                 if added != consumed:
                     raise ValueError(f"records from {first} are not past the WAL's end")
-            self._wal_records += len(records)
-            self._wal_bytes += size
+            self._logs.update(opened)
+            self._wal_records += len(records) - steady
+            self._wal_bytes += size - folded_bytes
         self._next_written = first + len(records)
 
     def checkpoint(self, records_max: int | None = None) -> None:
@@ -332,28 +343,35 @@ class LmdbLogStore:
     def _fold(self, count: int, records: list[bytes]) -> None:
         """Fold the WAL's first ``count`` records, then ``records`` (only when count is all)."""
         opened: dict[int, lmdb._Database] = {}
-        logs: dict[int, _DbLog] = {}
-        folded_bytes = 0
         with self._env.begin(write=True) as txn:
-            wal = txn.cursor(self._wal)
-            # Reading the WAL while changing other databases of the same transaction is safe:
-            # its pages are not freed for reuse before the commit.
-            for record in chain(islice(wal.iternext(keys=False), count), records):
-                folded_bytes += len(record)
-                for op in _decode_ops(memoryview(record)[_SEQ_BYTES:]):
-                    log = logs.get(op.group)
-                    if log is None:
-                        log = logs[op.group] = _DbLog(txn, self._logs.get(op.group), self._meta, op.group)
-                    if log.db is None and op.entries:
-                        # Opened inside this transaction, so a new group costs no commit of its own.
-                        log.db = opened[op.group] = self._env.open_db(_log_name(op.group), txn=txn)
-                    apply_persist(log, op.group, op)
-            if count == self._wal_records:
-                txn.drop(self._wal, delete=False)
-            else:
-                wal.first()
-                for _ in range(count):
-                    wal.delete()
+            folded_bytes = self._fold_into(txn, count, records, opened)
         self._logs.update(opened)
         self._wal_records -= count
         self._wal_bytes -= folded_bytes - sum(map(len, records))
+
+    def _fold_into(self, txn: lmdb.Transaction, count: int, records: list[bytes],
+                   opened: dict[int, lmdb._Database]) -> int:
+        """Inside ``txn``: apply the WAL's first ``count`` records, then ``records``, to the group
+        databases and delete those WAL records. Returns the bytes folded."""
+        logs: dict[int, _DbLog] = {}
+        folded_bytes = 0
+        wal = txn.cursor(self._wal)
+        # Reading the WAL while changing other databases of the same transaction is safe:
+        # its pages are not freed for reuse before the commit.
+        for record in chain(islice(wal.iternext(keys=False), count), records):
+            folded_bytes += len(record)
+            for op in _decode_ops(memoryview(record)[_SEQ_BYTES:]):
+                log = logs.get(op.group)
+                if log is None:
+                    log = logs[op.group] = _DbLog(txn, self._logs.get(op.group), self._meta, op.group)
+                if log.db is None and op.entries:
+                    # Opened inside this transaction, so a new group costs no commit of its own.
+                    log.db = opened[op.group] = self._env.open_db(_log_name(op.group), txn=txn)
+                apply_persist(log, op.group, op)
+        if count == self._wal_records:
+            txn.drop(self._wal, delete=False)
+        else:
+            wal.first()
+            for _ in range(count):
+                wal.delete()
+        return folded_bytes

@@ -25,7 +25,8 @@ Batch = list[tuple[int, Persist]]
 
 
 def open_store(
-    path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512, checkpoint_bytes_max: int = 4 << 20
+    path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512,
+    checkpoint_bytes_max: int = 4 << 20, fold_steady_records: int = 128,
 ) -> LmdbLogStore:
     return LmdbLogStore(
         str(path),
@@ -33,6 +34,7 @@ def open_store(
         map_size_bytes=64 << 20,
         checkpoint_records_max=checkpoint_records_max,
         checkpoint_bytes_max=checkpoint_bytes_max,
+        fold_steady_records=fold_steady_records,
     )
 
 
@@ -237,6 +239,7 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
             tmp_path,
             checkpoint_records_max=rng.choice([0, 1, 2, 5, 50, 1000]),
             checkpoint_bytes_max=rng.choice([1, 300, 2000, 1 << 20]),
+            fold_steady_records=rng.choice([0, 1, 3, 10, 1000]),
         )
 
     store = reopen()
@@ -261,6 +264,19 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
     store.close()
     store = open_store(tmp_path)
     assert_matches(store, models, f"seed={seed} at the end")
+    store.close()
+
+
+def test_steady_folding_keeps_the_wal_at_its_soft_limit(tmp_path: Path) -> None:
+    rng, models = random.Random(31), {}
+    store = open_store(tmp_path, checkpoint_records_max=1000, fold_steady_records=4)
+    for step in range(40):
+        store.write_encoded([store.encode_batch(random_batch(rng, models))])
+        assert store.wal_records() == min(step + 1, 4), f"step {step}"
+    assert_matches(store, models, "steady folding")
+    store.close()
+    store = open_store(tmp_path)
+    assert_matches(store, models, "after reopen")
     store.close()
 
 
