@@ -7,29 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from syncfab.fabric.client import AsyncClient
 from syncfab.fabric.local import LocalCluster, free_ports
 
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except OSError as e:
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+from .helpers import wait_for
 
 
 def status(c: LocalCluster, node: str) -> dict[str, Any]:

@@ -49,6 +49,15 @@ class Probe:
     def results(self, rid: int) -> list[Result]:
         return [r.result for r in self.replies if r.id == rid]
 
+    def call(self, node: str, op: Any, timeout_ms: int = 2_000) -> Result:
+        """Send and run the simulation until the first answer comes back."""
+        rid = self.send(node, op)
+        sim = self._sim
+        sim.run_until(sim.now + timeout_ms, stop=lambda: bool(self.results(rid)))
+        results = self.results(rid)
+        assert results, f"seed={sim.seed}: no answer from {node} to {op} within {timeout_ms} ms"
+        return results[0]
+
 
 class Pending:
     """A call in flight; ``result`` once answered (None while it is not)."""

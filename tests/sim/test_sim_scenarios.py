@@ -8,52 +8,14 @@ from __future__ import annotations
 
 import pytest
 from sim_config import SimConfig
+from sim_scenario import Probe, wait_for
 from simulator import Simulation
 
 from syncfab.actors.kv import Get, Put
 from syncfab.actors.raft import Role
-from syncfab.actors.results import RETRYABLE, Err, Ok, Result
+from syncfab.actors.results import RETRYABLE, Err, Ok
 from syncfab.actors.ring import shard_for_key
-from syncfab.fabric.codec import Reply, Request, decode_batch, decode_reply, encode
-
-
-class Probe:
-    """A hand-driven client: sends exactly the requests a scenario names, to the node it names."""
-
-    def __init__(self, sim: Simulation, name: str) -> None:
-        self.name = name
-        self.route = name.encode()
-        self.replies: list[Reply] = []
-        self._sim = sim
-        self._next_id = 1
-        sim.add_endpoint(self)
-
-    def on_reply(self, data: bytes) -> None:
-        self.replies.append(decode_reply(data))
-
-    def send(self, node: str, op: Put | Get) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        self._sim.send_request(self, node, encode(Request(self.name, rid, rid, op)))
-        return rid
-
-    def results(self, rid: int) -> list[Result]:
-        return [r.result for r in self.replies if r.id == rid]
-
-    def call(self, node: str, op: Put | Get, timeout_ms: int = 2_000) -> Result:
-        rid = self.send(node, op)
-        sim = self._sim
-        sim.run_until(sim.now + timeout_ms, stop=lambda: bool(self.results(rid)))
-        results = self.results(rid)
-        assert results, f"seed={sim.seed}: no answer from {node} to {op} within {timeout_ms} ms"
-        return results[0]
-
-
-def _wait_for(sim: Simulation, what: str, cond: object, timeout_ms: int = 5_000) -> None:
-    deadline = sim.now + timeout_ms
-    while not cond():  # type: ignore[operator]
-        assert sim.now < deadline, f"seed={sim.seed}: {what} did not happen within {timeout_ms} ms"
-        sim.run_until(sim.now + 20)
+from syncfab.fabric.codec import decode_batch
 
 
 def _replica_not_leading(sim: Simulation, gid: int) -> str:
@@ -68,7 +30,7 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
     sim = Simulation(101, config=cfg)
     sim.start()
     gid = shard_for_key("k0", cfg.shard_count)
-    _wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
+    wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
     sim.run_until(1_500)
     leader = sim.leader_of(gid)
     assert leader is not None
@@ -76,8 +38,8 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
     applied_before = sim.core(leader).groups[gid].raft.applied_index
     # The dangerous window: this turn's AppendEntries are out, its own write never happens.
     sim.crash(leader, "before_write", down_ms=800, when_writing=True)
-    _wait_for(sim, "the crash", lambda: not sim.is_up(leader), timeout_ms=200)
-    _wait_for(sim, "a new leader", lambda: sim.leader_of(gid) not in (None, leader), timeout_ms=3_000)
+    wait_for(sim, "the crash", lambda: not sim.is_up(leader), timeout_ms=200)
+    wait_for(sim, "a new leader", lambda: sim.leader_of(gid) not in (None, leader), timeout_ms=3_000)
     new_leader = sim.leader_of(gid)
     assert new_leader is not None and sim.core(new_leader).groups[gid].raft.term > term
     sim.run_until(cfg.safety_duration_ms)
@@ -102,7 +64,7 @@ def test_follower_behind_compaction_gets_install_snapshot_and_converges() -> Non
     sim = Simulation(102, config=cfg)
     sim.start()
     gid = shard_for_key("k1", cfg.shard_count)
-    _wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
+    wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
     sim.run_until(800)
     follower = _replica_not_leading(sim, gid)
     follower_last = sim.core(follower).groups[gid].raft.log.last_index
@@ -125,7 +87,7 @@ def test_partitioned_old_leader_serves_no_stale_read(check_quorum: bool) -> None
     sim = Simulation(103, config=cfg)
     sim.start()
     gid = shard_for_key("k0", cfg.shard_count)
-    _wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
+    wait_for(sim, "a leader", lambda: sim.leader_of(gid) is not None)
     sim.run_until(sim.now + 500)  # past the new leader's no-op: reads no longer wait for it
     probe = Probe(sim, "probe")
     old = sim.leader_of(gid)
@@ -138,7 +100,7 @@ def test_partitioned_old_leader_serves_no_stale_read(check_quorum: bool) -> None
     others = [n for n in sim.node_ids if n != old]
     links = [(old, n) for n in others] + [(n, old) for n in others]
     sim.network.cut(links)
-    _wait_for(sim, "a leader on the majority side",
+    wait_for(sim, "a leader on the majority side",
               lambda: any(sim.core(n).groups[gid].raft.role is Role.LEADER for n in others))
     new = next(n for n in others if sim.core(n).groups[gid].raft.role is Role.LEADER)
     assert sim.core(new).groups[gid].raft.term > old_term
@@ -184,12 +146,12 @@ def test_follower_crashing_before_its_sync_has_acknowledged_nothing() -> None:
     sim.network.cut(links)
     sim.crash(follower, "before_write", down_ms=300, when_writing=True)
     rid = probe.send(leader, Put("k0", "v1"))
-    _wait_for(sim, "the follower's crash", lambda: not sim.is_up(follower), timeout_ms=500)
+    wait_for(sim, "the follower's crash", lambda: not sim.is_up(follower), timeout_ms=500)
     sim.run_until(sim.now + 100)
     acknowledged = any(isinstance(r, Ok) for r in probe.results(rid))
     sim.crash(leader, "idle", down_ms=60_000)
     sim.network.heal(links)
-    _wait_for(sim, "a leader without the old one",
+    wait_for(sim, "a leader without the old one",
               lambda: sim.leader_of(gid) not in (None, leader), timeout_ms=5_000)
     read = probe.call(sim.leader_of(gid) or "", Get("k0"))
     assert not acknowledged, "seed=104: v1 was acknowledged with one durable copy"
