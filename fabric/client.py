@@ -25,7 +25,7 @@ import zmq
 
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import LockInfo
-from syncfab.actors.queues import ConfigureQueue, NewMessage, Produce
+from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import RETRYABLE, Err, Ok, Result
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric import fanout
@@ -40,6 +40,7 @@ from syncfab.fabric.client_locks import (
     raise_for,
 )
 from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, decode_reply, encode
+from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import group_for, wait_of
 
 __all__ = ["AsyncClient", "Client", "Deadlock", "Grant", "LockTimeout", "NotFound", "SyncfabError"]
@@ -114,6 +115,7 @@ class AsyncClient:
         self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
         self._sweeper: asyncio.TimerHandle | None = None
         self.locks = LockSession(self.call, self.client_id)
+        self._produces = ProduceBatcher(self.call, self._shards)
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -202,8 +204,10 @@ class AsyncClient:
 
     async def produce(self, queue: str, data: Any, *, key: str | None = None,
                       headers: dict[str, str] | None = None, dedup_id: str | None = None) -> str:
-        """Returns the message id once the message is durable on a majority of its shard."""
-        return self._value(await self.call(Produce(queue, data, key, headers, dedup_id)))["message_id"]
+        """Returns the message id once the message is durable on a majority of its shard.
+        Concurrent calls share requests on the wire (fabric/produce_batcher.py)."""
+        result = await self._produces.submit(queue, NewMessage(data, key, headers, dedup_id))
+        return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
         batch = [m if isinstance(m, NewMessage) else NewMessage(m) for m in messages]

@@ -125,8 +125,10 @@ class LocalCluster:
         with urllib.request.urlopen(self.url(node) + path, timeout=timeout_s) as response:
             return json.loads(response.read())
 
-    def wait_ready(self, timeout_s: float = 30.0, nodes: list[str] | None = None) -> None:
-        """Until every node answers and every group has a leader every node agrees on."""
+    def wait_ready(self, timeout_s: float = 30.0, nodes: list[str] | None = None, *,
+                   balanced: bool = False) -> None:
+        """Until every node answers and every group has a leader every node agrees on (and,
+        if ``balanced``, every shard is led by its preferred leader, as benchmarks want)."""
         deadline = time.monotonic() + timeout_s
         nodes = nodes or list(self.procs)
         last_error: Exception | None = None
@@ -137,7 +139,9 @@ class LocalCluster:
                 live = set(nodes)
                 if all(
                     lead in live and all(s in live for s in shards) for lead, shards in leaders
-                ) and len(set(leaders)) == 1:
+                ) and len(set(leaders)) == 1 and (
+                    not balanced or all(s["leader"] == s["preferred_leader"] for s in views[0]["shards"])
+                ):
                     return
             except OSError as e:
                 last_error = e

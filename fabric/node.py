@@ -495,7 +495,10 @@ class NodeCore:
                 and preferred != self.id
                 and self._now - g.leading_since_ms >= self.config.balance_after_leading_ms
                 and self.detector.is_alive(preferred, self._now)
-                and raft.progress[preferred].match == raft.log.last_index
+                # Caught up to the commit index, not the last index: under steady load an
+                # entry is always in flight, and RaftCore finishes the catch-up itself (it
+                # sends TimeoutNow once the target holds the whole log).
+                and raft.progress[preferred].match >= raft.commit_index
             ) and raft.transfer_leadership(preferred):
                 self.counters["leader_transfers"] += 1
 

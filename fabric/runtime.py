@@ -39,6 +39,7 @@ from syncfab.fabric.codec import (
 from syncfab.fabric.config import ConfigError, NodeSettings
 from syncfab.fabric.metrics import NodeMetrics
 from syncfab.fabric.node import LOCAL_ROUTE, Flush, NodeCore
+from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import wait_of
 from syncfab.fabric.transport import StreamTracker, Transport, decode_publication
 from syncfab.fabric.writer import DiskWriter
@@ -65,6 +66,8 @@ class NodeRuntime:
         self.epoch = int.from_bytes(os.urandom(6), "big")
         self.client_id = f"{settings.node_id}/gateway/{self.epoch:x}"
         self.ids = RequestIds()
+        # The gateway's single produces share requests to each shard (fabric/produce_batcher.py).
+        self.produces = ProduceBatcher(self.call, lambda: self.settings.core.shard_count)
         self.metrics = NodeMetrics(self)
         self.streams = StreamTracker()
         self._futures: dict[int, asyncio.Future[Result]] = {}

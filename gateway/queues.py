@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from syncfab.actors.queues import ConfigureQueue, NewMessage, Produce
+from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import Ok, Result
 from syncfab.fabric import fanout
 from syncfab.gateway.context import RUNTIME
@@ -64,8 +64,8 @@ async def produce(request: web.Request) -> web.Response:
     if bad:
         return bad
     assert body is not None
-    op = Produce(body.queue, body.data, body.key, body.headers, body.dedup_id)
-    return _answer(await request.app[RUNTIME].call(op))
+    message = NewMessage(body.data, body.key, body.headers, body.dedup_id)
+    return _answer(await request.app[RUNTIME].produces.submit(body.queue, message))
 
 
 async def produce_batch(request: web.Request) -> web.Response:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         extra = ["--fsync", args.fsync, "--shards", str(args.shards)]
         cluster = LocalCluster(size=args.nodes, extra_args=extra)
         cluster.start()
-        cluster.wait_ready()
+        cluster.wait_ready(balanced=True)
         addresses = cluster.addresses
         node_pids = cluster.pids()
     try:

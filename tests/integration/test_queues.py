@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from syncfab.fabric.client import AsyncClient
+from syncfab.fabric.client import AsyncClient, SyncfabError
 from syncfab.fabric.local import LocalCluster
 
 from .helpers import http, wait_caught_up, wait_for
@@ -319,6 +319,27 @@ def test_malformed_and_oversized_queue_bodies(cluster: LocalCluster, path: str) 
     status, got = http(cluster, "n1", "POST", path, raw=big)
     assert (status, got["error"], got["field"]) == (413, "payload_too_large", "body")
     assert stats(cluster, "n1", "oversize")["produced"] == 0
+
+
+def test_concurrent_native_produces_are_coalesced_and_answered_one_by_one(cluster: LocalCluster) -> None:
+    """Single produces issued together share requests on the wire (fabric/produce_batcher.py):
+    each still gets its own id, a bad one fails alone, and every message is stored once."""
+    q = "coalesced"
+
+    async def go() -> list[Any]:
+        async with AsyncClient(cluster.addresses) as client:
+            calls = [client.produce(q, {"i": i}, key="k" if i % 4 == 0 else None) for i in range(200)]
+            calls.append(client.produce(q, "bad", headers={"h": 1}))  # type: ignore[dict-item]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(go())
+    ids, bad = results[:-1], results[-1]
+    assert all(isinstance(i, str) for i in ids) and len(set(ids)) == 200
+    assert isinstance(bad, SyncfabError) and bad.code == "bad_request" and bad.detail == {"field": "headers"}
+    got = drain(cluster, q, 200)
+    assert sorted(m["data"]["i"] for m in got) == list(range(200))
+    keyed = [m["data"]["i"] for m in got if m["data"]["i"] % 4 == 0]
+    assert keyed == sorted(keyed)  # one key, one shard, produce order (drain consumes in shard order)
 
 
 # ---- failures (their own cluster) -----------------------------------------------------------
