@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
@@ -126,6 +126,7 @@ class _Owner:
     lease_ms: int
     held: set[str] = field(default_factory=set)
     waits: dict[str, _Wait] = field(default_factory=dict)  # resource -> its one wait there
+    entry_ms: int | None = None  # the deadline of its lease's entry in the heap, if it has one
 
 
 class _Image(msgspec.Struct, array_like=True):
@@ -156,6 +157,15 @@ class LockTable:
         self.ttl_ms_max = ttl_ms_max
         self.wait_ms_max = wait_ms_max  # deadlines must stay in the snapshot's 64-bit integers
         self.waiters_max = waiters_max  # per resource
+        # Command -> (its validation, its application).
+        self._commands: dict[type, tuple[Callable[[Any], Err | None],
+                                         Callable[[ApplyContext, Any], Result | Waiting]]] = {
+            Acquire: (self._check_acquire, self._acquire),
+            Release: (self._check_release, self._release),
+            ReleaseAll: (self._check_owner, self._release_all),
+            Renew: (self._check_renew, self._renew),
+            ExpireLocks: (self._check_nothing, self._expire),
+        }
         self._reset()
 
     def _reset(self) -> None:
@@ -163,8 +173,9 @@ class LockTable:
         self._owners: dict[str, _Owner] = {}
         self._waits: dict[int, _Wait] = {}  # arrival -> wait
         # Min-heap of (deadline_ms, kind, owner, arrival) — a lease names its owner, a wait its
-        # arrival — with lazy deletion: an entry is live while its lease or wait still has that
-        # deadline; dead ones are popped when they reach the top.
+        # arrival — with lazy deletion: a wait's entry is live while the wait still has that
+        # deadline, a lease's is its owner's one entry (``entry_ms``), moved on when the lease
+        # was extended; dead ones are popped when they reach the top (``_next_deadline``).
         self._deadlines: list[tuple[int, int, str, int]] = []
         self.graph = WaitForGraph()
         self._tokens = self._arrivals = 0
@@ -176,28 +187,19 @@ class LockTable:
     # -- the Service protocol ------------------------------------------------------------
 
     def apply(self, ctx: ApplyContext, op: Any) -> Result | Waiting:
-        if not isinstance(op, self.commands):
-            raise TypeError(f"not a lock command: {op!r}")
-        bad = self._invalid(op)
+        command = self._commands.get(type(op))
+        if command is None:  # a subclass of a command, if anyone makes one
+            kind = next((c for c in self.commands if isinstance(op, c)), None)
+            if kind is None:
+                raise TypeError(f"not a lock command: {op!r}")
+            command = self._commands[kind]
+        check, handler = command
+        bad = check(op)
         if bad is not None:
             return bad
         self._ctx = ctx
         try:
-            match op:
-                case Acquire():
-                    return self._acquire(ctx, op)
-                case Release(resource=resource, owner=owner):
-                    return self._release(resource, owner)
-                case ReleaseAll(owner=owner):
-                    return self._release_all(owner)
-                case Renew(owner=owner, ttl_ms=ttl_ms):
-                    rec = self._owners.get(owner)
-                    if rec is None:
-                        return Err("lease_expired", f"{owner!r} has no lease", {"owner": owner})
-                    self._extend(owner, rec, ctx.now_ms + ttl_ms)
-                    return Ok({"lease_expires_at_ms": rec.lease_ms})
-                case _:
-                    return self._expire(ctx.now_ms)
+            return handler(ctx, op)
         finally:
             self._ctx = None
 
@@ -228,11 +230,10 @@ class LockTable:
 
     def due(self, now_ms: int) -> list[Any]:
         """[ExpireLocks()] while some lease or wait deadline has passed. O(1) amortized (the
-        leader asks every few milliseconds): each dead heap entry is popped once."""
-        heap = self._deadlines
-        while heap and not self._live(heap[0]):
-            heapq.heappop(heap)
-        return [ExpireLocks()] if heap and heap[0][0] <= now_ms else []
+        leader asks every few milliseconds): each dead heap entry is popped once, and a lease's
+        entry is moved on only when it reaches the top."""
+        deadline = self._next_deadline()
+        return [ExpireLocks()] if deadline is not None and deadline <= now_ms else []
 
     def reset_local(self) -> None:
         pass
@@ -270,42 +271,60 @@ class LockTable:
 
     # -- commands ------------------------------------------------------------------------
 
-    def _invalid(self, op: Any) -> Err | None:
-        """The first bad field, in declaration order, named in ``detail["field"]``."""
-        for name in op.__struct_fields__:
-            value = getattr(op, name)
-            if name in ("resource", "owner") and not 0 < len(value.encode()) <= NAME_BYTES_MAX:
-                problem = f"must be 1..{NAME_BYTES_MAX} bytes"
-            elif name == "mode" and value not in MODES:
-                problem = f"must be one of {', '.join(MODES)}"
-            elif name == "wait_ms" and not 0 <= value <= self.wait_ms_max:
-                problem = f"must be 0..{self.wait_ms_max}"
-            elif name == "ttl_ms" and not 0 < value <= self.ttl_ms_max:
-                problem = f"must be 1..{self.ttl_ms_max}"
-            else:
-                continue
-            return Err("bad_request", f"{name} {problem}", {"field": name})
+    # Validation: the first bad field, in declaration order, named in ``detail["field"]``.
+
+    def _check_acquire(self, op: Acquire) -> Err | None:
+        if not 0 < len(op.resource.encode()) <= NAME_BYTES_MAX:
+            return _bad_name("resource")
+        if op.mode not in MODES:
+            return _bad_field("mode", f"must be one of {', '.join(MODES)}")
+        if not 0 < len(op.owner.encode()) <= NAME_BYTES_MAX:
+            return _bad_name("owner")
+        if not 0 <= op.wait_ms <= self.wait_ms_max:
+            return _bad_field("wait_ms", f"must be 0..{self.wait_ms_max}")
+        return self._check_ttl(op)
+
+    def _check_release(self, op: Release) -> Err | None:
+        if not 0 < len(op.resource.encode()) <= NAME_BYTES_MAX:
+            return _bad_name("resource")
+        return self._check_owner(op)
+
+    def _check_owner(self, op: Release | ReleaseAll | Renew) -> Err | None:
+        return None if 0 < len(op.owner.encode()) <= NAME_BYTES_MAX else _bad_name("owner")
+
+    def _check_renew(self, op: Renew) -> Err | None:
+        return self._check_owner(op) or self._check_ttl(op)
+
+    def _check_ttl(self, op: Acquire | Renew) -> Err | None:
+        if not 0 < op.ttl_ms <= self.ttl_ms_max:
+            return _bad_field("ttl_ms", f"must be 1..{self.ttl_ms_max}")
+        return None
+
+    def _check_nothing(self, op: ExpireLocks) -> None:
         return None
 
     def _acquire(self, ctx: ApplyContext, op: Acquire) -> Result | Waiting:
-        r, o, now_ms = op.resource, op.owner, ctx.now_ms
+        r, o, mode, now_ms = op.resource, op.owner, op.mode, ctx.now_ms
         rec = self._owners.get(o)
         if rec is None:
             rec = self._owners[o] = _Owner(0)
         self._extend(o, rec, now_ms + op.ttl_ms)
-        # Safe to create: unless granted, the request is refused only when a hold or wait exists.
-        res = self._resources.setdefault(r, _Resource())
-        hold = res.holders.get(o)
-        if hold is not None and COVERS[hold.mode, op.mode]:
+        res = self._resources.get(r)
+        if res is None:
+            # Safe to create: unless granted, the request is refused only when a hold or wait exists.
+            res = self._resources[r] = _Resource()
+        holders = res.holders
+        hold = holders.get(o)
+        if hold is not None and COVERS[hold.mode, mode]:
             return _grant(r, hold)
         if r in rec.waits:
             return Err("already_waiting", f"{o!r} already waits for {r!r}", {"resource": r})
         upgrade = hold is not None
-        free = all(COMPATIBLE[h.mode, op.mode] for h_owner, h in res.holders.items() if h_owner != o)
+        free = not holders or all(COMPATIBLE[h.mode, mode] for h_owner, h in holders.items() if h_owner != o)
         # A normal request also queues behind any waiter: the front is blocked by something this
         # request conflicts with too, or it would have been granted.
         if free and (upgrade or not res.queue):
-            grant = self._grant_to(r, res, o, op.mode)
+            grant = self._grant_to(r, res, o, rec, mode)
             if res.queue:
                 self._rewire(res)  # the upgraded holder now blocks the queue as a writer
             return grant
@@ -315,7 +334,7 @@ class LockTable:
         if len(res.queue) >= self.waiters_max:
             return Err("busy", f"{self.waiters_max} requests already wait for {r!r}", {"resource": r})
         self._arrivals += 1
-        w = _Wait(r, o, op.mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
+        w = _Wait(r, o, mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
                   ctx.client, ctx.request_id)
         rec.waits[r] = self._waits[w.arrival] = w
         self._push(w.deadline_ms, _WAIT, "", w.arrival)
@@ -334,7 +353,8 @@ class LockTable:
         finally:
             self._current = self._decided = None
 
-    def _release(self, r: str, o: str) -> Result:
+    def _release(self, ctx: ApplyContext, op: Release) -> Result:
+        r, o = op.resource, op.owner
         rec, res = self._owners.get(o), self._resources.get(r)
         wait = None if rec is None else rec.waits.get(r)
         held = rec is not None and res is not None and o in res.holders
@@ -352,7 +372,8 @@ class LockTable:
         self._settle(r, 0 if held else start)
         return Ok({"released": True}) if held else Ok({"released": False, "cancelled": True})
 
-    def _release_all(self, o: str) -> Result:
+    def _release_all(self, ctx: ApplyContext, op: ReleaseAll) -> Result:
+        o = op.owner
         rec = self._owners.get(o)
         if rec is None:
             return Ok({"released": 0})
@@ -361,15 +382,20 @@ class LockTable:
         self._drop_owner(o, Err("cancelled", "the owner released everything", {"owner": o}))
         return Ok({"released": released})
 
-    def _expire(self, now_ms: int) -> Result:
-        """Every deadline up to ``now_ms``, earliest first, as if each had been handled on time."""
+    def _renew(self, ctx: ApplyContext, op: Renew) -> Result:
+        o = op.owner
+        rec = self._owners.get(o)
+        if rec is None:
+            return Err("lease_expired", f"{o!r} has no lease", {"owner": o})
+        self._extend(o, rec, ctx.now_ms + op.ttl_ms)
+        return Ok({"lease_expires_at_ms": rec.lease_ms})
+
+    def _expire(self, ctx: ApplyContext, op: ExpireLocks) -> Result:
+        """Every deadline up to ``ctx.now_ms``, earliest first, as if each had been handled on time."""
+        now_ms = ctx.now_ms
         leases = timeouts = 0
-        heap = self._deadlines
-        while heap and heap[0][0] <= now_ms:
-            entry = heapq.heappop(heap)
-            if not self._live(entry):
-                continue
-            _, kind, o, arrival = entry
+        while (deadline := self._next_deadline()) is not None and deadline <= now_ms:
+            _, kind, o, arrival = heapq.heappop(self._deadlines)
             if kind == _LEASE:
                 leases += 1
                 self._drop_owner(o, Err("lease_expired", f"the lease of {o!r} expired", {"owner": o}))
@@ -386,11 +412,11 @@ class LockTable:
 
     # -- grants, queues and edges --------------------------------------------------------
 
-    def _grant_to(self, r: str, res: _Resource, o: str, mode: str) -> Ok:
+    def _grant_to(self, r: str, res: _Resource, o: str, rec: _Owner, mode: str) -> Ok:
         self._tokens += 1
         self._stats["grants"] += 1
         hold = res.holders[o] = _Hold(mode, self._tokens)
-        self._owners[o].held.add(r)
+        rec.held.add(r)
         return _grant(r, hold)
 
     def _answer(self, w: _Wait, result: Result) -> None:
@@ -423,9 +449,10 @@ class LockTable:
             if not all(COMPATIBLE[h.mode, w.mode] for o, h in res.holders.items() if o != w.owner):
                 break
             self._unqueue(w)
-            grant = self._grant_to(r, res, w.owner, w.mode)
+            rec = self._owners[w.owner]
+            grant = self._grant_to(r, res, w.owner, rec, w.mode)
             assert self._ctx is not None
-            self._extend(w.owner, self._owners[w.owner], self._ctx.now_ms + w.ttl_ms)
+            self._extend(w.owner, rec, self._ctx.now_ms + w.ttl_ms)
             self._answer(w, grant)
             start = 0
         if res.holders or res.queue:
@@ -518,23 +545,54 @@ class LockTable:
     def _extend(self, o: str, rec: _Owner, until_ms: int) -> None:
         if until_ms > rec.lease_ms:
             rec.lease_ms = until_ms
-            self._push(until_ms, _LEASE, o, 0)
+            # A lease only grows, so an owner needs one heap entry, at or before its deadline:
+            # when that entry comes up early, _next_deadline moves it on to the lease's end.
+            if rec.entry_ms is None:
+                rec.entry_ms = until_ms
+                self._push(until_ms, _LEASE, o, 0)
 
     def _push(self, deadline_ms: int, kind: int, owner: str, arrival: int) -> None:
         heapq.heappush(self._deadlines, (deadline_ms, kind, owner, arrival))
-        # Renewals leave dead entries deep in the heap: rebuild before they outnumber live ones.
+        # Ended leases and waits leave dead entries: rebuild before they outnumber live ones.
         if len(self._deadlines) > 2 * (len(self._owners) + len(self._waits)) + 64:
             self._compact_deadlines()
 
     def _compact_deadlines(self) -> None:
-        self._deadlines = [(rec.lease_ms, _LEASE, o, 0) for o, rec in self._owners.items()]
-        self._deadlines += [(w.deadline_ms, _WAIT, "", a) for a, w in self._waits.items()]
-        heapq.heapify(self._deadlines)
+        heap = []
+        for o, rec in self._owners.items():
+            rec.entry_ms = rec.lease_ms
+            heap.append((rec.lease_ms, _LEASE, o, 0))
+        heap += [(w.deadline_ms, _WAIT, "", a) for a, w in self._waits.items()]
+        heapq.heapify(heap)
+        self._deadlines = heap
 
-    def _live(self, entry: tuple[int, int, str, int]) -> bool:
-        deadline, kind, o, arrival = entry
-        if kind == _LEASE:
-            rec = self._owners.get(o)
-            return rec is not None and rec.lease_ms == deadline
-        w = self._waits.get(arrival)
-        return w is not None and w.deadline_ms == deadline
+    def _next_deadline(self) -> int | None:
+        """The earliest live deadline, the heap's top once dead entries are popped (an ended
+        lease's or wait's, or a lease's of an owner since dropped) and a lease's early entry is
+        moved on to the lease's end. Live entries come off in (deadline, kind, owner, arrival)
+        order, as if every extension had pushed its own entry."""
+        heap = self._deadlines
+        while heap:
+            deadline, kind, o, arrival = heap[0]
+            if kind == _LEASE:
+                rec = self._owners.get(o)
+                if rec is not None and rec.entry_ms == deadline:
+                    if rec.lease_ms == deadline:
+                        return deadline
+                    rec.entry_ms = rec.lease_ms
+                    heapq.heapreplace(heap, (rec.lease_ms, _LEASE, o, 0))
+                    continue
+            else:
+                w = self._waits.get(arrival)
+                if w is not None and w.deadline_ms == deadline:
+                    return deadline
+            heapq.heappop(heap)
+        return None
+
+
+def _bad_field(name: str, problem: str) -> Err:
+    return Err("bad_request", f"{name} {problem}", {"field": name})
+
+
+def _bad_name(name: str) -> Err:
+    return _bad_field(name, f"must be 1..{NAME_BYTES_MAX} bytes")

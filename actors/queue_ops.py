@@ -114,6 +114,8 @@ def _fits(value: str, limit: int = NAME_BYTES_MAX) -> bool:
 
 
 def check_queue(name: object, field: str = "queue") -> Err | None:
+    if type(name) is str and 0 < len(name) * 4 <= NAME_BYTES_MAX and not name.endswith(DLQ_SUFFIX):
+        return None  # the common case, decided by the length alone (see _fits)
     if not isinstance(name, str) or not name:
         return bad(field, "a queue name is a non-empty string")
     if not _fits(name, QUEUE_NAME_BYTES_MAX):
@@ -143,6 +145,8 @@ def check_text(value: object, field: str, optional: bool = True) -> Err | None:
 
 def check_message(message: NewMessage | Produce, prefix: str = "") -> Err | None:
     """``prefix`` names the message in a batch (``messages[3].``) so the error points at it."""
+    if message.key is None and message.dedup_id is None and message.headers is None:
+        return None  # the common case, without building the field names
     err = check_text(message.key, f"{prefix}key") or check_text(message.dedup_id, f"{prefix}dedup_id")
     if err is not None:
         return err

@@ -5,6 +5,11 @@ Each client numbers its requests; a request also says the lowest id it still awa
 recorded result instead of a second application. Bounded: the least recently active clients
 are forgotten first (deterministically — apply order, not a clock), and a retry from a
 forgotten client would apply again; ``clients_max`` is sized so that takes days of churn.
+
+Answers depend only on the floor (the highest ``acked`` seen), never on when results below
+it were dropped: ``lookup`` checks the floor before the results and ``snapshot`` leaves out
+what is below it. So pruning is free to be amortised — a pipelining client moves ``acked``
+with every request, and pruning its map each time was O(outstanding) per command.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from collections import OrderedDict
 import msgspec
 
 from syncfab.actors.results import Err, Result, Waiting
+
+# A client's results are pruned once their map has this many entries and twice as many as
+# were left by its last pruning: O(1) amortised, at most twice what it must keep (plus this).
+PRUNE_ENTRIES_MIN = 16
 
 
 class _Image(msgspec.Struct, array_like=True):
@@ -26,11 +35,19 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[_Image]).decode
 
 
+class _Session:
+    __slots__ = ("floor", "prune_at", "results")
+
+    def __init__(self, floor: int, results: dict[int, Result | Waiting]) -> None:
+        self.floor = floor  # every id below it was acknowledged: answered stale, kept or not
+        self.results = results  # request id -> result, in apply order; may hold ids below floor
+        self.prune_at = max(PRUNE_ENTRIES_MIN, 2 * len(results))
+
+
 class SessionTable:
     def __init__(self, clients_max: int = 100_000) -> None:
         self.clients_max = clients_max
-        # client -> (acked, {request id: result})
-        self._sessions: OrderedDict[str, tuple[int, dict[int, Result | Waiting]]] = OrderedDict()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently active first
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -41,37 +58,39 @@ class SessionTable:
         session = self._sessions.get(client)
         if session is None:
             return None
-        floor, results = session
-        if request_id in results:
-            return results[request_id]
-        if request_id < floor:
+        if request_id < session.floor:
             return Err("stale_request", f"request {request_id} was already acknowledged")
-        return None
+        return session.results.get(request_id)
 
     def record(self, client: str, request_id: int, acked: int, result: Result | Waiting) -> None:
-        session = self._sessions.pop(client, None)
+        sessions = self._sessions
+        session = sessions.get(client)
         if session is None:
-            floor, results = acked, {}
+            session = sessions[client] = _Session(acked, {})
+            while len(sessions) > self.clients_max:
+                sessions.popitem(last=False)
         else:
-            floor, results = session
-            if acked > floor:
-                floor = acked
-                # Prune once the map has grown: a pipelining client moves acked every request.
-                if len(results) > 16:
-                    results = {i: r for i, r in results.items() if i >= floor}
-        results[request_id] = result
-        self._sessions[client] = (floor, results)
-        while len(self._sessions) > self.clients_max:
-            self._sessions.popitem(last=False)
+            sessions.move_to_end(client)
+            if acked > session.floor:
+                session.floor = acked
+            results = session.results
+            if len(results) >= session.prune_at:
+                floor = session.floor
+                session.results = results = {i: r for i, r in results.items() if i >= floor}
+                session.prune_at = max(PRUNE_ENTRIES_MIN, 2 * len(results))
+        session.results[request_id] = result
 
     def replace(self, client: str, request_id: int, result: Result) -> None:
         """A waiting request got its answer: a retry from now on gets the answer."""
         session = self._sessions.get(client)
-        if session is not None and request_id in session[1]:
-            session[1][request_id] = result
+        if session is not None and request_id in session.results:
+            session.results[request_id] = result
 
     def snapshot(self) -> bytes:
-        return _encode([_Image(c, floor, list(res.items())) for c, (floor, res) in self._sessions.items()])
+        return _encode([
+            _Image(c, s.floor, [(i, r) for i, r in s.results.items() if i >= s.floor])
+            for c, s in self._sessions.items()
+        ])
 
     def restore(self, data: bytes) -> None:
-        self._sessions = OrderedDict((i.client, (i.acked, dict(i.results))) for i in _decode(data))
+        self._sessions = OrderedDict((i.client, _Session(i.acked, dict(i.results))) for i in _decode(data))

@@ -392,6 +392,56 @@ def test_renewals_do_not_grow_the_deadline_heap_without_bound() -> None:
     assert log.table.due(LONG_MS + 4_998) == [] and log.table.due(LONG_MS + 4_999) == [ExpireLocks()]
 
 
+def test_a_lease_keeps_one_heap_entry_however_often_acquires_extend_it() -> None:
+    """Each acquire moves the lease's end; the heap entry is moved on only when it comes up."""
+    log = Log()
+    for now in range(0, 5_000, 2):
+        log.now = now
+        log.granted("a", f"r{now % 7}", ttl_ms=1_000)
+        log.now = now + 1
+        assert log.apply(Release(f"r{now % 7}", "a")) == Ok({"released": True})
+    assert len(log.table._deadlines) == 1
+    last_end = 4_998 + 1_000
+    assert log.table.due(last_end - 1) == [] and len(log.table._deadlines) == 1
+    assert log.table.due(last_end) == [ExpireLocks()]
+    assert log.expire(last_end - 1) == Ok({"leases_expired": 0, "waits_timed_out": 0})
+    assert log.expire(last_end) == Ok({"leases_expired": 1, "waits_timed_out": 0})
+    assert log.table.due(10**12) == []
+
+
+def test_an_owner_dropped_and_back_is_expired_by_its_new_lease_only() -> None:
+    log = Log()
+    log.granted("a", "r", ttl_ms=100)
+    assert log.apply(ReleaseAll("a")) == Ok({"released": 1})
+    log.now = 50
+    log.granted("a", "r", ttl_ms=1_000)  # the entry at 100 belongs to the dropped lease
+    assert log.table.due(999) == []
+    assert log.expire(999) == Ok({"leases_expired": 0, "waits_timed_out": 0})
+    assert log.table.due(1_050) == [ExpireLocks()]
+    assert log.expire(1_050) == Ok({"leases_expired": 1, "waits_timed_out": 0})
+
+
+def test_leases_extended_past_others_still_expire_in_deadline_order() -> None:
+    """A's lease ends last although its first entry comes first: B's end frees r for a waiter
+    before A's does, as if every extension had its own entry."""
+    log = Log()
+    log.granted("a", "ra", ttl_ms=100)
+    log.granted("b", "rb", ttl_ms=200)
+    log.now = 150
+    log.granted("a", "ra", ttl_ms=150)  # re-entrant: a's lease now ends at 300
+    c = log.waits("c", "rb", wait_ms=10_000, ttl_ms=10_000)
+    d = log.waits("d", "ra", wait_ms=10_000, ttl_ms=10_000)
+    assert log.expire(250) == Ok({"leases_expired": 1, "waits_timed_out": 0})
+    assert token_of(log.answer(c)) and log.answer(d) is None
+    assert log.expire(300) == Ok({"leases_expired": 1, "waits_timed_out": 0})
+    assert token_of(log.answer(d))
+    restored = LockTable()
+    restored.restore(log.table.snapshot())
+    assert restored.snapshot() == log.table.snapshot()
+    assert restored.due(10_249) == log.table.due(10_249) == []
+    assert restored.due(10_250) == log.table.due(10_250) == [ExpireLocks()]
+
+
 # --- releasing ------------------------------------------------------------------------------------
 
 
@@ -456,6 +506,23 @@ def test_bad_requests_name_the_field_and_change_nothing(op: Any, field: str) -> 
     result = log.apply(op)
     assert isinstance(result, Err) and result.code == "bad_request" and result.detail == {"field": field}
     assert log.table.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("op", "message", "field"),
+    [
+        (Acquire("", "write", "", -1, 0), "resource must be 1..1024 bytes", "resource"),
+        (Acquire("r", "write", "", -1, 0), "mode must be one of shared, exclusive", "mode"),
+        (Acquire("r", X, "", -1, 0), "owner must be 1..1024 bytes", "owner"),
+        (Acquire("r", X, "a", -1, 0), "wait_ms must be 0..3600000", "wait_ms"),
+        (Acquire("r", X, "a", 0, 0), "ttl_ms must be 1..3600000", "ttl_ms"),
+        (Release("", ""), "resource must be 1..1024 bytes", "resource"),
+        (Renew("", 0), "owner must be 1..1024 bytes", "owner"),
+        (Renew("a", 3_600_001), "ttl_ms must be 1..3600000", "ttl_ms"),
+    ],
+)
+def test_the_first_bad_field_in_declaration_order_is_the_one_named(op: Any, message: str, field: str) -> None:
+    assert Log().apply(op) == Err("bad_request", message, {"field": field})
 
 
 def test_names_up_to_the_limit_are_fine() -> None:

@@ -1,0 +1,192 @@
+"""Replica CPU per command, without a cluster: ``python -m loadtest.core_bench``.
+
+Drives the pure state machines the way a replica applies committed entries (fabric/node.py,
+``_machine_for`` and ``_apply_entry``): each entry is ``encode_batch`` of encoded ``Request``s,
+decoded with ``decode_batch``, and every request is applied with its own ``ApplyContext``
+through ``GroupMachine.apply(ctx, acked, op)``, notices included. No sockets, disk or Raft.
+
+Workloads:
+
+- ``lock``: ``GroupMachine({"locks": LockTable()})``; ``--owners`` lock owners (each its own
+  resource, as ``bench.py lock`` without ``--hot``) spread over ``--clients`` client ids, each
+  owner alternating Acquire and Release, one request per owner per entry;
+- ``produce``: ``GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})`` and a
+  100-byte Produce per request.
+
+Request ids increase per client and ``acked`` (the lowest id the client still awaits) lags
+each id by the owners per client, as a pipelining client's does. Each round applies the same
+entries to a fresh machine; the fastest round is reported (µs per op for decoding, applying,
+and both; the medians too), with a digest of every result and notice, so that runs of
+different code can be checked for identical answers. Written as JSON too (``--out``, default
+loadtest/results/core-<workloads>-<time>.json). ``--profile N`` prints a cProfile top N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import json
+import os
+import pstats
+import statistics
+import time
+from typing import Any
+
+from syncfab.actors.kv import KvStore
+from syncfab.actors.locks import Acquire, LockTable, Release
+from syncfab.actors.machine import ApplyContext, GroupMachine, Notice
+from syncfab.actors.queues import Produce, QueuePartitions
+from syncfab.actors.results import Err, Waiting
+from syncfab.fabric.codec import OnShard, Request, decode_batch, encode, encode_batch
+
+PAYLOAD = b"x" * 100
+WORKLOADS = ("lock", "produce")
+
+
+def machine_for(workload: str) -> GroupMachine:
+    if workload == "lock":
+        return GroupMachine({"locks": LockTable()})
+    return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})
+
+
+def build_entries(workload: str, entries: int, owners: int, clients: int) -> list[bytes]:
+    """The log: ``entries`` entries of ``owners`` requests each, one per owner."""
+    client_ids = [f"client/{chr(ord('a') + c)}" for c in range(clients)]
+    per_client = [sum(1 for o in range(owners) if o % clients == c) for c in range(clients)]
+    next_id = [1] * clients
+    log = []
+    for e in range(entries):
+        requests = []
+        for o in range(owners):
+            c = o % clients
+            rid = next_id[c]
+            next_id[c] += 1
+            # The others of this client still await their previous request.
+            acked = max(1, rid - per_client[c] + 1)
+            op: Any
+            if workload == "lock":
+                owner = f"{client_ids[c]}/{o}"
+                resource = f"res-{owner}"
+                op = (Acquire(resource, "exclusive", owner, 10_000, 30_000) if e % 2 == 0
+                      else Release(resource, owner))
+            else:
+                op = Produce("bench", PAYLOAD)
+            requests.append(encode(Request(client_ids[c], rid, acked, op)))
+        log.append(encode_batch(1_000_000 + e, requests))
+    return log
+
+
+def apply_entry(machine: GroupMachine, index: int, now_ms: int, requests: list[Request],
+                results: list[Any] | None) -> int:
+    """fabric/node.py ``_apply_entry``, less the answering of waiters; the results and notices
+    go to ``results`` when given. Returns how many requests were left waiting."""
+    waiting = 0
+    for request in requests:
+        op = request.op.op if isinstance(request.op, OnShard) else request.op
+        ctx = ApplyContext(index, now_ms, request.client, request.id)
+        result = machine.apply(ctx, request.acked, op)
+        if isinstance(result, Waiting):
+            waiting += 1
+        if results is not None:
+            results.append(result)
+            results.extend(ctx.notices)
+    return waiting
+
+
+def one_round(workload: str, log: list[bytes]) -> dict[str, float]:
+    """Seconds spent decoding and applying the log entry by entry, as node.py does."""
+    machine = machine_for(workload)
+    clock = time.perf_counter
+    decoding = applying = 0.0
+    for index, data in enumerate(log, 1):
+        t0 = clock()
+        now_ms, requests = decode_batch(data)
+        t1 = clock()
+        apply_entry(machine, index, now_ms, requests, None)
+        t2 = clock()
+        decoding += t1 - t0
+        applying += t2 - t1
+    return {"decode": decoding, "apply": applying, "total": decoding + applying}
+
+
+def digest(workload: str, log: list[bytes]) -> dict[str, Any]:
+    """A hash of every result and notice, and how many results were errors or left waiting."""
+    machine = machine_for(workload)
+    results: list[Any] = []
+    waiting = 0
+    for index, data in enumerate(log, 1):
+        now_ms, requests = decode_batch(data)
+        waiting += apply_entry(machine, index, now_ms, requests, results)
+    plain = [(n.client, n.request_id, n.result) if isinstance(n, Notice) else n for n in results]
+    return {
+        "errors": sum(1 for r in results if isinstance(r, Err)),
+        "waiting": waiting,
+        "results_sha256": hashlib.sha256(encode(plain)).hexdigest(),
+    }
+
+
+def run_workload(workload: str, args: argparse.Namespace) -> dict[str, Any]:
+    log = build_entries(workload, args.entries, args.owners, args.clients)
+    ops = args.entries * args.owners
+    checked = digest(workload, log)
+    rounds = [one_round(workload, log) for _ in range(args.rounds)]
+    us = {k: [r[k] / ops * 1e6 for r in rounds] for k in ("decode", "apply", "total")}
+    best = min(range(len(rounds)), key=lambda i: rounds[i]["total"])
+    report = {
+        "ops": ops,
+        **checked,
+        "us_per_op": {k: round(v[best], 3) for k, v in us.items()},
+        "us_per_op_median": {k: round(statistics.median(v), 3) for k, v in us.items()},
+    }
+    if args.profile:
+        profile(workload, log, args.profile)
+    return report
+
+
+def profile(workload: str, log: list[bytes], top: int) -> None:
+    profiler = cProfile.Profile()
+    profiler.runcall(one_round, workload, log)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.core_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workload", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--entries", type=int, default=2_000, help="log entries per round")
+    parser.add_argument("--owners", type=int, default=64, help="requests per entry, one per owner")
+    parser.add_argument("--clients", type=int, default=2, help="client ids the owners share")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also run one round under cProfile and print its top N functions")
+    parser.add_argument("--out", help="JSON result path")
+    args = parser.parse_args(argv)
+    workloads = args.workload or list(WORKLOADS)
+    for workload in workloads:
+        if workload not in WORKLOADS:
+            parser.error(f"unknown workload {workload!r}: choose from {', '.join(WORKLOADS)}")
+    report: dict[str, Any] = {
+        "workloads": {},
+        "entries": args.entries,
+        "owners": args.owners,
+        "clients": args.clients,
+        "rounds": args.rounds,
+    }
+    for workload in workloads:
+        result = report["workloads"][workload] = run_workload(workload, args)
+        us = result["us_per_op"]
+        print(f"{workload:>8}: {us['total']:.2f} µs/op (decode {us['decode']:.2f} + apply "
+              f"{us['apply']:.2f}), {result['ops']:,} ops, errors {result['errors']}, "
+              f"results {result['results_sha256'][:16]}")
+    name = "-".join(workloads)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                   f"core-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"result: {out}")
+
+
+if __name__ == "__main__":
+    main()
