@@ -112,6 +112,16 @@ class QueueState:
         self.messages[message.seq] = message
         self._push_visible(message.seq)
 
+    def extend(self, messages: list[StoredMessage]) -> None:
+        """Append new messages, in seq order. Each new seq is larger than every seq ever seen,
+        so appending it to the visible heap keeps the heap order without a sift."""
+        stored = self.messages
+        for m in messages:
+            stored[m.seq] = m
+        self._visible.extend(m.seq for m in messages)
+        if len(self._visible) > self._compact_at:
+            self._push_visible(self._visible.pop())  # compacts, and puts the last one back
+
     def remove(self, seq: int) -> StoredMessage | None:
         """Forget a message (acked, expired, moved); its heap entries go stale."""
         self.inflight.pop(seq, None)

@@ -279,14 +279,17 @@ class QueuePartitions:
         """Validate, deduplicate and store ``items`` — all of them or none. Returns a
         (seq, duplicate) pair per item; a duplicate's seq is the original message's."""
         err = check_queue(name)
-        for i, item in enumerate(items):
-            err = err or check_message(item, prefix.format(i))
         if err is not None:
             return err
+        for i, item in enumerate(items):
+            if check_message(item) is not None:
+                return check_message(item, prefix.format(i))  # named by its place in the batch
         q = self._queues.get(name)
         settings = q.settings if q is not None else DEFAULT_SETTINGS
         now = self._now_ms
         self._dedup.forget_closed(now)
+        if settings.dedup_window_ms <= 0 or all(item.dedup_id is None for item in items):
+            return self._append_new(name, q, items)
         # First pass decides, changing nothing, which items are duplicates (of an earlier
         # produce, or of an earlier item of this batch): only the others count against max_depth.
         known: dict[str, int | None] = {}  # dedup id -> original seq, None if new in this batch
@@ -319,6 +322,23 @@ class QueuePartitions:
             out.append((seq, False))
         q.counters.deduplicated += len(out) - fresh
         return out
+
+    def _append_new(self, name: str, q: QueueState | None,
+                    items: list[Produce] | list[NewMessage]) -> _Appended | Err:
+        """``_append`` without dedup ids: every item is a new message."""
+        settings = q.settings if q is not None else DEFAULT_SETTINGS
+        if settings.max_depth and (q.depth if q is not None else 0) + len(items) > settings.max_depth:
+            return Err("queue_full", f"queue {name!r} is at its max_depth of {settings.max_depth}",
+                       {"queue": name, "max_depth": settings.max_depth})
+        q = q if q is not None else self._queue(name)
+        now, first = self._now_ms, self._seq + 1
+        self._seq += len(items)
+        q.extend([StoredMessage(seq, item.key, item.data, item.headers, now)
+                  for seq, item in enumerate(items, first)])
+        q.counters.produced += len(items)
+        if settings.retention_ms and name not in self._expiry:
+            self._expiry.at(name, now + settings.retention_ms)
+        return [(seq, False) for seq in range(first, self._seq + 1)]
 
     def _ack(self, op: Ack) -> Result:
         seqs = self._ids(op.queue, op.message_ids)

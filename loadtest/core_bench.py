@@ -10,6 +10,7 @@ Workloads:
 - ``lock``: ``GroupMachine({"locks": LockTable()})``; ``--owners`` lock owners (each its own
   resource, as ``bench.py lock`` without ``--hot``) spread over ``--clients`` client ids, each
   owner alternating Acquire and Release, one request per owner per entry;
+- ``produce_batch``: the same machine, ProduceBatch requests of BATCH messages (per message);
 - ``produce``: ``GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})`` and a
   100-byte Produce per request.
 
@@ -36,12 +37,15 @@ from typing import Any
 from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import Acquire, LockTable, Release
 from syncfab.actors.machine import ApplyContext, GroupMachine, Notice
-from syncfab.actors.queues import Produce, QueuePartitions
+from syncfab.actors.queues import NewMessage, Produce, ProduceBatch, QueuePartitions
 from syncfab.actors.results import Err, Waiting
 from syncfab.fabric.codec import OnShard, Request, decode_batch, encode, encode_batch
 
 PAYLOAD = b"x" * 100
-WORKLOADS = ("lock", "produce")
+WORKLOADS = ("lock", "produce", "produce_batch")
+# produce_batch: messages per ProduceBatch request (what fabric/produce_batcher.py sends for a
+# pile of single produces); its figures are per message.
+BATCH = 32
 
 
 def machine_for(workload: str) -> GroupMachine:
@@ -70,8 +74,10 @@ def build_entries(workload: str, entries: int, owners: int, clients: int) -> lis
                 resource = f"res-{owner}"
                 op = (Acquire(resource, "exclusive", owner, 10_000, 30_000) if e % 2 == 0
                       else Release(resource, owner))
-            else:
+            elif workload == "produce":
                 op = Produce("bench", PAYLOAD)
+            else:
+                op = OnShard(1, ProduceBatch("bench", [NewMessage(PAYLOAD)] * BATCH))
             requests.append(encode(Request(client_ids[c], rid, acked, op)))
         log.append(encode_batch(1_000_000 + e, requests))
     return log
@@ -128,7 +134,7 @@ def digest(workload: str, log: list[bytes]) -> dict[str, Any]:
 
 def run_workload(workload: str, args: argparse.Namespace) -> dict[str, Any]:
     log = build_entries(workload, args.entries, args.owners, args.clients)
-    ops = args.entries * args.owners
+    ops = args.entries * args.owners * (BATCH if workload == "produce_batch" else 1)
     checked = digest(workload, log)
     rounds = [one_round(workload, log) for _ in range(args.rounds)]
     us = {k: [r[k] / ops * 1e6 for r in rounds] for k in ("decode", "apply", "total")}
