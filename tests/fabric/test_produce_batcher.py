@@ -11,7 +11,7 @@ from syncfab.actors.queue_ops import BATCH_MAX
 from syncfab.actors.queues import NewMessage, ProduceBatch
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.codec import OnShard
-from syncfab.fabric.produce_batcher import BATCH_BYTES_MAX, SPREAD_MIN, ProduceBatcher
+from syncfab.fabric.produce_batcher import BATCH_BYTES_MAX, ProduceBatcher
 from syncfab.fabric.routing import queue_key_shard
 
 SHARDS = 8
@@ -112,17 +112,6 @@ def test_duplicates_are_reported_per_message() -> None:
     shards = Shards(duplicates=[1])
     results = run(shards, [("q", NewMessage(0, dedup_id="d")), ("q", NewMessage(1, dedup_id="d"))])
     assert [r.value.get("duplicate", False) for r in results if isinstance(r, Ok)] == [False, True]
-
-
-def test_many_keyless_messages_spread_over_shards_in_batches_of_at_least_spread_min() -> None:
-    shards = Shards()
-    run(shards, [("q", NewMessage(i)) for i in range(SHARDS * SPREAD_MIN)])
-    assert [len(c.op.messages) for c in shards.calls] == [SPREAD_MIN] * SHARDS
-    assert sorted(c.shard for c in shards.calls) == list(range(1, SHARDS + 1))
-
-    shards = Shards()
-    run(shards, [("q", NewMessage(i)) for i in range(2 * SPREAD_MIN - 1)])
-    assert len(shards.calls) == 1
 
 
 def test_batches_are_bounded_in_count_and_bytes() -> None:
