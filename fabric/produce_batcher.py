@@ -14,8 +14,9 @@ condition (``queue_full``, a timeout), which is also all a single produce could 
 
 Placement is the single produce's: a key's shard, a dedup id's shard; messages with neither
 stick to one shard per batch (Kafka's sticky partitioner), the next batch goes to the next
-shard, so keyless load still spreads over every shard. (One big batch beats several small ones here: splitting a
-pile over shards was measured slower, as each entry and round trip has a fixed cost.)
+shard, so keyless load still spreads over every shard. One big batch beats several small
+ones: splitting a pile over shards was measured slower (each entry and round trip has a
+fixed cost).
 """
 
 from __future__ import annotations
