@@ -163,6 +163,7 @@ class NodeCore:
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
         self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
         self._flush = Flush()
+        self._committed: list[tuple[_Group, Ready]] = []  # found by turn(), for apply()
         # Groups with input since they were last collected; only they are visited in a turn.
         self._active: set[int] = set(self.groups)
         self._next_tick = now_ms
@@ -204,6 +205,7 @@ class NodeCore:
     def has_work(self) -> bool:
         return bool(
             self._peer_inbox
+            or self._committed
             or self._client_inbox
             or self._flush.replies
             or self._flush.sends
@@ -245,6 +247,22 @@ class NodeCore:
             self._collect(self.groups[gid], flush)
         return flush
 
+    def apply(self) -> Flush:
+        """Apply what the last turn found committed, and serve the reads that waited for it.
+        Returns what that produced to send at once (replies, answers relayed to other nodes).
+
+        Call after sending the turn's messages and queueing its writes — followers and disks
+        start on new entries while this replica applies older ones — and before advancing that
+        turn's flush (advance may snapshot the state machine)."""
+        committed, self._committed = self._committed, []
+        pending, self._flush = self._flush, Flush()
+        try:
+            for g, ready in committed:
+                self._apply_ready(g, ready)
+        finally:
+            out, self._flush = self._flush, pending
+        return out
+
     def advance(self, flush: Flush) -> None:
         cfg = self.config
         for gid, ready in flush.readies:
@@ -271,6 +289,16 @@ class NodeCore:
             g.reads[self._read_context], g.queries = g.queries, []
             raft.read_index(self._read_context)
         ready = raft.ready()
+        if ready.restore is not None or ready.committed or ready.reads or g.read_waits:
+            self._committed.append((g, ready))
+        if ready.persist:
+            flush.writes.append((g.id, ready.persist))
+        _route(flush.sends, g.id, ready.messages)
+        _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
+        flush.readies.append((g.id, ready))
+
+    def _apply_ready(self, g: _Group, ready: Ready) -> None:
+        raft = g.raft
         if ready.restore is not None:
             g.machine.restore(ready.restore.data)
             self.counters["snapshots_installed"] += 1
@@ -287,11 +315,6 @@ class NodeCore:
         while g.read_waits and g.read_waits[0][0] <= applied:
             for waiter, op in heapq.heappop(g.read_waits)[2]:
                 self._serve_read(g, waiter, op)
-        if ready.persist:
-            flush.writes.append((g.id, ready.persist))
-        _route(flush.sends, g.id, ready.messages)
-        _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
-        flush.readies.append((g.id, ready))
 
     def _serve_read(self, g: _Group, waiter: _Pending, op: Any) -> None:
         """A query or leader-local op whose ReadIndex the state machine has reached."""

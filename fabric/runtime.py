@@ -2,12 +2,12 @@
 
 One turn: drain the ROUTER and SUB sockets in bulk (non-blocking, bounded), hand everything
 to the core, run ``core.turn(now)``, send what may leave at once (a leader's AppendEntries go
-out before its own fsync, so followers write in parallel), answer clients, publish, and queue
-the turn's writes for the disk writer thread (fabric/writer.py), which group-commits every
-queued turn with one WAL append and one fsync. When a flush comes back durable its
-after-persist messages leave and ``core.advance`` confirms it, in turn order. A turn is
-scheduled when a socket becomes readable, when the core still has work, when the gateway
-submits a request, when a write completes, and every ``tick_ms`` for timers.
+out before its own fsync, so followers write in parallel) and queue the turn's writes for the
+disk writer thread (fabric/writer.py), which group-commits every queued turn with one WAL
+append and one fsync; only then ``core.apply()`` what is committed, and answer clients. When
+a flush comes back durable its after-persist messages leave and ``core.advance`` confirms it,
+in turn order. A turn is scheduled when a socket becomes readable, when the core still has
+work, when the gateway submits a request, when a write completes, and every ``tick_ms``.
 """
 
 from __future__ import annotations
@@ -178,17 +178,19 @@ class NodeRuntime:
                 self._on_publication(frames)
 
         flush = core.turn(monotonic_ms(), time.time_ns() // 1_000_000)
-        me = self.settings.node_id
-        for peer, items in flush.sends.items():
-            t.send_peer(peer, encode(PeerBatch(me, items)))
-        if flush.replies:
-            self._send_replies(flush.replies)
-        for topic, msg in flush.publishes:
-            t.publish(topic, msg)
-        if flush.writes or (flush.sends_after_persist and self.writer.in_flight):
+        self._send_peers(flush.sends)
+        durable_now = not (flush.writes or (flush.sends_after_persist and self.writer.in_flight))
+        if not durable_now:
             # After-persist messages may acknowledge entries a queued write carries.
             self.writer.submit(flush)
-        else:
+        # Entries go out and to disk first; then this replica applies what is committed.
+        applied = core.apply()
+        self._send_peers(applied.sends)
+        if flush.replies or applied.replies:
+            self._send_replies(flush.replies + applied.replies)
+        for topic, msg in flush.publishes:
+            t.publish(topic, msg)
+        if durable_now:
             # Nothing here waits for the disk (readies without writes advance in any order
             # relative to pending writes); queueing it would only make the thread spin.
             self._persisted([flush])
@@ -199,6 +201,11 @@ class NodeRuntime:
             self.writer.in_flight < WRITES_IN_FLIGHT_MAX
         ):
             self._wake()
+
+    def _send_peers(self, sends: dict[str, list[Any]]) -> None:
+        me = self.settings.node_id
+        for peer, items in sends.items():
+            self.transport.send_peer(peer, encode(PeerBatch(me, items)))
 
     def _on_written(self, flushes: list[Flush], elapsed_s: float) -> None:
         """Back from the disk writer: these flushes are durable, in turn order."""
@@ -217,9 +224,7 @@ class NodeRuntime:
         for flush in flushes:
             for peer, items in flush.sends_after_persist.items():
                 by_peer.setdefault(peer, []).extend(items)
-        me, t = self.settings.node_id, self.transport
-        for peer, items in by_peer.items():
-            t.send_peer(peer, encode(PeerBatch(me, items)))
+        self._send_peers(by_peer)
         for flush in flushes:
             self.core.advance(flush)
 

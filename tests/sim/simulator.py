@@ -6,8 +6,10 @@ was written and nothing else) and the clock (an event queue of ``(time_ms, seq, 
 A node's turn does what ``NodeRuntime`` does, in its order:
 
     flush = core.turn(now)          # decide
-    send flush.sends, flush.replies, flush.publishes      # may leave at once
+    send flush.sends                # entries leave at once
     queue flush for the disk writer # writes are pipelined: turns go on while a batch syncs
+    applied = core.apply()          # apply what is committed
+    send applied.sends, flush.replies + applied.replies, flush.publishes
     ... when its batch is synced (one write, one fsync for every queued turn), in turn order:
     send flush.sends_after_persist  # only after the write
     core.advance(flush)
@@ -202,26 +204,30 @@ class Simulation(SimClock):
         # advanced, when they are synced (_write_done) — or at once when nothing is in flight.
         flush = core.turn(self.local_ms(node), self.wall_ms(node))
         self.turns += 1
-        self.checker.observe(node.id, core, flush)
-        self.services.observe(node.id, core, flush)
-        self._trace_applied(node.id, flush)
         point = node.crash_point
         if node.crash_when_writing and not any(p.entries for _, p in flush.writes):
             point = None  # not this turn
         self._send_batches(node, flush.sends)
-        for route, data in flush.replies:
-            client = self._clients_by_route[route]
-            self.network.send(node.id, client.name, client.on_reply, data)
-        for _topic, msg in flush.publishes:
-            self._publish(node, msg)
         if point == "before_write":
             self._crash_now(node)  # sent, never written: the dangerous window
-        elif flush.writes or (flush.sends_after_persist and node.writes_in_flight):
+            return
+        durable_now = not (flush.writes or (flush.sends_after_persist and node.writes_in_flight))
+        if not durable_now:
             # As the runtime does: a flush with nothing to write waits only if its after-persist
             # messages may acknowledge entries that the writes ahead of it carry.
             node.queued.append(flush)
             self._start_write(node)
-        else:
+        applied = core.apply()
+        self.checker.observe(node.id, core, flush)
+        self.services.observe(node.id, core, flush)
+        self._trace_applied(node.id, flush)
+        self._send_batches(node, applied.sends)
+        for route, data in flush.replies + applied.replies:
+            client = self._clients_by_route[route]
+            self.network.send(node.id, client.name, client.on_reply, data)
+        for _topic, msg in flush.publishes:
+            self._publish(node, msg)
+        if durable_now:
             self._persisted(node, core, flush)
 
     def _start_write(self, node: SimNode) -> None:
