@@ -170,6 +170,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def write_result(report: dict[str, Any], name: str, out: str | None) -> None:
+    """The JSON result at ``out``, by default loadtest/results/<name>-<time>.json."""
+    out = out or os.path.join(os.path.dirname(__file__), "results",
+                              f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"result: {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
     parser.add_argument("workload", choices=["kv", "lock", "produce", "consume", "failover"])
@@ -201,12 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
         print(f"        total: {report['total_per_s']:,}/s, errors {report['errors']}, "
               f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}")
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"{args.workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"result: {out}")
+    write_result(report, args.workload, args.out)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hashlib
-import json
-import os
 import pstats
 import statistics
 import time
 from typing import Any
 
+from loadtest.bench import write_result
 from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import Acquire, LockTable, Release
 from syncfab.actors.machine import ApplyContext, GroupMachine, Notice
@@ -185,13 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{workload:>8}: {us['total']:.2f} µs/op (decode {us['decode']:.2f} + apply "
               f"{us['apply']:.2f}), {result['ops']:,} ops, errors {result['errors']}, "
               f"results {result['results_sha256'][:16]}")
-    name = "-".join(workloads)
-    out = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                   f"core-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"result: {out}")
+    write_result(report, "core-" + "-".join(workloads), args.out)
 
 
 if __name__ == "__main__":
