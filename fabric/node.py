@@ -269,8 +269,10 @@ class NodeCore:
             g = self.groups[gid]
             raft = g.raft
             raft.advance(ready)
-            if ready.persist.entries or ready.committed or raft.has_ready():
-                self._active.add(gid)  # durable entries may commit, committed ones apply
+            # A leader's durable entries may commit (advance has looked), and whatever is left
+            # to send, write or apply shows in has_ready; a follower's write needs no turn.
+            if raft.has_ready():
+                self._active.add(gid)
             if ready.committed:
                 base = raft.snapshot.index if raft.snapshot is not None else 0
                 if raft.applied_index - base >= cfg.snapshot_entries:
