@@ -39,7 +39,7 @@ from syncfab.fabric.client_locks import (
     SyncfabError,
     raise_for,
 )
-from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, decode_reply, encode
+from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
 from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import group_for, wait_of
 
@@ -50,8 +50,8 @@ _MISSING: Any = object()
 
 
 class _Link:
-    """One DEALER to one node. Requests queued in one loop iteration leave as one multipart
-    message; replies are drained in bulk when the socket's FD fires."""
+    """One DEALER to one node. Requests queued in one loop iteration leave as one frame
+    (``Requests``); replies are drained in bulk when the socket's FD fires."""
 
     def __init__(self, ctx: zmq.Context, address: str, client: AsyncClient) -> None:
         self.address = address
@@ -70,7 +70,7 @@ class _Link:
         if self.outbox:
             # A full queue (100k requests) drops this batch; its callers time out and retry.
             with contextlib.suppress(zmq.Again):
-                self.sock.send_multipart(self.outbox, zmq.NOBLOCK)
+                self.sock.send(frame_of(Requests, self.outbox), zmq.NOBLOCK)
             self.outbox = []
 
     def drain(self) -> None:
@@ -312,14 +312,15 @@ class AsyncClient:
 
     def _resolve(self, data: bytes) -> None:
         try:
-            reply = decode_reply(data)
+            replies = replies_in(data)
         except Exception:  # a node's error reply to garbage is still a Reply; ignore the rest
             return
-        if reply.leader:
-            self._hints[reply.id] = reply.leader
-        fut = self._futures.get(reply.id)
-        if fut is not None and not fut.done():
-            fut.set_result(reply.result)
+        for reply in replies:
+            if reply.leader:
+                self._hints[reply.id] = reply.leader
+            fut = self._futures.get(reply.id)
+            if fut is not None and not fut.done():
+                fut.set_result(reply.result)
 
     def _link(self, address: str) -> _Link:
         link = self._links.get(address)

@@ -1,9 +1,11 @@
 """The wire: the client API, the peer envelope, and the one Encoder/Decoder set both use.
 
 Everything is MessagePack via msgspec, decoders built once. A ROUTER socket receives either
-a client ``Request`` or a ``PeerBatch`` (every message one peer has for us this turn, for any
-group), told apart by their tags. A log entry's payload is a ``Batch``: one turn's writes to
-one group, kept byte for byte as their clients sent them, with the leader's timestamp.
+a client ``Request`` (or several in one ``Requests`` frame) or a ``PeerBatch`` (every message
+one peer has for us this turn, for any group), told apart by their tags; a client gets one
+``Reply`` or several in a ``Replies`` frame. A log entry's payload is a ``Batch``: one turn's
+writes to one group, kept byte for byte as their clients sent them, with the leader's
+timestamp.
 """
 
 from __future__ import annotations
@@ -62,6 +64,24 @@ class Reply(msgspec.Struct, frozen=True, tag="rp", array_like=True):
     leader: str | None = None
 
 
+class Requests(msgspec.Struct, frozen=True, tag="rqs", array_like=True):
+    """Several requests in one frame: what a client has for one node in one loop iteration.
+    Each item is an encoded ``Request``, kept as its bytes (a write's bytes become its log
+    entry as they are). One frame instead of one per request: ZeroMQ's cost is per frame."""
+
+    items: list[msgspec.Raw]
+
+
+class Replies(msgspec.Struct, frozen=True, tag="rps", array_like=True):
+    """Several encoded ``Reply``s in one frame: what one client gets from a node in one turn."""
+
+    items: list[msgspec.Raw]
+
+
+class _DecodedReplies(msgspec.Struct, frozen=True, tag="rps", array_like=True):
+    items: list[Reply]
+
+
 PeerMessage = RaftMessage | Beat | Forward | ForwardReply
 
 
@@ -70,12 +90,26 @@ class PeerBatch(msgspec.Struct, frozen=True, tag="pb", array_like=True):
     items: list[tuple[int, PeerMessage]]
 
 
-Inbound = Request | PeerBatch
+Inbound = Request | Requests | PeerBatch
 
 encode = msgspec.msgpack.Encoder().encode
 decode_inbound = msgspec.msgpack.Decoder(Inbound).decode
 decode_request = msgspec.msgpack.Decoder(Request).decode
 decode_reply = msgspec.msgpack.Decoder(Reply).decode
+_decode_replies = msgspec.msgpack.Decoder(Reply | _DecodedReplies).decode
+
+
+def frame_of(kind: type[Requests] | type[Replies], encoded: list[bytes]) -> bytes:
+    """One frame for encoded requests (or replies): the lone one as it is, several together."""
+    if len(encoded) == 1:
+        return encoded[0]
+    return encode(kind([msgspec.Raw(e) for e in encoded]))
+
+
+def replies_in(frame: bytes) -> list[Reply]:
+    """The replies a frame from a node holds: one ``Reply``, or several in a ``Replies``."""
+    msg = _decode_replies(frame)
+    return msg.items if isinstance(msg, _DecodedReplies) else [msg]
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True):

@@ -28,13 +28,17 @@ from syncfab.actors.results import RETRYABLE, Err, Result
 from syncfab.fabric.codec import (
     DecodeError,
     PeerBatch,
+    Replies,
     Request,
     RequestIds,
+    Requests,
     ValidationError,
     decode_inbound,
     decode_reply,
+    decode_request,
     encode,
     error_reply,
+    frame_of,
 )
 from syncfab.fabric.config import ConfigError, NodeSettings
 from syncfab.fabric.metrics import NodeMetrics
@@ -235,7 +239,7 @@ class NodeRuntime:
             self.on_fatal()
 
     def _send_replies(self, replies: list[tuple[bytes, bytes]]) -> None:
-        """One multipart message per client per turn, however many replies it has."""
+        """One frame per client per turn, however many replies it has."""
         by_route: dict[bytes, list[bytes]] = {}
         for route, data in replies:
             if route == LOCAL_ROUTE:
@@ -243,7 +247,7 @@ class NodeRuntime:
             else:
                 by_route.setdefault(route, []).append(data)
         for route, datas in by_route.items():
-            self.transport.reply(route, datas)
+            self.transport.reply(route, [frame_of(Replies, datas)])
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
         """[identity, payload, payload, ...]: a client may send several requests at once."""
@@ -264,13 +268,28 @@ class NodeRuntime:
                 continue
             if isinstance(msg, PeerBatch):
                 core.deliver_peer(msg.src, msg.items)
-            elif len(data) > REQUEST_BYTES_MAX:
-                # The native protocol's 413: a request becomes a log entry on three disks.
-                self.metrics.bad_frames.inc()
-                self.transport.reply(route, [error_reply(msg.id, "payload_too_large",
-                                                         f"a request is at most {REQUEST_BYTES_MAX} bytes")])
+            elif isinstance(msg, Requests):
+                for raw in msg.items:
+                    item = bytes(raw)
+                    try:
+                        request = decode_request(item)
+                    except (DecodeError, ValidationError, ValueError) as e:
+                        self.metrics.bad_frames.inc()
+                        bad = error_reply(0, "bad_request", f"undecodable request: {e}")
+                        self.transport.reply(route, [bad])
+                        continue
+                    self._on_request(route, request, item)
             else:
-                core.deliver_client(route, msg, data)
+                self._on_request(route, msg, data)
+
+    def _on_request(self, route: bytes, request: Request, data: bytes) -> None:
+        if len(data) > REQUEST_BYTES_MAX:
+            # The native protocol's 413: a request becomes a log entry on three disks.
+            self.metrics.bad_frames.inc()
+            self.transport.reply(route, [error_reply(request.id, "payload_too_large",
+                                                     f"a request is at most {REQUEST_BYTES_MAX} bytes")])
+        else:
+            self.core.deliver_client(route, request, data)
 
     def _on_publication(self, frames: list[bytes]) -> None:
         try:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncfab.actors.kv import Get, Put
 from syncfab.actors.results import Err, Ok
 from syncfab.fabric.client import AsyncClient, Client, NotFound
-from syncfab.fabric.codec import Request, decode_reply, encode
+from syncfab.fabric.codec import Request, Requests, decode_reply, encode, frame_of, replies_in
 from syncfab.fabric.local import LocalCluster
 
 
@@ -91,6 +91,31 @@ def test_bad_http_input_gets_a_json_error(cluster: LocalCluster, method: str, pa
     if field:
         assert got["field"] == field
     assert http(cluster, "n1", "GET", "/health")[0] == 200
+
+
+def test_several_requests_in_one_frame_get_their_replies(cluster: LocalCluster) -> None:
+    """A native client packs what it has for a node into one ``Requests`` frame; an item that
+    is MessagePack but no request fails alone (bytes that are not MessagePack at all make the
+    frame unreadable, and it is refused whole, with one error reply), and the replies come
+    back in as few frames as the node's turns allow."""
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, 5000)
+    dealer.connect(f"tcp://{cluster.address('n1')}")
+    try:
+        items = [encode(Request("packer", 1, 1, Put("packed-a", 1))), encode({"not": "a request"}),
+                 encode(Request("packer", 2, 1, Put("packed-b", 2)))]
+        dealer.send(frame_of(Requests, items))
+        replies: dict[int, Any] = {}
+        while len(replies) < 3:
+            for reply in replies_in(dealer.recv()):
+                replies[reply.id] = reply.result
+        assert isinstance(replies[0], Err) and replies[0].code == "bad_request"
+        assert isinstance(replies[1], Ok) and isinstance(replies[2], Ok)
+    finally:
+        dealer.close()
+    assert http(cluster, "n3", "GET", "/kv/packed-b") == (200, {"key": "packed-b", "value": 2})
 
 
 def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster) -> None:
