@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,8 @@ from syncfab.fabric.local import free_ports
 
 
 def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
-    peer_base, http_base = free_ports(2)
-    # Node i uses base + 100*(i-1): make sure those are free too, or pick again.
+    # Node i uses base + 100*(i-1) (and the next port for its PUB): all of them must be free.
+    peer_base, http_base = _free_bases(2)
     cmd = [sys.executable, "-m", "syncfab.fabric.cli", "cluster", "--data-dir", str(tmp_path / "data"),
            "--base-port", str(peer_base), "--http-base-port", str(http_base)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -54,6 +55,23 @@ def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "syncfab cluster stopped" in out
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_bases(count: int) -> list[int]:
+    while True:
+        bases = free_ports(count)
+        ports = [b + 100 * i + k for b in bases for i in range(3) for k in (0, 1)]
+        if max(ports) < 65536 and len(set(ports)) == len(ports) and all(map(_bindable, ports)):
+            return bases
 
 
 def test_status_reports_an_unreachable_node() -> None:
