@@ -52,7 +52,7 @@ class _Pending:
 
 
 class ProduceBatcher:
-    """``produce(queue, message)`` answers like a single produce; ``call`` routes one op to its
+    """``submit(queue, message)`` answers like a single produce; ``call`` routes one op to its
     group's leader with retries (the native client's or the gateway's)."""
 
     def __init__(self, call: Call, shard_count: Callable[[], int]) -> None:
@@ -98,7 +98,13 @@ class ProduceBatcher:
     def _flush(self) -> None:
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        shards = self._shard_count()
+        try:
+            shards = self._shard_count()
+        except Exception as e:  # e.g. the client has not learnt the cluster: no caller may hang
+            for pending in queued.values():
+                for p in pending:
+                    p.future.set_exception(e)
+            return
         for (queue, shard), pending in queued.items():
             for batch in _split(pending):
                 target = shard if shard is not None else next(self._sticky) % shards + 1

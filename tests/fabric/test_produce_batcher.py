@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from syncfab.actors.queue_ops import BATCH_MAX
 from syncfab.actors.queues import NewMessage, ProduceBatch
 from syncfab.actors.results import Err, Ok, Result
@@ -124,3 +126,15 @@ def test_batches_are_bounded_in_count_and_bytes() -> None:
     results = run(shards, [("q", NewMessage(big, key="k")) for _ in range(4)])
     assert all(isinstance(r, Ok) for r in results)
     assert [len(c.op.messages) for c in shards.calls] == [2, 2]
+
+
+def test_callers_get_the_error_when_the_shard_count_is_unknown() -> None:
+    def unknown() -> int:
+        raise RuntimeError("the client has not learnt the cluster yet")
+
+    async def go() -> None:
+        batcher = ProduceBatcher(Shards(), unknown)
+        await batcher.submit("q", NewMessage("x"))
+
+    with pytest.raises(RuntimeError, match="not learnt"):
+        asyncio.run(go())
