@@ -82,6 +82,11 @@ _decode = msgspec.msgpack.Decoder(PartitionImage).decode
 _Appended = list[tuple[int, bool]]  # (seq, duplicate) per produced item
 
 
+def _full(queue: str, max_depth: int) -> Err:
+    return Err("queue_full", f"queue {queue!r} is at its max_depth of {max_depth}",
+               {"queue": queue, "max_depth": max_depth})
+
+
 class QueuePartitions:
     commands = (Produce, ProduceBatch, Ack, Nack, Redeliver, ConfigureQueue, ExpireMessages)
     queries = (QueueStats,)
@@ -244,19 +249,11 @@ class QueuePartitions:
 
     def _produce(self, op: Produce) -> Result:
         if op.dedup_id is None:
-            # The common case, without the batch and dedup bookkeeping of _append (a third of
-            # a replica's cost per produce).
-            err = check_queue(op.queue) or check_message(op, "")
-            if err is not None:
-                return err
-            q = self._queues.get(op.queue)
-            if q is not None and q.settings.max_depth and q.depth >= q.settings.max_depth:
-                return Err("queue_full", f"queue {op.queue!r} is at its max_depth of {q.settings.max_depth}",
-                           {"queue": op.queue, "max_depth": q.settings.max_depth})
-            q = q if q is not None else self._queue(op.queue)
-            seq = self._store(q, StoredMessage(0, op.key, op.data, op.headers, self._now_ms))
-            return Ok({"message_id": message_id(self.shard, seq)})
-        result = self._append(op.queue, [op], "")
+            # The common case, without _append's batch and dedup bookkeeping.
+            err = check_queue(op.queue) or check_message(op)
+            result = err if err is not None else self._append_new(op.queue, self._queues.get(op.queue), [op])
+        else:
+            result = self._append(op.queue, [op], "")
         if isinstance(result, Err):
             return result
         seq, duplicate = result[0]
@@ -306,8 +303,7 @@ class QueuePartitions:
                 planned.append(known[did])
         fresh = planned.count(None)
         if settings.max_depth and (q.depth if q is not None else 0) + fresh > settings.max_depth:
-            return Err("queue_full", f"queue {name!r} is at its max_depth of {settings.max_depth}",
-                       {"queue": name, "max_depth": settings.max_depth})
+            return _full(name, settings.max_depth)
         q = q if q is not None else self._queue(name)
         stored: dict[str, int] = {}  # dedup id -> seq of this batch's new message
         out: _Appended = []
@@ -328,8 +324,7 @@ class QueuePartitions:
         """``_append`` without dedup ids: every item is a new message."""
         settings = q.settings if q is not None else DEFAULT_SETTINGS
         if settings.max_depth and (q.depth if q is not None else 0) + len(items) > settings.max_depth:
-            return Err("queue_full", f"queue {name!r} is at its max_depth of {settings.max_depth}",
-                       {"queue": name, "max_depth": settings.max_depth})
+            return _full(name, settings.max_depth)
         q = q if q is not None else self._queue(name)
         now, first = self._now_ms, self._seq + 1
         self._seq += len(items)

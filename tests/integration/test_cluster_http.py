@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,26 +17,13 @@ from syncfab.fabric.client import AsyncClient, Client, NotFound
 from syncfab.fabric.codec import Request, Requests, decode_reply, encode, frame_of, replies_in
 from syncfab.fabric.local import LocalCluster
 
+from .helpers import http
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(size=3) as c:
         yield c
-
-
-def http(c: LocalCluster, node: str, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(c.url(node) + path, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            raw = r.read()
-            status = r.status
-    except urllib.error.HTTPError as e:
-        raw, status = e.read(), e.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
 
 
 def test_health_and_cluster_view(cluster: LocalCluster) -> None:
@@ -57,13 +42,13 @@ def test_health_and_cluster_view(cluster: LocalCluster) -> None:
 
 
 def test_kv_through_any_node(cluster: LocalCluster) -> None:
-    status, body = http(cluster, "n1", "PUT", "/kv/orders/42", b'{"qty": 3, "tags": ["a"]}')
+    status, body = http(cluster, "n1", "PUT", "/kv/orders/42", raw=b'{"qty": 3, "tags": ["a"]}')
     assert status == 200 and body["key"] == "orders/42" and body["index"] > 0
     for node in cluster.ids:
         assert http(cluster, node, "GET", "/kv/orders/42") == (
             200, {"key": "orders/42", "value": {"qty": 3, "tags": ["a"]}}
         )
-    assert http(cluster, "n3", "PUT", "/kv/orders/42", b"null")[0] == 200
+    assert http(cluster, "n3", "PUT", "/kv/orders/42", raw=b"null")[0] == 200
     assert http(cluster, "n2", "GET", "/kv/orders/42")[1]["value"] is None
     assert http(cluster, "n3", "DELETE", "/kv/orders/42") == (200, {"key": "orders/42", "deleted": True})
     assert http(cluster, "n1", "DELETE", "/kv/orders/42") == (200, {"key": "orders/42", "deleted": False})
@@ -85,7 +70,7 @@ def test_kv_through_any_node(cluster: LocalCluster) -> None:
 def test_bad_http_input_gets_a_json_error(cluster: LocalCluster, method: str, path: str,
                                           body: bytes | None, status: int, error: str,
                                           field: str | None) -> None:
-    got_status, got = http(cluster, "n1", method, path, body)
+    got_status, got = http(cluster, "n1", method, path, raw=body)
     assert got_status == status
     assert got["error"] == error
     if field:
@@ -93,17 +78,25 @@ def test_bad_http_input_gets_a_json_error(cluster: LocalCluster, method: str, pa
     assert http(cluster, "n1", "GET", "/health")[0] == 200
 
 
+@contextlib.contextmanager
+def raw_dealer(c: LocalCluster, node: str) -> Iterator[zmq.Socket]:
+    """A bare DEALER to ``node``'s ROUTER, for speaking the native protocol by hand."""
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVTIMEO, 5000)
+    dealer.connect(f"tcp://{c.address(node)}")
+    try:
+        yield dealer
+    finally:
+        dealer.close()
+
+
 def test_several_requests_in_one_frame_get_their_replies(cluster: LocalCluster) -> None:
     """A native client packs what it has for a node into one ``Requests`` frame; an item that
     is MessagePack but no request fails alone (bytes that are not MessagePack at all make the
     frame unreadable, and it is refused whole, with one error reply), and the replies come
     back in as few frames as the node's turns allow."""
-    ctx = zmq.Context.instance()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.RCVTIMEO, 5000)
-    dealer.connect(f"tcp://{cluster.address('n1')}")
-    try:
+    with raw_dealer(cluster, "n1") as dealer:
         items = [encode(Request("packer", 1, 1, Put("packed-a", 1))), encode({"not": "a request"}),
                  encode(Request("packer", 2, 1, Put("packed-b", 2)))]
         dealer.send(frame_of(Requests, items))
@@ -113,18 +106,11 @@ def test_several_requests_in_one_frame_get_their_replies(cluster: LocalCluster) 
                 replies[reply.id] = reply.result
         assert isinstance(replies[0], Err) and replies[0].code == "bad_request"
         assert isinstance(replies[1], Ok) and isinstance(replies[2], Ok)
-    finally:
-        dealer.close()
     assert http(cluster, "n3", "GET", "/kv/packed-b") == (200, {"key": "packed-b", "value": 2})
 
 
 def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster) -> None:
-    ctx = zmq.Context.instance()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.setsockopt(zmq.RCVTIMEO, 5000)
-    dealer.connect(f"tcp://{cluster.address('n2')}")
-    try:
+    with raw_dealer(cluster, "n2") as dealer:
         wrong_types = encode(["rq", "c", "one", 0, ["get", "k"]])
         for junk in (b"\x00garbage", encode({"not": "a request"}), wrong_types):
             dealer.send(junk)
@@ -139,9 +125,7 @@ def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster)
         assert isinstance(put, Ok) and isinstance(put.value, int)
         dealer.send(encode(Request("probe", 2, 2, Get("probe-key"))))
         assert decode_reply(dealer.recv()).result == Ok(7)
-    finally:
-        dealer.close()
-    req = ctx.socket(zmq.REQ)
+    req = zmq.Context.instance().socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     req.setsockopt(zmq.RCVTIMEO, 5000)
     req.connect(f"tcp://{cluster.address('n3')}")
@@ -163,7 +147,7 @@ def test_openapi_document_is_served(cluster: LocalCluster) -> None:
 
 
 def test_metrics_are_prometheus_text(cluster: LocalCluster) -> None:
-    http(cluster, "n3", "PUT", "/kv/metric-probe", b"1")
+    http(cluster, "n3", "PUT", "/kv/metric-probe", raw=b"1")
     status, text = http(cluster, "n3", "GET", "/metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(text)}
