@@ -1,13 +1,14 @@
-"""The disk writer: group commit across turns, on its own thread.
+"""The disk writer: group commit across turns, on its own thread, and folding on another.
 
 The loop encodes each turn's writes into one record and carries on — receiving acks, taking
 requests, running more turns. The writer thread takes every record queued, appends them to
-the store's write-ahead log in one LMDB transaction with one fsync, and hands the flushes back
-to the loop in the order they came. The slower the disk, the bigger each batch.
+the store's write-ahead log with one write and one fdatasync, and hands the flushes back to
+the loop in the order they came. The slower the disk, the bigger each batch.
 
-The thread does one ``put`` per commit and LMDB releases the GIL while it commits and syncs,
-so the loop keeps the interpreter almost all of the time. (A writer that did a put per entry
-held the GIL long enough to make every ZeroMQ send on the loop wait for it.)
+The fold thread moves the WAL into the store's per-group databases (``checkpoint``) once enough
+has piled up: an LMDB commit with its own fsyncs, which used to share the writer's thread and
+so delayed the next turn's write by a millisecond or more. Both threads spend their time in
+calls that release the GIL (writes, syncs, LMDB's commit), so the loop keeps the interpreter.
 
 A flush with nothing to write still queues behind pending ones: its after-persist messages may
 acknowledge entries those writes carry.
@@ -33,16 +34,18 @@ class WalStore(Protocol):
 
     def wal_records(self) -> int: ...
 
+    def wal_bytes(self) -> int: ...
+
     def checkpoint(self, records_max: int | None = None) -> None: ...
 
 
-# Past this many records one LMDB transaction gets slower per record (measured): commit the
-# rest in the next round.
+# Records per write: a bound on how long the first turn of a big batch waits for the last.
 RECORDS_PER_COMMIT_MAX = 32
-# When idle, fold the WAL into the per-group databases this many records at a time, so the
-# store's own size-triggered fold (a much bigger commit) rarely lands on a client's write.
+# Fold once this much is in the WAL: a fold is one LMDB commit (two fsyncs) whatever its
+# size, so not for every write; and early enough that the store's own backstop (a fold on the
+# writer's thread, at its checkpoint limits) does not come into play.
 FOLD_AFTER_RECORDS = 64
-FOLD_SLICE_RECORDS = 16
+FOLD_AFTER_BYTES = 1 << 20
 
 
 Done = Callable[[list[Flush], float], None]
@@ -61,8 +64,11 @@ class DiskWriter:
         self._stopping = False
         self.failed: BaseException | None = None
         self.in_flight = 0  # flushes submitted and not yet handed back (loop thread only)
+        self._fold_cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="syncfab-disk", daemon=True)
+        self._folder = threading.Thread(target=self._fold_run, name="syncfab-fold", daemon=True)
         self._thread.start()
+        self._folder.start()
 
     def submit(self, flush: Flush) -> None:
         if self.failed is not None:
@@ -82,13 +88,14 @@ class DiskWriter:
             self._stopping = True
             self._cv.notify()
         self._thread.join(timeout=30)
+        with self._fold_cv:
+            self._fold_cv.notify()
+        self._folder.join(timeout=30)
 
     def _run(self) -> None:
         while True:
             with self._cv:
                 while not self._queue and not self._stopping:
-                    if self._store.wal_records() >= FOLD_AFTER_RECORDS:
-                        break
                     self._cv.wait()
                 if not self._queue and self._stopping:
                     return
@@ -99,17 +106,40 @@ class DiskWriter:
                     batch.append((flush, record))
                     records += record is not None
             try:
-                if not batch:
-                    self._store.checkpoint(FOLD_SLICE_RECORDS)
-                    continue
                 started = time.perf_counter()
                 written = [record for _, record in batch if record is not None]
                 if written:
                     self._store.write_encoded(written)
                 elapsed = time.perf_counter() - started
             except BaseException as e:
-                # Nothing after a failed write may be acknowledged: hand nothing back, ever.
-                self.failed = e
-                self._loop.call_soon_threadsafe(self._on_failed, e)
+                self._fail(e)
                 return
             self._loop.call_soon_threadsafe(self._on_done, [flush for flush, _ in batch], elapsed)
+            if self._fold_due():
+                with self._fold_cv:
+                    self._fold_cv.notify()
+
+    def _fail(self, error: BaseException) -> None:
+        # Nothing after a failed write or fold may be acknowledged: hand nothing back, ever.
+        if self.failed is None:
+            self.failed = error
+            self._loop.call_soon_threadsafe(self._on_failed, error)
+        with self._fold_cv:
+            self._fold_cv.notify()
+
+    def _fold_due(self) -> bool:
+        store = self._store
+        return store.wal_records() >= FOLD_AFTER_RECORDS or store.wal_bytes() >= FOLD_AFTER_BYTES
+
+    def _fold_run(self) -> None:
+        while True:
+            with self._fold_cv:
+                while not self._fold_due() and not self._stopping and self.failed is None:
+                    self._fold_cv.wait()
+            if self._stopping or self.failed is not None:
+                return  # an unfolded WAL is as good as folded: the next open folds it
+            try:
+                self._store.checkpoint()
+            except BaseException as e:
+                self._fail(e)
+                return

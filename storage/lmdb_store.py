@@ -1,26 +1,23 @@
-"""A node's Raft logs in one LMDB environment, written through a write-ahead log.
+"""A node's Raft logs: folded state in one LMDB environment, written through a write-ahead log.
 
-Layout. ``wal`` holds whole turns as ``encode_batch`` made them, under 8-byte big-endian
-sequence numbers. Folded state lives in one named database per group (``log.<group>``, keys are
-8-byte big-endian indexes, values the msgpack Entry) and in ``meta`` (HardState and Snapshot under
-``<group:8 bytes BE><kind:1 byte>``). The state of the disk is the folded state with every WAL
-record applied on top, in order.
+Layout. The WAL is a directory of segment files (``wal/``, storage/wal_file.py) holding whole
+turns as ``encode_batch`` made them, numbered by sequence. Folded state lives in one named
+database per group (``log.<group>``, keys are 8-byte big-endian indexes, values the msgpack
+Entry) and in ``meta`` (HardState and Snapshot under ``<group:8 bytes BE><kind:1 byte>``, and
+the sequence number of the last record folded). The state of the disk is the folded state with
+every WAL record after that number applied on top, in order.
 
-Why a WAL: a turn's commit touches one B-tree with one put instead of ~9 trees and hundreds of
-puts, so it is cheaper and, on a writer thread, holds the GIL for almost nothing (py-lmdb drops it
-for every LMDB call, the commit's write and fsync included). ``checkpoint`` folds the oldest WAL
-records into the group databases (through ``apply_persist``, as MemoryLogStore applies a Persist)
-and deletes them, in one transaction; ``write_encoded`` folds the whole WAL itself when it would
-pass ``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes, so that commit is much
-bigger. A fold still puts every entry (~0.7 us of CPU each, about the old per-turn write's cost),
-and py-lmdb retakes the GIL after each put, so a fold racing a busy loop thread can crawl. Hence
-the byte cap (512 turns of 576 entries fold in ~0.5 s even alone), and the better pattern for a
-writer thread: report a turn durable when ``write_encoded`` returns, then ``checkpoint`` (in
-slices) when idle or once ``wal_bytes`` passes its own mark, leaving the limits as a backstop.
+Why a WAL: a turn costs one append and one ``fdatasync`` instead of a transaction touching ~9
+B-trees with hundreds of puts and LMDB's two syncs, and on a writer thread it holds the GIL for
+almost nothing. ``checkpoint`` folds the oldest records (kept in memory, never read back) into
+the group databases through ``apply_persist`` — as MemoryLogStore applies a Persist — in one
+transaction that also records how far it got, then lets the WAL reuse their segments.
+fabric/writer.py calls it from a thread of its own; ``write_encoded`` folds too, as a backstop,
+when the WAL would pass ``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes.
 
-Reading: opening the store folds whatever WAL a previous run left, and ``load``/``groups`` fold
-first too, so reads only see the per-group databases: one read path, at most one fold per start-up
-(replaying the WAL in memory instead would be a second read path, for reads that follow the open).
+Reading: opening the store folds whatever WAL a previous run left and retires its segments
+(a WAL torn by a crash ends at the tear: wal_file.py), and ``load``/``groups`` fold first too,
+so reads only see the per-group databases: one read path.
 
 Validation: a WAL record must never fail to fold, or the store could not open again. So
 ``encode_batch`` checks a batch against the span each group's log will have once every earlier
@@ -29,10 +26,12 @@ record is written (``apply_persist`` on ``LogSpan``s) and raises ValueError, cha
 out of order or after a skipped one.
 
 Threads: one thread (the event loop) calls ``encode_batch``; one writer thread calls
-``write_encoded`` and ``checkpoint``; ``size_bytes``, ``wal_records`` and ``wal_bytes`` may be
-called from any thread. ``load``, ``groups`` and ``write`` are for when no writer thread runs
-(start-up, tests, the simulator). If ``write_encoded`` raises (``lmdb.MapFullError``: reopen with
-a larger ``map_size_bytes``), retry the same records or close the store: later records wait on them.
+``write_encoded``; one more may call ``checkpoint`` at the same time; ``size_bytes``,
+``wal_records`` and ``wal_bytes`` may be called from any thread. ``load``, ``groups`` and
+``write`` are for when no writer thread runs (start-up, tests, the simulator). If
+``write_encoded`` raises, retry the same records or close the store: later records wait on them.
+A fold that raises (``lmdb.MapFullError``: reopen with a larger ``map_size_bytes``) leaves the
+WAL as it was.
 
 Limits: ``GROUPS_MAX`` groups ever given entries (``lmdb.DbsFullError`` from ``encode_batch``
 past that); groups are non-negative ints below 2**64; the map is ``map_size_bytes``.
@@ -42,6 +41,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import chain, islice
 
@@ -52,6 +53,7 @@ from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
 from syncfab.storage.log_store import StoredGroup
 from syncfab.storage.persist_apply import LogSpan, apply_persist
+from syncfab.storage.wal_file import WalFile
 
 _DBS_MAX = 256
 GROUPS_MAX = _DBS_MAX - 2  # named databases left once meta and wal have theirs
@@ -59,8 +61,11 @@ GROUPS_MAX = _DBS_MAX - 2  # named databases left once meta and wal have theirs
 _READERS_MAX = 16
 
 _META = b"meta"
-_WAL = b"wal"
+_LEGACY_WAL = b"wal"  # the WAL's home before it moved to files (wal_file.py)
+_WAL_DIR = "wal"
 _LOG_PREFIX = b"log."
+# In ``meta``: the seq of the last WAL record folded. Not 9 bytes long, so no group's key.
+_FOLDED = b"wal-folded-through"
 _HARD_STATE = b"h"
 _SNAPSHOT = b"s"
 _SEQ_BYTES = 8
@@ -165,9 +170,9 @@ class _DbLog:
 
 
 class LmdbLogStore:
-    """LogStore on LMDB: a turn is one WAL record, written by one small transaction.
+    """LogStore on LMDB: a turn is one WAL record, appended to a segment file with one fdatasync.
 
-    With ``fsync=False`` commits skip fsync: a process crash loses nothing (the data is in the
+    With ``fsync=False`` nothing is synced: a process crash loses nothing (the data is in the
     OS page cache), but a power loss or kernel crash may drop the last turns' writes — which
     breaks Raft's promises unless a quorum's disks survived.
     """
@@ -179,8 +184,8 @@ class LmdbLogStore:
         fsync: bool = True,
         map_size_bytes: int = 8 << 30,
         checkpoint_records_max: int = 512,
-        checkpoint_bytes_max: int = 4 << 20,
-        fold_steady_records: int = 128,
+        checkpoint_bytes_max: int = 16 << 20,
+        segment_bytes: int = 16 << 20,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         self._env = lmdb.open(
@@ -196,23 +201,32 @@ class LmdbLogStore:
             readahead=False,
         )
         self._meta = self._env.open_db(_META)
-        self._wal = self._env.open_db(_WAL)
         self._checkpoint_records_max = checkpoint_records_max
         self._checkpoint_bytes_max = checkpoint_bytes_max
-        self._fold_steady_records = fold_steady_records
+        # Records written and not folded yet, oldest first: the WAL's content, kept in memory so
+        # folding never reads the files. Appended by the writer, taken by folds, under _lock.
+        self._pending: deque[bytes] = deque()
+        self._lock = threading.Lock()
+        self._fold_lock = threading.Lock()  # one LMDB write transaction at a time
+        self._wal_records = self._wal_bytes = 0
         with self._env.begin() as txn:
             names = [k for k in txn.cursor().iternext(values=False) if k.startswith(_LOG_PREFIX)]
-            wal = txn.cursor(self._wal)
-            self._wal_records = txn.stat(self._wal)["entries"]
-            self._wal_bytes = sum(map(len, wal.iternext(keys=False)))
-            # Keep counting after a crashed run's records, so sequence numbers never repeat.
-            self._next_encoded = self._next_written = _index(wal.key()) + 1 if wal.last() else 0
+            folded = txn.get(_FOLDED, db=self._meta)
         # Every group database is opened now, so a group missing here has none. An entry is added
         # only once the transaction that opened it has committed (an aborted one closes it).
         self._logs: dict[int, lmdb._Database] = {
             int(name[len(_LOG_PREFIX) :]): self._env.open_db(name, create=False) for name in names
         }
-        self.checkpoint()
+        self._folded_seq = _index(folded) if folded is not None else 0
+        self._fold_legacy_wal()
+        self._wal = WalFile(os.path.join(path, _WAL_DIR), after_seq=self._folded_seq, fsync=fsync,
+                            segment_bytes=segment_bytes)
+        # Whatever a previous run left is folded (and synced) before the old segments go.
+        self._fold(0, [record for _, record in self._wal.recovered])
+        self._wal.recovered = []
+        self._wal.start()
+        # Keep counting after a crashed run's records, so sequence numbers never repeat.
+        self._next_encoded = self._next_written = self._folded_seq + 1
         # Each log's span as it will be once every encoded record is written: encode_batch's
         # view, owned by the encoding thread (folding never changes a span). A group is here iff
         # it has a database or an encoded record will create one.
@@ -222,7 +236,7 @@ class LmdbLogStore:
     def groups(self) -> list[int]:
         self.checkpoint()
         with self._env.begin() as txn:
-            found = {_index(k[:8]) for k in txn.cursor(self._meta).iternext(values=False)}
+            found = {_index(k[:8]) for k in txn.cursor(self._meta).iternext(values=False) if k != _FOLDED}
             # A compaction can leave a group's database empty, and an empty log is not "stored".
             found.update(group for group, db in self._logs.items() if txn.stat(db)["entries"])
         return sorted(found)
@@ -279,14 +293,14 @@ class LmdbLogStore:
         return record
 
     def write_encoded(self, records: list[bytes]) -> None:
-        """Append ``encode_batch``'s records to the WAL in one transaction, durable when this
-        returns (unless fsync is off). Meant for a writer thread: the Python work is a few
-        operations per record, none per entry. Empty records are skipped; a commit that would
-        take the WAL past either checkpoint limit folds the WAL and these records into the group
-        databases instead (the bigger commit)."""
+        """Append ``encode_batch``'s records to the WAL, durable when this returns (unless fsync
+        is off). Meant for a writer thread: the Python work is a few operations per record, none
+        per entry. Empty records are skipped; records that would take the WAL past either
+        checkpoint limit are folded with it into the group databases instead (the bigger
+        commit, a backstop for when ``checkpoint`` on another thread falls behind)."""
         records = [record for record in records if record]
         if not records:
-            return  # no transaction, so no fsync, for a turn with nothing to keep
+            return  # no write, so no sync, for a turn with nothing to keep
         first = self._next_written
         for offset, record in enumerate(records):
             seq = _index(record[:_SEQ_BYTES])
@@ -297,33 +311,20 @@ class LmdbLogStore:
             self._wal_records + len(records) > self._checkpoint_records_max
             or self._wal_bytes + size > self._checkpoint_bytes_max
         ):
-            self._fold(self._wal_records, records)
+            self._fold(None, records)
         else:
-            # Past the soft limit every commit also folds as many old records as it appends:
-            # the WAL stays that long and folding costs a little per commit, in the same
-            # transaction (no extra fsync), instead of one big commit now and then.
-            steady = 0
-            if self._wal_records >= self._fold_steady_records:
-                steady = min(len(records), self._wal_records)
-            opened: dict[int, lmdb._Database] = {}
-            with self._env.begin(write=True) as txn:
-                folded_bytes = self._fold_into(txn, steady, [], opened) if steady else 0
-                items = [(record[:_SEQ_BYTES], record) for record in records]
-                consumed, added = txn.cursor(self._wal).putmulti(items, append=True)
-                if added != consumed:
-                    raise ValueError(f"records from {first} are not past the WAL's end")
-            self._logs.update(opened)
-            self._wal_records += len(records) - steady
-            self._wal_bytes += size - folded_bytes
+            self._wal.append([(first + offset, record) for offset, record in enumerate(records)])
+            with self._lock:
+                self._pending.extend(records)
+                self._wal_records += len(records)
+                self._wal_bytes += size
         self._next_written = first + len(records)
 
     def checkpoint(self, records_max: int | None = None) -> None:
         """Fold the oldest ``records_max`` WAL records (all by default) into the group databases
-        and delete them, in one transaction. Folding in slices bounds how long one fold can hold
-        up the next turn's write."""
-        count = self._wal_records if records_max is None else min(records_max, self._wal_records)
-        if count > 0:
-            self._fold(count, [])
+        in one transaction, then let the WAL reuse the segments that held them. Safe to call on
+        one thread while another calls ``write_encoded``."""
+        self._fold(records_max, [])
 
     def wal_records(self) -> int:
         return self._wal_records
@@ -332,34 +333,62 @@ class LmdbLogStore:
         return self._wal_bytes
 
     def size_bytes(self) -> int:
-        """Bytes of the data file in use (the file itself is sparse up to the map size)."""
-        return (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        """Bytes in use: the data file's pages (it is sparse up to the map size) and the WAL's
+        unfolded records."""
+        return (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"] + self._wal_bytes
 
     def close(self) -> None:
         """Close without folding: the WAL is as good as folded state, and the next open folds it."""
+        self._wal.close()
         self._logs.clear()
         self._env.close()
 
-    def _fold(self, count: int, records: list[bytes]) -> None:
-        """Fold the WAL's first ``count`` records, then ``records`` (only when count is all)."""
+    def _fold(self, count: int | None, records: list[bytes]) -> None:
+        """Fold the WAL's first ``count`` records (None: all), then ``records`` (which were never
+        appended), recording the last seq folded in the same transaction."""
+        with self._fold_lock:
+            with self._lock:
+                count = len(self._pending) if count is None else min(count, len(self._pending))
+                folding = list(islice(self._pending, count))
+            if not folding and not records:
+                return
+            last = _index((records or folding)[-1][:_SEQ_BYTES])
+            opened: dict[int, lmdb._Database] = {}
+            with self._env.begin(write=True) as txn:
+                self._fold_into(txn, chain(folding, records), opened)
+                txn.put(_FOLDED, _key(last), db=self._meta)
+            self._logs.update(opened)
+            self._folded_seq = last
+            with self._lock:
+                for _ in range(count):
+                    self._pending.popleft()
+                self._wal_records -= count
+                self._wal_bytes -= sum(map(len, folding))
+        if count:
+            self._wal.release_through(last)
+
+    def _fold_legacy_wal(self) -> None:
+        """Data dirs written before the WAL moved to segment files keep it in a ``wal``
+        database: fold it (in key order, which is record order) and drop it."""
+        with self._env.begin() as txn:
+            if txn.get(_LEGACY_WAL) is None:
+                return
+        legacy = self._env.open_db(_LEGACY_WAL)
         opened: dict[int, lmdb._Database] = {}
         with self._env.begin(write=True) as txn:
-            folded_bytes = self._fold_into(txn, count, records, opened)
+            last = txn.cursor(legacy)
+            if last.last():
+                self._folded_seq = _index(last.key())
+                txn.put(_FOLDED, _key(self._folded_seq), db=self._meta)
+            self._fold_into(txn, txn.cursor(legacy).iternext(keys=False), opened)
+            txn.drop(legacy, delete=True)
         self._logs.update(opened)
-        self._wal_records -= count
-        self._wal_bytes -= folded_bytes - sum(map(len, records))
 
-    def _fold_into(self, txn: lmdb.Transaction, count: int, records: list[bytes],
-                   opened: dict[int, lmdb._Database]) -> int:
-        """Inside ``txn``: apply the WAL's first ``count`` records, then ``records``, to the group
-        databases and delete those WAL records. Returns the bytes folded."""
+    def _fold_into(self, txn: lmdb.Transaction, records: Iterable[bytes],
+                   opened: dict[int, lmdb._Database]) -> None:
+        """Inside ``txn``: apply ``records`` to the group databases, in order."""
         logs: dict[int, _DbLog] = {}
-        folded_bytes = 0
-        wal = txn.cursor(self._wal)
-        # Reading the WAL while changing other databases of the same transaction is safe:
-        # its pages are not freed for reuse before the commit.
-        for record in chain(islice(wal.iternext(keys=False), count), records):
-            folded_bytes += len(record)
+        for record in records:
             for op in _decode_ops(memoryview(record)[_SEQ_BYTES:]):
                 log = logs.get(op.group)
                 if log is None:
@@ -368,10 +397,3 @@ class LmdbLogStore:
                     # Opened inside this transaction, so a new group costs no commit of its own.
                     log.db = opened[op.group] = self._env.open_db(_log_name(op.group), txn=txn)
                 apply_persist(log, op.group, op)
-        if count == self._wal_records:
-            txn.drop(self._wal, delete=False)
-        else:
-            wal.first()
-            for _ in range(count):
-                wal.delete()
-        return folded_bytes

@@ -20,13 +20,14 @@ from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
 from syncfab.storage import LmdbLogStore, StoredGroup
 from syncfab.storage.lmdb_store import GROUPS_MAX
+from syncfab.storage.wal_file import WalFile
 
 Batch = list[tuple[int, Persist]]
 
 
 def open_store(
     path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512,
-    checkpoint_bytes_max: int = 4 << 20, fold_steady_records: int = 128,
+    checkpoint_bytes_max: int = 4 << 20, segment_bytes: int = 16 << 20,
 ) -> LmdbLogStore:
     return LmdbLogStore(
         str(path),
@@ -34,18 +35,23 @@ def open_store(
         map_size_bytes=64 << 20,
         checkpoint_records_max=checkpoint_records_max,
         checkpoint_bytes_max=checkpoint_bytes_max,
-        fold_steady_records=fold_steady_records,
+        segment_bytes=segment_bytes,
     )
 
 
-def wal_on_disk(path: Path) -> int:
-    """Records in the closed store's ``wal`` database, read without LmdbLogStore (which folds)."""
+def folded_through(path: Path) -> int:
     env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
     try:
         with env.begin() as txn:
-            return txn.stat(env.open_db(b"wal", txn=txn, create=False))["entries"]
+            value = txn.get(b"wal-folded-through", db=env.open_db(b"meta", txn=txn, create=False))
+            return 0 if value is None else int.from_bytes(value, "big")
     finally:
         env.close()
+
+
+def wal_on_disk(path: Path) -> int:
+    """Unfolded records in the closed store's WAL, read without LmdbLogStore (which folds)."""
+    return len(WalFile.scan(str(path / "wal"), folded_through(path)))
 
 
 def random_batch(rng: random.Random, models: dict[int, Model]) -> Batch:
@@ -239,7 +245,7 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
             tmp_path,
             checkpoint_records_max=rng.choice([0, 1, 2, 5, 50, 1000]),
             checkpoint_bytes_max=rng.choice([1, 300, 2000, 1 << 20]),
-            fold_steady_records=rng.choice([0, 1, 3, 10, 1000]),
+            segment_bytes=rng.choice([64, 1000, 4096, 1 << 20]),  # tiny ones roll every write
         )
 
     store = reopen()
@@ -264,19 +270,6 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
     store.close()
     store = open_store(tmp_path)
     assert_matches(store, models, f"seed={seed} at the end")
-    store.close()
-
-
-def test_steady_folding_keeps_the_wal_at_its_soft_limit(tmp_path: Path) -> None:
-    rng, models = random.Random(31), {}
-    store = open_store(tmp_path, checkpoint_records_max=1000, fold_steady_records=4)
-    for step in range(40):
-        store.write_encoded([store.encode_batch(random_batch(rng, models))])
-        assert store.wal_records() == min(step + 1, 4), f"step {step}"
-    assert_matches(store, models, "steady folding")
-    store.close()
-    store = open_store(tmp_path)
-    assert_matches(store, models, "after reopen")
     store.close()
 
 
@@ -321,4 +314,57 @@ def test_writer_thread_writes_while_main_thread_encodes(tmp_path: Path) -> None:
     store.close()
     store = open_store(tmp_path)
     assert_matches(store, models, "after reopen")
+    store.close()
+
+
+def test_folding_on_one_thread_while_another_writes(tmp_path: Path) -> None:
+    # DiskWriter's shape: the writer appends, a fold thread checkpoints whenever it likes.
+    rng, models = random.Random(22), {}
+    store = open_store(tmp_path, fsync=True, segment_bytes=4096)
+    records = [store.encode_batch(random_batch(rng, models)) for _ in range(400)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def fold() -> None:
+        try:
+            while not stop.is_set():
+                store.checkpoint(rng.choice([None, 1, 5]))
+        except BaseException as e:  # handed to the main thread, which asserts on it
+            errors.append(e)
+
+    folder = threading.Thread(target=fold)
+    folder.start()
+    try:
+        for i in range(0, 400, 3):
+            store.write_encoded(records[i : i + 3])
+    finally:
+        stop.set()
+        folder.join(timeout=60)
+    assert errors == []
+    assert_matches(store, models, "after writing while folding")
+    store.close()
+    store = open_store(tmp_path)
+    assert_matches(store, models, "after reopen")
+    store.close()
+
+
+def test_a_wal_left_in_lmdb_by_an_older_version_is_folded_at_open(tmp_path: Path) -> None:
+    rng, models = random.Random(23), {}
+    scratch = open_store(tmp_path / "scratch")
+    records = [scratch.encode_batch(random_batch(rng, models)) for _ in range(10)]
+    records = [record for record in records if record]  # b"": a batch with nothing to keep
+    scratch.close()
+    # The old layout: records in a "wal" database under their 8-byte sequence numbers.
+    env = lmdb.open(str(tmp_path / "old"), max_dbs=8, map_size=64 << 20)
+    wal = env.open_db(b"wal")
+    with env.begin(write=True) as txn:
+        for record in records:
+            txn.put(record[:8], record, db=wal)
+    env.close()
+    store = open_store(tmp_path / "old")
+    assert_matches(store, models, "legacy WAL folded")
+    store.write([(9, Persist(hard_state=HardState(term=4)))])  # numbering goes on past the old
+    store.close()
+    store = open_store(tmp_path / "old")
+    assert store.load(9) == StoredGroup(hard_state=HardState(term=4))
     store.close()
