@@ -106,6 +106,45 @@ def test_wal_survives_a_crash(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("acks_before_kill", [1, 40, 300])
+def test_kill_9_while_writing_and_folding_loses_nothing_acknowledged(tmp_path: Path,
+                                                                      acks_before_kill: int) -> None:
+    # DiskWriter's shape in a real process: a writer appends and reports each record durable, a
+    # fold thread checkpoints all along, tiny segments roll and get reused; then SIGKILL.
+    child = f"""
+        import sys, threading
+        from syncfab.actors.messages import Entry, HardState
+        from syncfab.actors.ready import Persist
+        from syncfab.storage import LmdbLogStore
+        store = LmdbLogStore({str(tmp_path)!r}, segment_bytes=2048, map_size_bytes=64 << 20)
+        def fold():
+            while True:
+                store.checkpoint()
+        threading.Thread(target=fold, daemon=True).start()
+        for i in range(1, 1_000_000):
+            entries = [Entry(1, i, b"entry %d" % i)]
+            rec = store.encode_batch([(1, Persist(hard_state=HardState(1, "n1", i), entries=entries))])
+            store.write_encoded([rec])
+            print(i, flush=True)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(child)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    acked = 0
+    while acked < acks_before_kill:
+        line = proc.stdout.readline()
+        assert line, "the writer died before it was killed"
+        acked = int(line)
+    proc.kill()
+    proc.wait(timeout=60)
+    store = open_store(tmp_path)
+    stored = store.load(1)
+    last = stored.entries[-1].index
+    assert last >= acked
+    assert stored.entries == [Entry(1, i, b"entry %d" % i) for i in range(1, last + 1)]
+    assert stored.hard_state == HardState(1, "n1", last)
+    store.close()
+
+
 def test_checkpoint_then_reopen(tmp_path: Path) -> None:
     rng, models = random.Random(8), {}
     store = open_store(tmp_path, fsync=True)
