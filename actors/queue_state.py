@@ -47,7 +47,11 @@ class QueueCounters(msgspec.Struct, array_like=True):
     deduplicated: int = 0  # produces answered with an earlier message's id
 
 
-class StoredMessage(msgspec.Struct, array_like=True):
+class StoredMessage(msgspec.Struct, array_like=True, gc=False):
+    """``gc=False``: a queue may hold millions, and a collector pass would visit each one (a
+    JSON object payload makes msgspec track it). Nothing in one can lead back to it — ``data``
+    and ``headers`` are decoded client data — so it can never be part of a cycle."""
+
     seq: int
     key: str | None
     data: Any

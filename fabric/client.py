@@ -47,6 +47,10 @@ __all__ = ["AsyncClient", "Client", "Deadlock", "Grant", "LockTimeout", "NotFoun
 
 T = TypeVar("T")
 _MISSING: Any = object()
+# Plain ints: pyzmq's enum members cost a conversion on every call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 class _Link:
@@ -66,22 +70,26 @@ class _Link:
         self.outbox: list[bytes] = []
         self._client = client
 
-    def flush(self) -> None:
-        if self.outbox:
-            # A full queue (100k requests) drops this batch; its callers time out and retry.
-            with contextlib.suppress(zmq.Again):
-                self.sock.send(frame_of(Requests, self.outbox), zmq.NOBLOCK)
-            self.outbox = []
+    def flush(self) -> bool:
+        """Send what is queued; True if the socket was used (which may swallow its FD's
+        signal of a reply that arrived meanwhile)."""
+        if not self.outbox:
+            return False
+        # A full queue (100k requests) drops this batch; its callers time out and retry.
+        with contextlib.suppress(zmq.Again):
+            self.sock.send(frame_of(Requests, self.outbox), _NOBLOCK)
+        self.outbox = []
+        return True
 
     def drain(self) -> None:
-        recv, resolve = self.sock.recv_multipart, self._client._resolve
+        # Every frame is a reply frame, however the node split them into messages.
+        recv, resolve = self.sock.recv, self._client._resolve
         while True:
             try:
-                frames = recv(zmq.NOBLOCK)
+                data = recv(_NOBLOCK)
             except zmq.Again:
                 return
-            for data in frames:
-                resolve(data)
+            resolve(data)
 
 
 _TIMED_OUT: Any = object()
@@ -273,7 +281,7 @@ class AsyncClient:
         attempt_timeout_s = self.attempt_timeout_s + (wait_ms / 1000 if long_poll else 0)
         target = self._address_for(group)
         backoff_s = 0.01
-        result: Result = Err("timeout", f"no answer within {self.timeout_s:g} s")
+        result: Result | None = None
         try:
             for _ in range(self.attempts_max):
                 remaining = deadline - loop.time()
@@ -288,7 +296,7 @@ class AsyncClient:
                 self._schedule_sweep()
                 result = await fut
                 if result is _TIMED_OUT:
-                    result = Err("timeout", f"no answer within {self.timeout_s:g} s")
+                    result = self._timeout()
                     target = self._next_address(target)
                     continue
                 hint = self._hints.pop(rid, None)
@@ -301,7 +309,7 @@ class AsyncClient:
                     target = self._next_address(link.address)
                 await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
                 backoff_s = min(backoff_s * 2, 0.25)
-            return result
+            return self._timeout() if result is None else result
         finally:
             self._futures.pop(rid, None)
             self._deadlines.pop(rid, None)
@@ -309,6 +317,9 @@ class AsyncClient:
             self.ids.done(rid)
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _timeout(self) -> Err:
+        return Err("timeout", f"no answer within {self.timeout_s:g} s")
 
     def _resolve(self, data: bytes) -> None:
         try:
@@ -367,12 +378,12 @@ class AsyncClient:
 
     def _flush_all(self) -> None:
         self._flush_scheduled = False
-        for link in self._links.values():
-            link.flush()
         # ZeroMQ FDs are edge-triggered and a send can swallow the edge of a pending reply:
-        # look once more after this round of sends.
+        # look once more at each socket sent on (asking EVENTS costs less than a receive that
+        # finds nothing, which raises). The others' FDs still announce what arrives.
         for link in self._links.values():
-            link.drain()
+            if link.flush() and link.sock.get(_EVENTS) & _POLLIN:
+                link.drain()
 
 
 class Client:

@@ -33,7 +33,6 @@ class NodeMetrics:
             "syncfab_http_request_seconds", "HTTP request latency", ["endpoint", "method"],
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
-        self.turns = Counter("syncfab_turns", "Runtime loop turns", registry=r)
         self.bad_frames = Counter(
             "syncfab_bad_frames", "Frames on a ZeroMQ socket that were not our protocol", registry=r
         )
@@ -50,6 +49,9 @@ class _CoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
+        # Counted in a plain int: a prometheus Counter takes a lock on every turn.
+        yield CounterMetricFamily("syncfab_turns", "Runtime loop turns", value=rt.turns,
+                                  created=rt.created_s)
         core = getattr(rt, "core", None)
         if core is None:
             return

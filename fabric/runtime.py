@@ -72,6 +72,8 @@ class NodeRuntime:
         self.ids = RequestIds()
         # The gateway's single produces share requests to each shard (fabric/produce_batcher.py).
         self.produces = ProduceBatcher(self.call, lambda: self.settings.core.shard_count)
+        self.turns = 0
+        self.created_s = time.time()
         self.metrics = NodeMetrics(self)
         self.streams = StreamTracker()
         self._futures: dict[int, asyncio.Future[Result]] = {}
@@ -170,7 +172,7 @@ class NodeRuntime:
         self._scheduled = False
         if self._closed:
             return
-        t, core, m = self.transport, self.core, self.metrics
+        t, core = self.transport, self.core
         # Only sockets that signalled: an empty non-blocking receive costs an exception.
         if self._router_readable:
             self._router_readable = False
@@ -198,7 +200,7 @@ class NodeRuntime:
             # Nothing here waits for the disk (readies without writes advance in any order
             # relative to pending writes); queueing it would only make the thread spin.
             self._persisted([flush])
-        m.turns.inc()
+        self.turns += 1
         # Edge-triggered FDs: a socket may hold messages its FD will not announce again.
         self._router_readable, self._sub_readable = t.readable()
         if (core.has_work() or self._router_readable or self._sub_readable) and (

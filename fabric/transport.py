@@ -32,6 +32,13 @@ class Publication(msgspec.Struct, frozen=True, tag="pub", array_like=True):
 
 decode_publication = msgspec.msgpack.Decoder(Publication).decode
 
+# Plain ints: pyzmq's enum members cost a conversion on every call, and a turn makes many.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 
 class StreamTracker:
     """Per-publisher sequence check for a SUB stream."""
@@ -67,6 +74,8 @@ class Transport:
         self.epoch = epoch
         self._seq = 0
         self.dropped_sends = 0
+        # Sockets whose FD will signal the next message to arrive (see readable).
+        self._announced: set[zmq.Socket] = set()
         host, port = split_address(peers[node_id])
         host = bind_host or host
         _, pub_port = split_address(pub_address(peers[node_id]))
@@ -102,32 +111,54 @@ class Transport:
             self.sub.connect(f"tcp://{pub_address(address)}")
 
     def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
+        """Up to ``frames_max`` messages, each as its frames."""
         out: list[list[bytes]] = []
-        recv = sock.recv_multipart
+        # The sugar's recv_multipart converts flags and options to enums on every call.
+        recv, get = sock.recv, sock.get
         try:
             for _ in range(frames_max):
-                out.append(recv(zmq.NOBLOCK))
+                frames = [recv(_NOBLOCK)]
+                while get(_RCVMORE):
+                    frames.append(recv(_NOBLOCK))
+                out.append(frames)
         except zmq.Again:
-            pass
+            self._announced.add(sock)
+        else:
+            self._announced.discard(sock)
         return out
 
     def readable(self) -> tuple[bool, bool]:
-        """(router, sub) hold messages? Edge-triggered FDs: after any socket operation only
-        EVENTS tells the truth."""
-        return (
-            bool(self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN),
-            bool(self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN),
-        )
+        """(router, sub) may hold messages their FDs will not announce?
+
+        Edge-triggered FDs: any operation on a socket may consume the signal of a message that
+        arrived meanwhile, so after one only EVENTS tells the truth — and asking costs a system
+        call. A socket whose last operation was a receive that found it empty (or an EVENTS
+        that did) needs no asking: the next message to arrive will signal its FD.
+        """
+        return self._pending(self.router), self._pending(self.sub)
+
+    def _pending(self, sock: zmq.Socket) -> bool:
+        if sock in self._announced:
+            return False
+        if sock.get(_EVENTS) & _POLLIN:
+            return True
+        self._announced.add(sock)
+        return False
 
     def send_peer(self, peer: str, data: bytes) -> None:
         try:
-            self.dealers[peer].send(data, zmq.NOBLOCK)
+            self.dealers[peer].send(data, _NOBLOCK)
         except zmq.Again:
             self.dropped_sends += 1
 
     def reply(self, route: bytes, frames: list[bytes]) -> None:
+        router = self.router
+        self._announced.discard(router)  # a send may swallow the signal of an arrival
         try:
-            self.router.send_multipart([route, *frames], zmq.NOBLOCK)
+            router.send(route, _NOBLOCK | _SNDMORE)
+            for frame in frames[:-1]:
+                router.send(frame, _NOBLOCK | _SNDMORE)
+            router.send(frames[-1], _NOBLOCK)
         except zmq.Again:
             self.dropped_sends += 1
 
@@ -135,7 +166,8 @@ class Transport:
         self._seq += 1
         data = encode(Publication(self.node_id, self.epoch, self._seq, msg))
         try:
-            self.pub.send_multipart((topic, data), zmq.NOBLOCK)
+            self.pub.send(topic, _NOBLOCK | _SNDMORE)
+            self.pub.send(data, _NOBLOCK)
         except zmq.Again:
             self.dropped_sends += 1
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 
 from syncfab.actors.machine import ApplyContext
+from syncfab.actors.queue_state import StoredMessage
 from syncfab.actors.queues import (
     Ack,
     ConfigureQueue,
@@ -777,3 +780,11 @@ def test_seeded_model_never_loses_or_resurrects_a_message(seed: int) -> None:
         while got := model.p.local(model.now, Consume(name, "drain", max=1_000)).value["messages"]:
             model.apply(Ack(name, ids(got)))
     assert all(c["depth"] == 0 for c in model.p.stats().values()), model.say("undrainable messages")
+
+
+def test_stored_messages_are_invisible_to_the_cycle_collector() -> None:
+    """A deep queue must not lengthen every full collection, whatever its payloads hold."""
+    message = StoredMessage(1, "k", {"nested": [1, {"x": 2}]}, {"h": "v"}, 0)
+    assert not gc.is_tracked(message)
+    restored = msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=StoredMessage)
+    assert not gc.is_tracked(restored)
