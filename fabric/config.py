@@ -86,7 +86,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http", default=env(_ENV["http"]),
                         help="host:port of the HTTP gateway; omit for none (env SYNCFAB_HTTP)")
     parser.add_argument("--data-dir", default=env(_ENV["data_dir"]),
-                        help="where the LMDB log lives (env SYNCFAB_DATA_DIR)")
+                        help="where the write-ahead log and the LMDB store live (env SYNCFAB_DATA_DIR)")
     parser.add_argument("--fsync", choices=["on", "off"], default=env(_ENV["fsync"], "on"),
                         help="off risks losing acknowledged writes on power loss (env SYNCFAB_FSYNC)")
     parser.add_argument("--shards", type=int, default=int(env(_ENV["shards"], "8")),

@@ -91,7 +91,8 @@ class _CoreCollector(Collector):
         yield from _lock_metrics(core)
         yield from _queue_metrics(core)
 
-        size = GaugeMetricFamily("syncfab_storage_bytes", "LMDB data file bytes in use")
+        size = GaugeMetricFamily("syncfab_storage_bytes",
+                                 "bytes of durable log in use: LMDB pages plus unfolded WAL records")
         size.add_metric([], rt.store.size_bytes())
         yield size
 
