@@ -27,7 +27,7 @@ Batch = list[tuple[int, Persist]]
 
 def open_store(
     path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512,
-    checkpoint_bytes_max: int = 4 << 20, segment_bytes: int = 16 << 20,
+    checkpoint_bytes_max: int = 4 << 20, segment_bytes: int = 64 << 10,
 ) -> LmdbLogStore:
     return LmdbLogStore(
         str(path),
@@ -90,7 +90,7 @@ def test_wal_survives_a_crash(tmp_path: Path) -> None:
         from syncfab.actors.messages import Entry, HardState
         from syncfab.actors.ready import Persist
         from syncfab.storage import LmdbLogStore
-        store = LmdbLogStore({str(tmp_path)!r})
+        store = LmdbLogStore({str(tmp_path)!r}, segment_bytes=64 << 10)
         for i in range(1, 4):
             entries = [Entry(1, i * 10 + j, b"x") for j in range(10)]
             rec = store.encode_batch([(5, Persist(hard_state=HardState(1, "n1", i), entries=entries))])

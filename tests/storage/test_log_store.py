@@ -14,6 +14,9 @@ from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
 from syncfab.storage import LmdbLogStore, LogStore, MemoryLogStore, StoredGroup
 
+# Small WAL segments: they roll often (worth exercising) and allocate little disk per test.
+SEGMENT_BYTES = 64 << 10
+
 
 class Disk:
     """A store plus a way to "restart the process" over the same disk."""
@@ -28,13 +31,15 @@ class Disk:
             case "memory":
                 return MemoryLogStore()
             case "lmdb":
-                return LmdbLogStore(str(self.path))
+                return LmdbLogStore(str(self.path), segment_bytes=SEGMENT_BYTES)
             case "lmdb-nofsync":
-                return LmdbLogStore(str(self.path), fsync=False, map_size_bytes=64 << 20)
+                return LmdbLogStore(str(self.path), fsync=False, map_size_bytes=64 << 20,
+                                    segment_bytes=SEGMENT_BYTES)
             case "lmdb-autocheckpoint":
                 # Every other write folds the WAL inside write_encoded.
                 return LmdbLogStore(
-                    str(self.path), fsync=False, map_size_bytes=64 << 20, checkpoint_records_max=1
+                    str(self.path), fsync=False, map_size_bytes=64 << 20, checkpoint_records_max=1,
+                    segment_bytes=SEGMENT_BYTES,
                 )
         raise ValueError(self.kind)
 
@@ -187,7 +192,8 @@ def test_memory_copy_is_independent() -> None:
 
 
 def test_lmdb_size_bytes_grows(tmp_path: Path) -> None:
-    store = LmdbLogStore(str(tmp_path / "node"), fsync=False, map_size_bytes=64 << 20)
+    store = LmdbLogStore(str(tmp_path / "node"), fsync=False, map_size_bytes=64 << 20,
+                         segment_bytes=SEGMENT_BYTES)
     before = store.size_bytes()
     store.write([(1, Persist(entries=[Entry(1, i, bytes(500)) for i in range(1, 201)]))])
     assert store.size_bytes() > before + 200 * 500
