@@ -40,6 +40,10 @@ class NodeMetrics:
             "syncfab_disk_write_seconds", "One turn's group-commit write, fsync included",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        self.wal_fold_seconds = Histogram(
+            "syncfab_wal_fold_seconds", "One fold of the WAL into the LMDB store (its own thread)",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         r.register(_CoreCollector(runtime))
 
 
@@ -95,6 +99,10 @@ class _CoreCollector(Collector):
                                  "bytes of durable log in use: LMDB pages plus unfolded WAL records")
         size.add_metric([], rt.store.size_bytes())
         yield size
+        yield GaugeMetricFamily("syncfab_wal_records", "WAL records not folded into the LMDB store yet",
+                                value=rt.store.wal_records())
+        yield GaugeMetricFamily("syncfab_wal_bytes", "Bytes of WAL records not folded yet",
+                                value=rt.store.wal_bytes())
 
 
 _LOCK_COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")

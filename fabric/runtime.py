@@ -99,7 +99,8 @@ class NodeRuntime:
         # The disk thread needs the GIL for a moment after each fsync to hand the result back;
         # with CPython's default 5 ms switch interval a busy loop would sit on it that long.
         sys.setswitchinterval(0.0005)
-        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed)
+        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed,
+                                 self.metrics.wal_fold_seconds.observe)  # thread-safe
         stored = {g: self.store.load(g) for g in self.store.groups()}
         self.core = NodeCore(
             s.node_id, s.peers, stored=stored, rng=random.Random(self.epoch),

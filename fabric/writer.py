@@ -50,12 +50,14 @@ FOLD_AFTER_BYTES = 1 << 20
 
 Done = Callable[[list[Flush], float], None]
 Failed = Callable[[BaseException], None]
+Folded = Callable[[float], None]  # called on the fold thread with the fold's duration
 
 
 class DiskWriter:
     def __init__(self, store: WalStore, loop: asyncio.AbstractEventLoop, on_done: Done,
-                 on_failed: Failed) -> None:
+                 on_failed: Failed, on_folded: Folded | None = None) -> None:
         self._store = store
+        self._on_folded = on_folded
         self._loop = loop
         self._on_done = on_done
         self._on_failed = on_failed
@@ -139,7 +141,10 @@ class DiskWriter:
             if self._stopping or self.failed is not None:
                 return  # an unfolded WAL is as good as folded: the next open folds it
             try:
+                started = time.perf_counter()
                 self._store.checkpoint()
+                if self._on_folded is not None:
+                    self._on_folded(time.perf_counter() - started)
             except BaseException as e:
                 self._fail(e)
                 return

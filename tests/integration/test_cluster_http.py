@@ -161,6 +161,8 @@ def test_metrics_are_prometheus_text(cluster: LocalCluster) -> None:
     assert puts and puts[0].value >= 1
     assert "syncfab_http_request_seconds" in families
     assert "syncfab_disk_write_seconds" in families
+    assert families["syncfab_wal_records"].samples[0].value >= 0
+    assert "syncfab_wal_fold_seconds" in families
 
 
 def test_native_blocking_client(cluster: LocalCluster) -> None:
