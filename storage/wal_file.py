@@ -43,6 +43,7 @@ from dataclasses import dataclass
 _HEADER = struct.Struct("<IIQQ")  # crc32, payload length, segment number, seq
 _CHECKED = struct.Struct("<IQQ")  # the header after its checksum
 _NAME = re.compile(r"wal-(\d{16})\.seg")
+_SPARE_NAME = re.compile(r"wal-(\d{16})\.seg\.spare")
 _SPARES_MAX = 2
 _IOVECS_MAX = 1024  # Linux's IOV_MAX
 
@@ -99,11 +100,16 @@ class WalFile:
         self._segments: deque[_Segment] = deque()
         self._spares: list[str] = []
         self._old = _segments_in(directory)
+        numbers = [number for number, _ in self._old]
         for name in sorted(os.listdir(directory)):
-            if name.endswith(".spare"):
+            m = _SPARE_NAME.fullmatch(name)
+            if m is not None:
+                numbers.append(int(m.group(1)))
                 self._retire(os.path.join(directory, name))
         self.recovered: list[tuple[int, bytes]] = WalFile.scan(directory, after_seq)
-        self._next_number = self._old[-1][0] + 1 if self._old else 1
+        # Past every number ever used, spares' too: a reused file's old frames must carry a
+        # number its new name never has.
+        self._next_number = max(numbers, default=0) + 1
 
     @staticmethod
     def scan(directory: str, after_seq: int) -> list[tuple[int, bytes]]:

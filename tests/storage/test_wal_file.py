@@ -115,3 +115,20 @@ def test_open_retires_the_old_segments_and_keeps_numbering_upwards(tmp_path: Pat
     wal.append(records(8, 2))
     wal.close()
     assert [seq for seq, _ in WalFile.scan(str(tmp_path), 7)] == [8, 9]
+
+
+def test_numbering_goes_past_spares_left_without_a_segment(tmp_path: Path) -> None:
+    # A crash after open retired the old segments and before the new one was named: only
+    # spares are left. Their old frames must never carry the number a new name gets.
+    wal = open_wal(tmp_path, segment_bytes=192)
+    wal.append(records(1, 6))  # segments 1 and 2, three frames each
+    wal.close()
+    for name in segments(tmp_path):
+        os.rename(tmp_path / name, tmp_path / (name + ".spare"))
+    wal = WalFile(str(tmp_path), after_seq=6, fsync=False, segment_bytes=192)
+    wal.start()
+    (name,) = segments(tmp_path)
+    assert name > "wal-0000000000000002.seg"
+    wal.append(records(7, 1))
+    wal.close()
+    assert [seq for seq, _ in WalFile.scan(str(tmp_path), 6)] == [7]
