@@ -83,7 +83,7 @@ def prefill(addresses: list[str], queue: str, count: int) -> None:
     asyncio.run(fill())
 
 
-def _proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for i in range(args.processes)]
         ctx = mp.get_context("spawn")
         queue: mp.Queue = ctx.Queue()
-        cpu_before = {n: _proc_cpu_s(p) for n, p in node_pids.items()}
+        cpu_before = {n: proc_cpu_s(p) for n, p in node_pids.items()}
         procs = [
             ctx.Process(target=_worker, args=(addresses, c, args.warmup, args.seconds, i, args.workload,
                                               options, queue))
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results = [queue.get() for _ in procs]
         for p in procs:
             p.join()
-        cpu_after = {n: _proc_cpu_s(p) for n, p in node_pids.items()}
+        cpu_after = {n: proc_cpu_s(p) for n, p in node_pids.items()}
     finally:
         if cluster is not None:
             cluster.stop()

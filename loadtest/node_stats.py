@@ -17,7 +17,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.bench import _proc_cpu_s
+from loadtest.bench import proc_cpu_s
 from syncfab.fabric.local import LocalCluster
 
 Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -48,10 +48,10 @@ def main(argv: list[str]) -> None:
         )
         time.sleep(3)  # past the warm-up and the clients' start
         pids = cluster.pids()
-        before = {n: (scrape(cluster.url(n)), _proc_cpu_s(p)) for n, p in pids.items()}
+        before = {n: (scrape(cluster.url(n)), proc_cpu_s(p)) for n, p in pids.items()}
         started = time.monotonic()
         time.sleep(5)
-        after = {n: (scrape(cluster.url(n)), _proc_cpu_s(p)) for n, p in pids.items()}
+        after = {n: (scrape(cluster.url(n)), proc_cpu_s(p)) for n, p in pids.items()}
         elapsed = time.monotonic() - started
         bench.wait()
     finally:

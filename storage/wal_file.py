@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 _HEADER = struct.Struct("<IIQQ")  # crc32, payload length, segment number, seq
 _CHECKED = struct.Struct("<IQQ")  # the header after its checksum
+_CRC = struct.Struct("<I")
 _NAME = re.compile(r"wal-(\d{16})\.seg")
 _SPARE_NAME = re.compile(r"wal-(\d{16})\.seg\.spare")
 _SPARES_MAX = 2
@@ -140,7 +141,7 @@ class WalFile:
 
     def append(self, records: Sequence[tuple[int, bytes]]) -> None:
         """Write each (seq, payload) as a frame, in order; durable when this returns (unless
-        fsync is off). Seqs must ascend by one from the last appended."""
+        fsync is off). Seqs ascend; they may skip what the caller folded without appending."""
         touched: list[_Segment] = []
         segment = self._segments[-1]
         chunk: list[bytes] = []
@@ -156,7 +157,7 @@ class WalFile:
                 chunk, chunk_bytes = [], 0
                 checked = _CHECKED.pack(len(payload), segment.number, seq)
             crc = zlib.crc32(payload, zlib.crc32(checked))
-            chunk += (struct.pack("<I", crc), checked, payload)
+            chunk += (_CRC.pack(crc), checked, payload)
             chunk_bytes += frame_bytes
             segment.last_seq = seq
         self._write(segment, chunk, chunk_bytes, touched)

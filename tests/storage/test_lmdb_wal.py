@@ -68,6 +68,13 @@ def assert_matches(store: LmdbLogStore, models: dict[int, Model], where: str) ->
     assert store.groups() == sorted(g for g, m in models.items() if m), where
 
 
+def assert_reopened_matches(path: Path, models: dict[int, Model], where: str) -> None:
+    """What a restarted process would read from the closed store at ``path``."""
+    store = open_store(path)
+    assert_matches(store, models, where)
+    store.close()
+
+
 def test_wal_records_survive_reopen_without_checkpoint(tmp_path: Path) -> None:
     rng, models = random.Random(7), {}
     store = open_store(tmp_path, fsync=True)
@@ -154,9 +161,7 @@ def test_checkpoint_then_reopen(tmp_path: Path) -> None:
     assert (store.wal_records(), store.wal_bytes()) == (0, 0)
     store.close()
     assert wal_on_disk(tmp_path) == 0
-    store = open_store(tmp_path)
-    assert_matches(store, models, "after checkpoint and reopen")
-    store.close()
+    assert_reopened_matches(tmp_path, models, "after checkpoint and reopen")
 
 
 def test_checkpoint_in_slices(tmp_path: Path) -> None:
@@ -173,9 +178,7 @@ def test_checkpoint_in_slices(tmp_path: Path) -> None:
     assert (store.wal_records(), store.wal_bytes()) == (2, sum(sizes[8:]))
     store.close()
     assert wal_on_disk(tmp_path) == 2
-    store = open_store(tmp_path)
-    assert_matches(store, models, "after slices and reopen")
-    store.close()
+    assert_reopened_matches(tmp_path, models, "after slices and reopen")
 
 
 def test_auto_checkpoint_at_threshold_changes_nothing_visible(tmp_path: Path) -> None:
@@ -307,9 +310,7 @@ def test_random_writes_checkpoints_and_reopens_match_reference_model(tmp_path: P
         elif roll < 0.3:
             assert_matches(store, models, where)
     store.close()
-    store = open_store(tmp_path)
-    assert_matches(store, models, f"seed={seed} at the end")
-    store.close()
+    assert_reopened_matches(tmp_path, models, f"seed={seed} at the end")
 
 
 def test_writer_thread_writes_while_main_thread_encodes(tmp_path: Path) -> None:
@@ -351,9 +352,7 @@ def test_writer_thread_writes_while_main_thread_encodes(tmp_path: Path) -> None:
     assert sum(written) == 300
     assert_matches(store, models, "after the writer thread")
     store.close()
-    store = open_store(tmp_path)
-    assert_matches(store, models, "after reopen")
-    store.close()
+    assert_reopened_matches(tmp_path, models, "after reopen")
 
 
 def test_folding_on_one_thread_while_another_writes(tmp_path: Path) -> None:
@@ -382,9 +381,7 @@ def test_folding_on_one_thread_while_another_writes(tmp_path: Path) -> None:
     assert errors == []
     assert_matches(store, models, "after writing while folding")
     store.close()
-    store = open_store(tmp_path)
-    assert_matches(store, models, "after reopen")
-    store.close()
+    assert_reopened_matches(tmp_path, models, "after reopen")
 
 
 def test_a_wal_left_in_lmdb_by_an_older_version_is_folded_at_open(tmp_path: Path) -> None:

@@ -24,6 +24,13 @@ def segments(path: Path) -> list[str]:
     return sorted(n for n in os.listdir(path) if n.endswith(".seg"))
 
 
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    """What a crash or a bad disk leaves: other bytes where a frame was."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
 def test_records_round_trip_across_segments(tmp_path: Path) -> None:
     wal = open_wal(tmp_path)
     written = records(1, 30)
@@ -49,9 +56,7 @@ def test_recovery_stops_at_a_torn_frame(tmp_path: Path) -> None:
     wal.append(records(1, 5))
     wal.close()
     (name,) = segments(tmp_path)
-    with open(tmp_path / name, "r+b") as f:
-        f.seek(3 * 64 + 30)  # inside the fourth frame's payload
-        f.write(b"\xff")
+    overwrite(tmp_path / name, 3 * 64 + 30, b"\xff")  # inside the fourth frame's payload
     assert [seq for seq, _ in WalFile.scan(str(tmp_path), 0)] == [1, 2, 3]
 
 
@@ -61,9 +66,7 @@ def test_frames_left_behind_a_torn_one_are_never_read_as_this_runs(tmp_path: Pat
     wal.append(records(1, 4))
     wal.close()
     first, _ = segments(tmp_path)
-    with open(tmp_path / first, "r+b") as f:
-        f.seek(2 * 64 + 20)
-        f.write(b"torn")
+    overwrite(tmp_path / first, 2 * 64 + 20, b"torn")
     assert [seq for seq, _ in WalFile.scan(str(tmp_path), 0)] == [1, 2]
     # The next run recovers 1 and 2, its caller folds them, and it writes its own 3 and 4.
     wal = WalFile(str(tmp_path), after_seq=0, fsync=False, segment_bytes=192)
@@ -82,9 +85,7 @@ def test_garbage_after_the_last_frame_ends_the_log(tmp_path: Path) -> None:
     wal.close()
     (name,) = segments(tmp_path)
     rng = random.Random(5)
-    with open(tmp_path / name, "r+b") as f:
-        f.seek(3 * 64)
-        f.write(bytes(rng.getrandbits(8) for _ in range(500)))
+    overwrite(tmp_path / name, 3 * 64, bytes(rng.getrandbits(8) for _ in range(500)))
     assert [seq for seq, _ in WalFile.scan(str(tmp_path), 0)] == [1, 2, 3]
 
 
