@@ -88,7 +88,7 @@ class _CoreCollector(Collector):
         counters = CounterMetricFamily("syncfab_node_events", "Node core events", labels=["event"])
         for name, value in sorted(core.counters.items()):
             counters.add_metric([name], value)
-        counters.add_metric(["dropped_sends"], rt.transport.dropped_sends)
+        counters.add_metric(["dropped_sends"], rt.dropped_sends)
         counters.add_metric(["pubsub_gaps"], rt.streams.gaps)
         yield counters
 

@@ -5,9 +5,10 @@ to the core, run ``core.turn(now)``, send what may leave at once (a leader's App
 out before its own fsync, so followers write in parallel) and queue the turn's writes for the
 disk writer thread (fabric/writer.py), which group-commits every queued turn with one WAL
 append and one fsync; only then ``core.apply()`` what is committed, and answer clients. When
-a flush comes back durable its after-persist messages leave and ``core.advance`` confirms it,
-in turn order. A turn is scheduled when a socket becomes readable, when the core still has
-work, when the gateway submits a request, when a write completes, and every ``tick_ms``.
+a flush is durable the writer thread sends its after-persist messages at once (append acks,
+votes) and hands it back to the loop, where ``core.advance`` confirms it, in turn order.
+A turn is scheduled when a socket becomes readable, when the core still has work, when the
+gateway submits a request, when a write completes, and every ``tick_ms``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from syncfab.fabric.metrics import NodeMetrics
 from syncfab.fabric.node import LOCAL_ROUTE, Flush, NodeCore
 from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import wait_of
-from syncfab.fabric.transport import StreamTracker, Transport, decode_publication
+from syncfab.fabric.transport import PeerLinks, StreamTracker, Transport, decode_publication
 from syncfab.fabric.writer import DiskWriter
 from syncfab.storage.lmdb_store import LmdbLogStore
 
@@ -99,8 +100,6 @@ class NodeRuntime:
         # The disk thread needs the GIL for a moment after each fsync to hand the result back;
         # with CPython's default 5 ms switch interval a busy loop would sit on it that long.
         sys.setswitchinterval(0.0005)
-        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed,
-                                 self.metrics.wal_fold_seconds.observe)  # thread-safe
         stored = {g: self.store.load(g) for g in self.store.groups()}
         self.core = NodeCore(
             s.node_id, s.peers, stored=stored, rng=random.Random(self.epoch),
@@ -109,6 +108,11 @@ class NodeRuntime:
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
+        # The writer thread's own sockets: it sends what waited for its fsync (fabric/writer.py).
+        self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers, name="/disk")
+        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed,
+                                 self.metrics.wal_fold_seconds.observe,  # thread-safe
+                                 self._send_durable)
         self._loop.add_reader(self.transport.router.getsockopt(zmq.FD), self._router_ready)
         self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._sub_ready)
         self._tick()
@@ -125,6 +129,7 @@ class NodeRuntime:
         self._loop.remove_reader(self.transport.sub.getsockopt(zmq.FD))
         self.transport.close()
         self.writer.stop()
+        self._durable_links.close()  # the writer thread's: closed once it has ended
         self.store.close()
         for fut in self._futures.values():
             if not fut.done():
@@ -200,7 +205,8 @@ class NodeRuntime:
         if durable_now:
             # Nothing here waits for the disk (readies without writes advance in any order
             # relative to pending writes); queueing it would only make the thread spin.
-            self._persisted([flush])
+            self._send_after_persist([flush], self.transport.send_peer)
+            self._advance([flush])
         self.turns += 1
         # Edge-triggered FDs: a socket may hold messages its FD will not announce again.
         self._router_readable, self._sub_readable = t.readable()
@@ -209,29 +215,41 @@ class NodeRuntime:
         ):
             self._wake()
 
+    @property
+    def dropped_sends(self) -> int:
+        return self.transport.dropped_sends + self._durable_links.dropped
+
     def _send_peers(self, sends: dict[str, list[Any]]) -> None:
         me = self.settings.node_id
         for peer, items in sends.items():
             self.transport.send_peer(peer, encode(PeerBatch(me, items)))
 
-    def _on_written(self, flushes: list[Flush], elapsed_s: float) -> None:
-        """Back from the disk writer: these flushes are durable, in turn order."""
-        self.writer.completed(len(flushes))
-        self.metrics.disk_write_seconds.observe(elapsed_s)
-        if self._closed:
-            return
-        self._persisted(flushes)
-        if self.core.has_work():
-            self._wake()
-
-    def _persisted(self, flushes: list[Flush]) -> None:
-        """These flushes are durable: one message per peer for all they held back, then
-        confirm each to the core, in order."""
+    def _send_after_persist(self, flushes: list[Flush], send: Callable[[str, bytes], None]) -> None:
+        """These flushes are durable: one message per peer for all they held back."""
         by_peer: dict[str, list[Any]] = {}
         for flush in flushes:
             for peer, items in flush.sends_after_persist.items():
                 by_peer.setdefault(peer, []).extend(items)
-        self._send_peers(by_peer)
+        me = self.settings.node_id
+        for peer, items in by_peer.items():
+            send(peer, encode(PeerBatch(me, items)))
+
+    def _send_durable(self, flushes: list[Flush]) -> None:
+        """On the writer thread, right after the fsync (only its own sockets)."""
+        self._send_after_persist(flushes, self._durable_links.send)
+
+    def _on_written(self, flushes: list[Flush], elapsed_s: float) -> None:
+        """Back from the disk writer: these flushes are durable, in turn order, and what they
+        held back for peers has left."""
+        self.writer.completed(len(flushes))
+        self.metrics.disk_write_seconds.observe(elapsed_s)
+        if self._closed:
+            return
+        self._advance(flushes)
+        if self.core.has_work():
+            self._wake()
+
+    def _advance(self, flushes: list[Flush]) -> None:
         for flush in flushes:
             self.core.advance(flush)
 

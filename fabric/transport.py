@@ -6,6 +6,8 @@
 - one DEALER per peer (connected to the peer's ROUTER): everything we send that peer.
   ``IMMEDIATE`` makes a send to a peer that is down fail at once instead of queueing Raft
   messages that would be stale by the time it is back; Raft resends what matters.
+- another DEALER per peer for the disk writer's thread (``PeerLinks``): ZeroMQ sockets
+  belong to one thread, and acks that wait for an fsync leave from the thread that ran it.
 - PUB (bound at address port + 1) and a SUB connected to every peer's PUB: one-to-all
   broadcasts. Each publisher numbers its stream ``(epoch, seq)``, so a subscriber sees a gap
   (PUB drops when a subscriber is slow) and can resynchronise instead of trusting a silent hole.
@@ -73,7 +75,7 @@ class Transport:
         self.node_id = node_id
         self.epoch = epoch
         self._seq = 0
-        self.dropped_sends = 0
+        self._dropped = 0
         # Sockets whose FD will signal the next message to arrive (see readable).
         self._announced: set[zmq.Socket] = set()
         host, port = split_address(peers[node_id])
@@ -91,24 +93,15 @@ class Transport:
         self.pub.setsockopt(zmq.SNDHWM, hwm_messages)
         self.pub.bind(f"tcp://{host}:{pub_port}")
 
-        self.dealers: dict[str, zmq.Socket] = {}
+        self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages)
+        self.dealers = self.links.dealers
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, hwm_messages)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         for peer, address in peers.items():
-            if peer == node_id:
-                continue
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.IDENTITY, node_id.encode())
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.SNDHWM, hwm_messages)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)
-            dealer.setsockopt(zmq.RECONNECT_IVL, 50)
-            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            dealer.connect(f"tcp://{address}")
-            self.dealers[peer] = dealer
-            self.sub.connect(f"tcp://{pub_address(address)}")
+            if peer != node_id:
+                self.sub.connect(f"tcp://{pub_address(address)}")
 
     def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
         """Up to ``frames_max`` messages, each as its frames."""
@@ -146,10 +139,11 @@ class Transport:
         return False
 
     def send_peer(self, peer: str, data: bytes) -> None:
-        try:
-            self.dealers[peer].send(data, _NOBLOCK)
-        except zmq.Again:
-            self.dropped_sends += 1
+        self.links.send(peer, data)
+
+    @property
+    def dropped_sends(self) -> int:
+        return self._dropped + self.links.dropped
 
     def reply(self, route: bytes, frames: list[bytes]) -> None:
         router = self.router
@@ -160,7 +154,7 @@ class Transport:
                 router.send(frame, _NOBLOCK | _SNDMORE)
             router.send(frames[-1], _NOBLOCK)
         except zmq.Again:
-            self.dropped_sends += 1
+            self._dropped += 1
 
     def publish(self, topic: bytes, msg: PeerMessage) -> None:
         self._seq += 1
@@ -169,8 +163,42 @@ class Transport:
             self.pub.send(topic, _NOBLOCK | _SNDMORE)
             self.pub.send(data, _NOBLOCK)
         except zmq.Again:
-            self.dropped_sends += 1
+            self._dropped += 1
 
     def close(self) -> None:
-        for sock in (self.router, self.pub, self.sub, *self.dealers.values()):
+        for sock in (self.router, self.pub, self.sub):
+            sock.close(linger=0)
+        self.links.close()
+
+
+class PeerLinks:
+    """One DEALER per peer, for one thread's sends. The receiving node knows the sender by
+    the batch's ``src``, not by the socket, so a node may have several."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, peers: dict[str, str], *,
+                 hwm_messages: int = 50_000, name: str = "") -> None:
+        self.dropped = 0
+        self.dealers: dict[str, zmq.Socket] = {}
+        for peer, address in peers.items():
+            if peer == node_id:
+                continue
+            dealer = ctx.socket(zmq.DEALER)
+            # A ROUTER refuses a second connection with an identity it already has.
+            dealer.setsockopt(zmq.IDENTITY, f"{node_id}{name}".encode())
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.SNDHWM, hwm_messages)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            dealer.connect(f"tcp://{address}")
+            self.dealers[peer] = dealer
+
+    def send(self, peer: str, data: bytes) -> None:
+        try:
+            self.dealers[peer].send(data, _NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+
+    def close(self) -> None:
+        for sock in self.dealers.values():
             sock.close(linger=0)

@@ -11,7 +11,10 @@ so delayed the next turn's write by a millisecond or more. Both threads spend th
 calls that release the GIL (writes, syncs, LMDB's commit), so the loop keeps the interpreter.
 
 A flush with nothing to write still queues behind pending ones: its after-persist messages may
-acknowledge entries those writes carry.
+acknowledge entries those writes carry. Those messages (a follower's append acks, votes) leave
+from the writer's thread the moment the fsync returns (``send_durable``), on sockets of its
+own: handing them to the loop first made them wait for whatever turn it was in, about half a
+millisecond on every commit's path.
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ FOLD_AFTER_BYTES = 1 << 20
 Done = Callable[[list[Flush], float], None]
 Failed = Callable[[BaseException], None]
 Folded = Callable[[float], None]  # called on the fold thread with the fold's duration
+SendDurable = Callable[[list[Flush]], None]  # called on the writer thread once they are durable
 
 
 class DiskWriter:
     def __init__(self, store: WalStore, loop: asyncio.AbstractEventLoop, on_done: Done,
-                 on_failed: Failed, on_folded: Folded | None = None) -> None:
+                 on_failed: Failed, on_folded: Folded | None = None,
+                 send_durable: SendDurable | None = None) -> None:
         self._store = store
+        self._send_durable = send_durable
         self._on_folded = on_folded
         self._loop = loop
         self._on_done = on_done
@@ -116,7 +122,14 @@ class DiskWriter:
             except BaseException as e:
                 self._fail(e)
                 return
-            self._loop.call_soon_threadsafe(self._on_done, [flush for flush, _ in batch], elapsed)
+            flushes = [flush for flush, _ in batch]
+            if self._send_durable is not None:
+                try:
+                    self._send_durable(flushes)
+                except BaseException as e:
+                    self._fail(e)
+                    return
+            self._loop.call_soon_threadsafe(self._on_done, flushes, elapsed)
             if self._fold_due():
                 with self._fold_cv:
                     self._fold_cv.notify()

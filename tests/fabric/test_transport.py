@@ -4,13 +4,14 @@ these check the edge-triggered FD rules that rely on, with real ZeroMQ sockets."
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from syncfab.fabric.local import free_ports
-from syncfab.fabric.transport import Transport
+from syncfab.fabric.transport import PeerLinks, Transport
 
 WAIT_S = 10.0
 
@@ -70,3 +71,30 @@ def test_after_a_reply_readable_reports_what_arrived_meanwhile(link: tuple[Trans
     assert client.poll(int(WAIT_S * 1000))
     assert client.recv_multipart() == [b"answer"]
 
+
+
+def test_a_second_set_of_peer_links_reaches_the_same_peer() -> None:
+    # The disk writer's thread sends on DEALERs of its own; a ROUTER refuses a second
+    # connection with an identity it already has, so theirs must differ.
+    ctx = zmq.Context.instance()
+    a, b = free_ports(2)
+    peers = {"n1": f"127.0.0.1:{a}", "n2": f"127.0.0.1:{b}"}
+    n1 = Transport(ctx, "n1", peers, epoch=1)
+    n2 = Transport(ctx, "n2", peers, epoch=2)
+    disk = PeerLinks(ctx, "n1", peers, name="/disk")
+    try:
+        got: set[tuple[bytes, bytes]] = set()
+        deadline = time.monotonic() + WAIT_S
+        # IMMEDIATE: a send before the connection is up is dropped, so send until it arrives.
+        while len(got) < 2 and time.monotonic() < deadline:
+            if (b"n1", b"loop") not in got:
+                n1.send_peer("n2", b"loop")
+            if (b"n1/disk", b"disk") not in got:
+                disk.send("n2", b"disk")
+            if n2.router.poll(50):
+                got |= {(f[0], f[1]) for f in n2.drain(n2.router, 100)}
+        assert got == {(b"n1", b"loop"), (b"n1/disk", b"disk")}
+    finally:
+        disk.close()
+        n1.close()
+        n2.close()
