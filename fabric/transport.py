@@ -94,7 +94,6 @@ class Transport:
         self.pub.bind(f"tcp://{host}:{pub_port}")
 
         self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages)
-        self.dealers = self.links.dealers
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, hwm_messages)

@@ -72,7 +72,6 @@ def test_after_a_reply_readable_reports_what_arrived_meanwhile(link: tuple[Trans
     assert client.recv_multipart() == [b"answer"]
 
 
-
 def test_a_second_set_of_peer_links_reaches_the_same_peer() -> None:
     # The disk writer's thread sends on DEALERs of its own; a ROUTER refuses a second
     # connection with an identity it already has, so theirs must differ.
