@@ -219,10 +219,13 @@ class NodeRuntime:
     def dropped_sends(self) -> int:
         return self.transport.dropped_sends + self._durable_links.dropped
 
-    def _send_peers(self, sends: dict[str, list[Any]]) -> None:
+    def _send_peers(self, sends: dict[str, list[Any]],
+                    send: Callable[[str, bytes], None] | None = None) -> None:
+        """One PeerBatch per peer, on the loop's sockets unless ``send`` names others."""
+        send = send or self.transport.send_peer
         me = self.settings.node_id
         for peer, items in sends.items():
-            self.transport.send_peer(peer, encode(PeerBatch(me, items)))
+            send(peer, encode(PeerBatch(me, items)))
 
     def _send_after_persist(self, flushes: list[Flush], send: Callable[[str, bytes], None]) -> None:
         """These flushes are durable: one message per peer for all they held back."""
@@ -230,9 +233,7 @@ class NodeRuntime:
         for flush in flushes:
             for peer, items in flush.sends_after_persist.items():
                 by_peer.setdefault(peer, []).extend(items)
-        me = self.settings.node_id
-        for peer, items in by_peer.items():
-            send(peer, encode(PeerBatch(me, items)))
+        self._send_peers(by_peer, send)
 
     def _send_durable(self, flushes: list[Flush]) -> None:
         """On the writer thread, right after the fsync (only its own sockets)."""

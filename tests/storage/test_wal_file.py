@@ -7,6 +7,8 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
 from syncfab.storage.wal_file import WalFile
 
 
@@ -51,12 +53,18 @@ def test_a_frame_bigger_than_a_segment_gets_one_to_itself(tmp_path: Path) -> Non
     assert WalFile.scan(str(tmp_path), 0) == big
 
 
-def test_recovery_stops_at_a_torn_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("written", "offset", "damage"), [
+    pytest.param(5, 3 * 64 + 30, b"\xff", id="a torn frame: inside the fourth one's payload"),
+    pytest.param(3, 3 * 64, bytes(random.Random(5).getrandbits(8) for _ in range(500)),
+                 id="garbage after the last frame"),
+])
+def test_recovery_ends_the_log_at_damage(tmp_path: Path, written: int, offset: int,
+                                         damage: bytes) -> None:
     wal = open_wal(tmp_path, segment_bytes=1 << 16)
-    wal.append(records(1, 5))
+    wal.append(records(1, written))  # 64-byte frames
     wal.close()
     (name,) = segments(tmp_path)
-    overwrite(tmp_path / name, 3 * 64 + 30, b"\xff")  # inside the fourth frame's payload
+    overwrite(tmp_path / name, offset, damage)
     assert [seq for seq, _ in WalFile.scan(str(tmp_path), 0)] == [1, 2, 3]
 
 
@@ -77,16 +85,6 @@ def test_frames_left_behind_a_torn_one_are_never_read_as_this_runs(tmp_path: Pat
     wal.close()
     # Crash again: the folded 1 and 2 are skipped, the old 4 is gone, this run's 3 and 4 stay.
     assert WalFile.scan(str(tmp_path), 2) == mine
-
-
-def test_garbage_after_the_last_frame_ends_the_log(tmp_path: Path) -> None:
-    wal = open_wal(tmp_path, segment_bytes=1 << 16)
-    wal.append(records(1, 3))
-    wal.close()
-    (name,) = segments(tmp_path)
-    rng = random.Random(5)
-    overwrite(tmp_path / name, 3 * 64, bytes(rng.getrandbits(8) for _ in range(500)))
-    assert [seq for seq, _ in WalFile.scan(str(tmp_path), 0)] == [1, 2, 3]
 
 
 def test_released_segments_are_written_over_and_their_old_frames_never_read(tmp_path: Path) -> None:
