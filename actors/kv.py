@@ -29,6 +29,7 @@ class KvStore:
     commands = (Put, Delete)
     queries = (Get,)
     locals = ()
+    batches = ()
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}

@@ -36,11 +36,26 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.lock_ops import (
+    Acquire,
+    ExpireLocks,
+    LockBatch,
+    LockInfo,
+    OwnerInfo,
+    Release,
+    ReleaseAll,
+    Renew,
+)
 from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
 from syncfab.actors.wait_for import WaitForGraph
 
 if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
+
+__all__ = [
+    "COMPATIBLE", "COVERS", "EXCLUSIVE", "MODES", "NAME_BYTES_MAX", "SHARED", "Acquire", "ExpireLocks",
+    "LockBatch", "LockInfo", "LockTable", "OwnerInfo", "Release", "ReleaseAll", "Renew",
+]
 
 SHARED, EXCLUSIVE = "shared", "exclusive"
 MODES = (SHARED, EXCLUSIVE)
@@ -58,40 +73,6 @@ COVERS: dict[tuple[str, str], bool] = {
 NAME_BYTES_MAX = 1024
 _COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
 _LEASE, _WAIT = 0, 1  # kinds of deadline, in the order ties are handled
-
-
-class Acquire(msgspec.Struct, frozen=True, tag="lkacq", array_like=True):
-    resource: str
-    mode: str
-    owner: str
-    wait_ms: int  # 0: try-lock
-    ttl_ms: int
-
-
-class Release(msgspec.Struct, frozen=True, tag="lkrel", array_like=True):
-    resource: str
-    owner: str
-
-
-class ReleaseAll(msgspec.Struct, frozen=True, tag="lkrla", array_like=True):
-    owner: str
-
-
-class Renew(msgspec.Struct, frozen=True, tag="lkren", array_like=True):
-    owner: str
-    ttl_ms: int
-
-
-class ExpireLocks(msgspec.Struct, frozen=True, tag="lkexp", array_like=True):
-    """Housekeeping the leader proposes when ``due``: every deadline up to ``ctx.now_ms``."""
-
-
-class LockInfo(msgspec.Struct, frozen=True, tag="lkinf", array_like=True):
-    resource: str
-
-
-class OwnerInfo(msgspec.Struct, frozen=True, tag="lkown", array_like=True):
-    owner: str
 
 
 class _Hold(msgspec.Struct, array_like=True):
@@ -150,6 +131,7 @@ class LockTable:
     commands = (Acquire, Release, ReleaseAll, Renew, ExpireLocks)
     queries = (LockInfo, OwnerInfo)
     locals = ()
+    batches = (LockBatch,)
 
     def __init__(
         self, *, ttl_ms_max: int = 3_600_000, wait_ms_max: int = 3_600_000, waiters_max: int = 10_000
@@ -232,6 +214,11 @@ class LockTable:
         """[ExpireLocks()] while some lease or wait deadline has passed. O(1) amortized (the
         leader asks every few milliseconds): each dead heap entry is popped once, and a lease's
         entry is moved on only when it reaches the top."""
+        heap = self._deadlines
+        if not heap or heap[0][0] > now_ms:
+            # Every entry is at or before its deadline: nothing can be due. Moving leases on
+            # here would walk every owner that renewed since the last look, each tick.
+            return []
         deadline = self._next_deadline()
         return [ExpireLocks()] if deadline is not None and deadline <= now_ms else []
 

@@ -11,6 +11,11 @@ table. A service owns some op types and implements ``Service``. Four kinds of op
 - **housekeeping**: ``due(now_ms)`` lets the leader propose commands of its own (lease expiry,
   visibility deadlines) — decided by the leader's clock, applied everywhere from the log.
 
+A service may also name *batches*: an op whose ``ops`` are commands applied one by one as if
+each had come alone, the k-th under request id ``batch id + 1 + k`` (its session record, its
+wait and its notice carry that id); the batch's answer is ``Answers``, one result per op. One
+request, one decode and one reply for many commands is what makes a busy client cheap.
+
 A command may leave its request *waiting* (a lock acquire behind a holder): ``apply`` returns
 ``WAITING`` and the answer comes later, when another command's apply decides it and calls
 ``ctx.notify(client, request_id, result)``. The session table records a waiting request as
@@ -24,10 +29,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from syncfab.actors.results import WAITING, Err, Result, Waiting
+from syncfab.actors.results import WAITING, Answers, Err, Result, Waiting
 from syncfab.actors.sessions import SessionTable
 
-__all__ = ["WAITING", "ApplyContext", "GroupMachine", "Notice", "Service", "Waiting"]
+__all__ = ["BATCH_OPS_MAX", "WAITING", "ApplyContext", "GroupMachine", "Notice", "Service", "Waiting"]
+
+BATCH_OPS_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,7 @@ class Service(Protocol):
     commands: tuple[type, ...]
     queries: tuple[type, ...]
     locals: tuple[type, ...]
+    batches: tuple[type, ...]  # ops whose ``ops`` are this service's commands
 
     def apply(self, ctx: ApplyContext, op: Any) -> Result | Waiting: ...
 
@@ -99,14 +107,16 @@ class GroupMachine:
         self._writes: dict[type, Service] = {}
         self._reads: dict[type, Service] = {}
         self._locals: dict[type, Service] = {}
+        self._batches: set[type] = set()
         for service in services.values():
+            self._batches.update(service.batches)
             self._writes.update(dict.fromkeys(service.commands, service))
             self._reads.update(dict.fromkeys(service.queries, service))
             self._locals.update(dict.fromkeys(service.locals, service))
 
     def accepts(self, op: Any) -> bool:
         kind = type(op)
-        return kind in self._writes or kind in self._reads or kind in self._locals
+        return kind in self._writes or kind in self._reads or kind in self._locals or kind in self._batches
 
     def is_query(self, op: Any) -> bool:
         return type(op) in self._reads
@@ -114,10 +124,12 @@ class GroupMachine:
     def is_local(self, op: Any) -> bool:
         return type(op) in self._locals
 
-    def apply(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting:
+    def apply(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting | Answers:
         """Apply a committed command once, however many times it was proposed. Notices for
         earlier waiting requests are left in ``ctx.notices`` (and recorded as their answers)."""
         request_id = ctx.request_id
+        if type(op) in self._batches:
+            return self._apply_batch(ctx, acked, op.ops)
         sessions = self.sessions
         if request_id:
             recorded = sessions.lookup(ctx.client, request_id, acked)
@@ -134,6 +146,26 @@ class GroupMachine:
             for notice in ctx.notices:
                 sessions.replace(notice.client, notice.request_id, notice.result)
         return result
+
+    def _apply_batch(self, ctx: ApplyContext, acked: int, ops: list[Any]) -> Answers | Err:
+        """Each op as its own request (so each has its own session record, and a retried batch
+        gets every recorded answer back); the batch itself is recorded nowhere."""
+        if not ctx.request_id:
+            return Err("bad_request", "a batch must come from a client")
+        if not 0 < len(ops) <= BATCH_OPS_MAX:
+            return Err("bad_request", f"a batch holds 1..{BATCH_OPS_MAX} ops", {"field": "ops"})
+        results: list[Result | Waiting] = []
+        for k, op in enumerate(ops):
+            if type(op) not in self._writes:
+                results.append(Err("bad_request", f"{type(op).__name__} cannot be batched"))
+                continue
+            sub = ApplyContext(ctx.index, ctx.now_ms, ctx.client, ctx.request_id + 1 + k)
+            result = self.apply(sub, acked, op)
+            assert not isinstance(result, Answers)
+            results.append(result)
+            if sub.notices:
+                ctx.notices += sub.notices
+        return Answers(results)
 
     def query(self, op: Any) -> Result:
         service = self._reads.get(type(op))

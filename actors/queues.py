@@ -91,6 +91,7 @@ class QueuePartitions:
     commands = (Produce, ProduceBatch, Ack, Nack, Redeliver, ConfigureQueue, ExpireMessages)
     queries = (QueueStats,)
     locals = (Consume, Return)
+    batches = ()
 
     def __init__(
         self,

@@ -30,5 +30,12 @@ class Waiting(msgspec.Struct, frozen=True, tag="wait", array_like=True):
 
 WAITING = Waiting()
 
+
+class Answers(msgspec.Struct, frozen=True, tag="ans", array_like=True):
+    """The answers to a batch of commands (``LockBatch``), in order. A ``Waiting`` one is
+    answered later on its own, under its own request id (see actors/machine.py)."""
+
+    results: list[Ok | Err | Waiting]
+
 # Codes a client may retry, with the same request id, on the same or another node.
 RETRYABLE = frozenset({"not_leader", "no_leader", "busy", "leader_changed", "unavailable"})

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import zmq
 
 from syncfab.actors.kv import Delete, Get, Put
-from syncfab.actors.locks import LockInfo
+from syncfab.actors.locks import Acquire, LockInfo, Release
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import RETRYABLE, Err, Ok, Result
 from syncfab.actors.ring import CONTROL_GROUP
@@ -40,6 +40,7 @@ from syncfab.fabric.client_locks import (
     raise_for,
 )
 from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
+from syncfab.fabric.lock_batcher import LockBatcher, RequestSlots
 from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import group_for, wait_of
 
@@ -124,6 +125,9 @@ class AsyncClient:
         self._sweeper: asyncio.TimerHandle | None = None
         self.locks = LockSession(self.call, self.client_id)
         self._produces = ProduceBatcher(self.call, self._shards)
+        self._lock_ops = LockBatcher(RequestSlots(
+            self._call_as, self.ids.reserve, self._expect, self._forget, lambda: self.attempt_timeout_s
+        ))
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -264,10 +268,17 @@ class AsyncClient:
 
     async def call(self, op: Any) -> Result:
         """Send ``op`` to its group's leader (any node when unknown) until it is answered with
-        something other than a retryable error, the deadline passes, or tries run out."""
+        something other than a retryable error, the deadline passes, or tries run out.
+        Concurrent lock acquires and releases share requests on the wire
+        (fabric/lock_batcher.py)."""
+        if type(op) is Acquire or type(op) is Release:
+            return await self._lock_ops.submit(op)
+        return await self._call_as(op, self.ids.next())
+
+    async def _call_as(self, op: Any, rid: int) -> Any:
+        """``call`` under a request id already taken (and forgotten here once answered)."""
         loop = self._loop
         assert loop is not None, "call connect() first"
-        rid = self.ids.next()
         group: int | None = None
         if self.shard_count and not isinstance(op, ClusterInfo):
             routed = group_for(op, self.shard_count, self.client_id, rid)
@@ -317,6 +328,17 @@ class AsyncClient:
             self.ids.done(rid)
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _expect(self, rid: int) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._futures[rid] = fut
+        return fut
+
+    def _forget(self, rid: int) -> None:
+        self._futures.pop(rid, None)
+        self._hints.pop(rid, None)
+        self.ids.done(rid)
 
     def _timeout(self) -> Err:
         return Err("timeout", f"no answer within {self.timeout_s:g} s")

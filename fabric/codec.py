@@ -16,6 +16,7 @@ from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import (
     Acquire,
     ExpireLocks,
+    LockBatch,
     LockInfo,
     OwnerInfo,
     Release,
@@ -24,7 +25,7 @@ from syncfab.actors.locks import (
 )
 from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
 from syncfab.actors.queue_ops import QueueCommand, QueueLocal, QueueQuery
-from syncfab.actors.results import Err, Result
+from syncfab.actors.results import Answers, Err, Result
 
 
 class ClusterInfo(msgspec.Struct, frozen=True, tag="cluster", array_like=True):
@@ -42,7 +43,7 @@ class OnShard(msgspec.Struct, frozen=True, tag="on", array_like=True):
 # Every op a Request may carry — clients' and the leaders' own housekeeping, which is logged
 # as a Request too — so one decoder reads any log entry.
 ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete
-LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo
+LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo | LockBatch
 Op = Put | Get | Delete | ClusterInfo | OnShard | LockOp | QueueCommand | QueueQuery | QueueLocal
 
 
@@ -60,7 +61,7 @@ class Reply(msgspec.Struct, frozen=True, tag="rp", array_like=True):
     """``leader`` is the node that leads the request's group, as far as the replier knows."""
 
     id: int
-    result: Result
+    result: Result | Answers
     leader: str | None = None
 
 
@@ -159,6 +160,13 @@ class RequestIds:
         self._next += 1
         self._open[rid] = None
         return rid
+
+    def reserve(self, count: int) -> int:
+        """``count`` consecutive fresh ids; returns the first."""
+        first = self._next
+        self._next += count
+        self._open.update(dict.fromkeys(range(first, self._next)))
+        return first
 
     def done(self, rid: int) -> None:
         self._open.pop(rid, None)

@@ -33,7 +33,7 @@ from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
 from syncfab.actors.queues import QueuePartitions
 from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
-from syncfab.actors.results import Err, Ok, Result, Waiting
+from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
 from syncfab.fabric.codec import (
     ClusterInfo,
@@ -344,6 +344,12 @@ class NodeCore:
                 if waiter is not None:
                     deferred[(request.client, request.id)] = waiter
             elif waiter is not None:
+                if isinstance(result, Answers):
+                    # Ops of a batch left waiting are answered later, each under its own id.
+                    for k, answer in enumerate(result.results):
+                        if isinstance(answer, Waiting):
+                            rid = request.id + 1 + k
+                            deferred[(request.client, rid)] = _Pending(waiter.origin, waiter.route, rid)
                 self._answer(waiter, result)
             for notice in ctx.notices:
                 parked = deferred.pop((notice.client, notice.request_id), None)
@@ -392,7 +398,7 @@ class NodeCore:
         heapq.heapify(still)
         g.parked = still
 
-    def _answer(self, waiter: _Pending, result: Result) -> None:
+    def _answer(self, waiter: _Pending, result: Result | Answers) -> None:
         self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
 
     def _check_leadership(self, g: _Group) -> None:
@@ -467,7 +473,7 @@ class NodeCore:
         known = self._remote_leaders.get(gid)
         return known[1] if known else None
 
-    def _reply(self, origin: str | None, route: bytes, request_id: int, result: Result,
+    def _reply(self, origin: str | None, route: bytes, request_id: int, result: Result | Answers,
                leader: str | None) -> None:
         data = encode(Reply(request_id, result, leader))
         if origin is None:

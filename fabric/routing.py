@@ -17,7 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from syncfab.actors.kv import Delete, Get, Put
-from syncfab.actors.locks import Acquire, ExpireLocks, LockInfo, OwnerInfo, Release, ReleaseAll, Renew
+from syncfab.actors.locks import (
+    Acquire,
+    ExpireLocks,
+    LockBatch,
+    LockInfo,
+    OwnerInfo,
+    Release,
+    ReleaseAll,
+    Renew,
+)
 from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
 from syncfab.actors.results import Err
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
@@ -25,7 +34,7 @@ from syncfab.fabric.codec import OnShard
 
 KEY_BYTES_MAX = 1024
 HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages)
-_LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo)
+_LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)
 
 
 def bad(field: str, message: str) -> Err:

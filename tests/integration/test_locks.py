@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from syncfab.actors.locks import Acquire, Release
+from syncfab.actors.results import Ok
 from syncfab.fabric.client import AsyncClient, Client, Deadlock, LockTimeout
 from syncfab.fabric.local import LocalCluster
 
@@ -279,6 +281,42 @@ def test_lock_context_manager_gives_increasing_fencing_tokens(cluster: LocalClus
                 tokens.append(grant.fencing_token)
             assert tokens == sorted(set(tokens)), tokens
             assert (await one.lock_info("native/ctx"))["holders"] == []
+
+    asyncio.run(run())
+
+
+def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(cluster: LocalCluster) -> None:
+    """Many owners' acquires and releases issued at once through one client leave as LockBatches
+    (fabric/lock_batcher.py): each still gets its own grant, and a wait in one batch is decided
+    by a release in the same batch or a later one."""
+
+    async def run() -> None:
+        async with AsyncClient(cluster.addresses) as client:
+            owners = [f"batch-owner-{i}" for i in range(40)]
+            grants = await asyncio.gather(*(client.call(Acquire(f"batch/{o}", "exclusive", o, 0, 30_000))
+                                            for o in owners))
+            tokens = [g.value["fencing_token"] for g in grants if isinstance(g, Ok)]
+            assert len(set(tokens)) == len(owners), grants
+            sent_before = client.ids.acked
+            # One iteration: a wait behind a holder, and that holder's release, in one batch.
+            waiting, released = await asyncio.gather(
+                client.call(Acquire(f"batch/{owners[0]}", "exclusive", "batch-waiter", 10_000, 30_000)),
+                client.call(Release(f"batch/{owners[0]}", owners[0])),
+            )
+            assert isinstance(released, Ok) and released.value == {"released": True}
+            assert isinstance(waiting, Ok) and waiting.value["fencing_token"] > max(tokens), waiting
+            assert client.ids.acked >= sent_before + 3  # a batch id and one per op
+            # A wait decided by a later batch: its answer comes on its own.
+            later = asyncio.ensure_future(
+                client.call(Acquire(f"batch/{owners[1]}", "exclusive", "batch-late", 10_000, 30_000)))
+            while not (await client.lock_info(f"batch/{owners[1]}"))["waiters"]:
+                await asyncio.sleep(0.02)
+            results = await asyncio.gather(*(client.call(Release(f"batch/{o}", o)) for o in owners[1:]))
+            assert all(isinstance(r, Ok) and r.value["released"] for r in results), results
+            granted = await asyncio.wait_for(later, 30)
+            assert isinstance(granted, Ok) and granted.value["granted"], granted
+            for owner, resource in (("batch-waiter", owners[0]), ("batch-late", owners[1])):
+                assert isinstance(await client.call(Release(f"batch/{resource}", owner)), Ok)
 
     asyncio.run(run())
 

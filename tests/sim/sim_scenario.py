@@ -40,9 +40,10 @@ class Probe:
     def on_reply(self, data: bytes) -> None:
         self.replies.append(decode_reply(data))
 
-    def send(self, node: str, op: Any) -> int:
+    def send(self, node: str, op: Any, ids: int = 1) -> int:
+        """``ids``: how many request ids the op takes (a LockBatch: one, and one per op)."""
         rid = self._next_id
-        self._next_id += 1
+        self._next_id += ids
         self._sim.send_request(self, node, encode(Request(self.name, rid, rid, op)))
         return rid
 

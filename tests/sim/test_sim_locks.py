@@ -7,12 +7,23 @@ from __future__ import annotations
 from typing import Any
 
 from sim_locks import FencedResource
-from sim_scenario import answer, call, client, err, ok, quiet_simulation, start, wait_for
+from sim_scenario import Probe, answer, call, client, err, ok, quiet_simulation, start, wait_for
 from simulator import Simulation
 
-from syncfab.actors.locks import EXCLUSIVE, Acquire, ExpireLocks, LockInfo, LockTable, Release, Renew
+from syncfab.actors.locks import (
+    EXCLUSIVE,
+    Acquire,
+    ExpireLocks,
+    LockBatch,
+    LockInfo,
+    LockTable,
+    Release,
+    Renew,
+)
 from syncfab.actors.machine import ApplyContext, GroupMachine
+from syncfab.actors.results import Answers, Ok, Waiting
 from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.codec import Request, encode
 
 LONG_MS = 10_000
 
@@ -142,3 +153,48 @@ def test_a_lease_ending_mid_queue_leaves_the_same_wait_for_graph_as_a_snapshot()
     assert [w.owner for w in table._resources["r"].queue] == ["a", "c"]
     assert table.graph.edges() == restored.graph.edges() == [("a", "h"), ("c", "a")]
     assert table.snapshot() == restored.snapshot()
+
+
+def test_a_batched_acquire_waits_and_is_answered_under_its_own_id() -> None:
+    """The batch is answered as soon as it commits; its waiting op later, on its own; and a
+    leader that loses leadership fails a waiting op under that op's id, so it can be asked again."""
+    sim = quiet_simulation(307)
+    wait_for(sim, "a group 0 leader", lambda: sim.leader_of(CONTROL_GROUP) is not None)
+    leader = sim.leader_of(CONTROL_GROUP)
+    assert leader is not None
+    a, b = Probe(sim, "probe-a"), Probe(sim, "probe-b")
+    held = ok(a.call(leader, Acquire("x", EXCLUSIVE, "owner-a", 0, LONG_MS)))["fencing_token"]
+
+    rid = b.send(leader, LockBatch([Acquire("x", EXCLUSIVE, "owner-b", LONG_MS, LONG_MS),
+                                    Acquire("y", EXCLUSIVE, "owner-c", 0, LONG_MS)]), ids=3)
+    sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid)))
+    [answers] = b.results(rid)
+    assert isinstance(answers, Answers), answers
+    waiting, granted = answers.results
+    assert isinstance(waiting, Waiting) and isinstance(granted, Ok), answers
+    assert not b.results(rid + 1)
+
+    ok(a.call(leader, Release("x", "owner-a")))
+    sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid + 1)))
+    [grant] = b.results(rid + 1)
+    assert ok(grant)["fencing_token"] > held
+
+    # owner-b holds x now; owner-d's batched wait is cut short by a leadership transfer.
+    rid = b.send(leader, LockBatch([Acquire("x", EXCLUSIVE, "owner-d", LONG_MS, LONG_MS)]), ids=2)
+    sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid)))
+    assert isinstance(b.results(rid)[0], Answers)
+    other = next(n for n in sim.node_ids if n != leader)
+    assert sim.core(leader).groups[CONTROL_GROUP].raft.transfer_leadership(other)
+    sim.run_until(sim.now + 3_000, stop=lambda: bool(b.results(rid + 1)))
+    [cut] = b.results(rid + 1)
+    assert err(cut) == "leader_changed"
+    # Asked again alone, under the same id, at the new leader: still waiting behind owner-b.
+    wait_for(sim, "the new leader", lambda: sim.leader_of(CONTROL_GROUP) == other)
+    b.replies.clear()
+    sim.send_request(b, other, encode(Request("probe-b", rid + 1, rid, Acquire("x", EXCLUSIVE, "owner-d",
+                                                                              LONG_MS, LONG_MS))))
+    sim.run_until(sim.now + 1_000)
+    assert not b.results(rid + 1)  # parked again, not applied twice
+    ok(b.call(other, Release("x", "owner-b")))
+    sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid + 1)))
+    assert ok(b.results(rid + 1)[0])["granted"]
