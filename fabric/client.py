@@ -18,7 +18,7 @@ import inspect
 import itertools
 import os
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import zmq
@@ -126,7 +126,8 @@ class AsyncClient:
         self.locks = LockSession(self.call, self.client_id)
         self._produces = ProduceBatcher(self.call, self._shards)
         self._lock_ops = LockBatcher(RequestSlots(
-            self._call_as, self.ids.reserve, self._expect, self._forget, lambda: self.attempt_timeout_s
+            self._call_as, self.ids.reserve, self._expect, self._forget, self._schedule_flush,
+            lambda: self.attempt_timeout_s,
         ))
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
@@ -272,11 +273,12 @@ class AsyncClient:
         Concurrent lock acquires and releases share requests on the wire
         (fabric/lock_batcher.py)."""
         if type(op) is Acquire or type(op) is Release:
-            return await self._lock_ops.submit(op)
+            return await self._lock_ops.call(op)
         return await self._call_as(op, self.ids.next())
 
-    async def _call_as(self, op: Any, rid: int) -> Any:
-        """``call`` under a request id already taken (and forgotten here once answered)."""
+    def _call_as(self, op: Any, rid: int) -> Awaitable[Any]:
+        """``call`` under a request id already taken (and forgotten once answered). The first
+        attempt is queued before this returns; awaiting the result waits and retries."""
         loop = self._loop
         assert loop is not None, "call connect() first"
         group: int | None = None
@@ -284,27 +286,44 @@ class AsyncClient:
             routed = group_for(op, self.shard_count, self.client_id, rid)
             if isinstance(routed, Err):
                 self.ids.done(rid)
-                return routed
+                answered: asyncio.Future[Any] = loop.create_future()
+                answered.set_result(routed)
+                return answered
             group = routed
         raw = encode(Request(self.client_id, rid, self.ids.acked, op))
         wait_ms, long_poll = wait_of(op)
         deadline = loop.time() + self.timeout_s + wait_ms / 1000
         attempt_timeout_s = self.attempt_timeout_s + (wait_ms / 1000 if long_poll else 0)
         target = self._address_for(group)
+        fut = self._attempt(rid, raw, target, deadline, attempt_timeout_s)
+        return self._answer(rid, raw, group, target, fut, deadline, attempt_timeout_s)
+
+    def _attempt(self, rid: int, raw: bytes, target: str, deadline: float,
+                 attempt_timeout_s: float) -> asyncio.Future[Any]:
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._futures[rid] = fut
+        self._links[target].outbox.append(raw)
+        self._schedule_flush()
+        self._deadlines[rid] = loop.time() + min(deadline - loop.time(), attempt_timeout_s)
+        self._schedule_sweep()
+        return fut
+
+    async def _answer(self, rid: int, raw: bytes, group: int | None, target: str,
+                      fut: asyncio.Future[Any], deadline: float, attempt_timeout_s: float) -> Any:
+        """Until answered with something other than a retryable error, the deadline passes, or
+        tries run out; ``fut`` is the first attempt's."""
+        loop = self._loop
+        assert loop is not None
         backoff_s = 0.01
-        result: Result | None = None
+        result: Any = None
         try:
-            for _ in range(self.attempts_max):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                fut: asyncio.Future[Result] = loop.create_future()
-                self._futures[rid] = fut
-                link = self._links[target]
-                link.outbox.append(raw)
-                self._schedule_flush()
-                self._deadlines[rid] = loop.time() + min(remaining, attempt_timeout_s)
-                self._schedule_sweep()
+            for attempt in range(self.attempts_max):
+                if attempt:
+                    if deadline - loop.time() <= 0:
+                        break
+                    fut = self._attempt(rid, raw, target, deadline, attempt_timeout_s)
                 result = await fut
                 if result is _TIMED_OUT:
                     result = self._timeout()
@@ -315,9 +334,9 @@ class AsyncClient:
                     self.leaders[group] = hint
                 if not (isinstance(result, Err) and result.code in RETRYABLE):
                     return result
-                target = self._address_for(group)
-                if target == link.address and result.code != "busy":
-                    target = self._next_address(link.address)
+                tried, target = target, self._address_for(group)
+                if target == tried and result.code != "busy":
+                    target = self._next_address(tried)
                 await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
                 backoff_s = min(backoff_s * 2, 0.25)
             return self._timeout() if result is None else result
@@ -399,6 +418,7 @@ class AsyncClient:
             self._loop.call_soon(self._flush_all)
 
     def _flush_all(self) -> None:
+        self._lock_ops.flush()  # its batches join the outboxes sent now
         self._flush_scheduled = False
         # ZeroMQ FDs are edge-triggered and a send can swallow the edge of a pending reply:
         # look once more at each socket sent on (asking EVENTS costs less than a receive that

@@ -31,9 +31,18 @@ class Cluster:
         self.open: set[int] = set()
         self.next = 1
         self.on_batch: Callable[[int], None] = lambda first: None
+        self.batcher: LockBatcher | None = None
 
-    def slots(self, attempt_timeout_s: float = 1.0) -> RequestSlots:
-        return RequestSlots(self.call, self.reserve, self.expect, self.forget, lambda: attempt_timeout_s)
+    def attach(self, attempt_timeout_s: float = 1.0) -> LockBatcher:
+        """A batcher whose ``wake`` has the loop flush it soon, as the client's send does."""
+        slots = RequestSlots(self.call, self.reserve, self.expect, self.forget, self.wake,
+                             lambda: attempt_timeout_s)
+        self.batcher = LockBatcher(slots)
+        return self.batcher
+
+    def wake(self) -> None:
+        assert self.batcher is not None
+        asyncio.get_running_loop().call_soon(self.batcher.flush)
 
     def reserve(self, count: int) -> int:
         first = self.next
@@ -74,8 +83,8 @@ def acquire(owner: str, wait_ms: int = 5_000) -> Acquire:
 def run(cluster: Cluster, ops: list[Any], attempt_timeout_s: float = 1.0,
         during: Callable[[], Any] | None = None) -> list[Any]:
     async def go() -> list[Any]:
-        batcher = LockBatcher(cluster.slots(attempt_timeout_s))
-        futures = [batcher.submit(op) for op in ops]
+        batcher = cluster.attach(attempt_timeout_s)
+        futures = [asyncio.ensure_future(batcher.call(op)) for op in ops]
         if during is not None:
             await during()
         return list(await asyncio.gather(*futures, return_exceptions=True))
