@@ -25,11 +25,17 @@ from typing import Any
 from syncfab.actors.locks import Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
 from syncfab.actors.results import RETRYABLE, Answers, Err, Result, Waiting
+from syncfab.fabric.produce_batcher import split
 
 # A batch stays well under a node's 1 MiB request bound (names are at most 1 KiB each, and a
 # character at most 4 bytes: the estimate below counts characters, so allow for that).
 BATCH_BYTES_MAX = 128 * 1024
 _FRAMING_BYTES = 32
+
+
+def _op_bytes(item: tuple[Acquire | Release, asyncio.Future[Any]]) -> int:
+    op = item[0]
+    return len(op.resource) + len(op.owner) + _FRAMING_BYTES
 
 
 class RequestSlots:
@@ -69,6 +75,8 @@ class Waits:
 
 
 class LockBatcher:
+    """``call(op)`` answers like a lone acquire or release; concurrent calls share requests."""
+
     def __init__(self, slots: RequestSlots) -> None:
         self._slots = slots
         self._queued: list[tuple[Acquire | Release, asyncio.Future[Any]]] = []
@@ -131,17 +139,9 @@ class LockBatcher:
         if not self._queued:
             return
         queued, self._queued = self._queued, []
-        batch: list[tuple[Acquire | Release, asyncio.Future[Any]]] = []
-        size = 0
-        for item in queued:
-            op = item[0]
-            cost = len(op.resource) + len(op.owner) + _FRAMING_BYTES
-            if batch and (len(batch) >= BATCH_OPS_MAX or size + cost > BATCH_BYTES_MAX):
-                self._send(batch)
-                batch, size = [], 0
-            batch.append(item)
-            size += cost
-        if batch:
+        # A caller that gave up before its op left is dropped.
+        live = [item for item in queued if not item[1].done()]
+        for batch in split(live, _op_bytes, BATCH_OPS_MAX, BATCH_BYTES_MAX):
             self._send(batch)
 
     def _spawn(self, coro: Any) -> None:
@@ -153,9 +153,8 @@ class LockBatcher:
         slots = self._slots
         if len(batch) == 1:  # a lone op goes as it is, answered in its caller's task
             op, caller = batch[0]
-            if not caller.done():  # else its caller gave up before it left
-                rid = slots.reserve(1)
-                caller.set_result(Alone(slots.call(op, rid), rid))
+            rid = slots.reserve(1)
+            caller.set_result(Alone(slots.call(op, rid), rid))
             return
         first = slots.reserve(len(batch) + 1)  # the batch's id, then one per op
         # Expected before the batch leaves: a waiting op's own reply may follow the batch's at once.

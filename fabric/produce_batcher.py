@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from syncfab.actors.queue_ops import BATCH_MAX, check_message, check_queue
 from syncfab.actors.queues import NewMessage, ProduceBatch
@@ -34,6 +34,7 @@ from syncfab.fabric.codec import OnShard, encode
 from syncfab.fabric.routing import queue_key_shard
 
 Call = Callable[[Any], Awaitable[Result]]
+T = TypeVar("T")
 # A batch stays well under a node's 1 MiB request bound; a message bigger than this goes alone
 # (and meets that bound by itself).
 BATCH_BYTES_MAX = 256 * 1024
@@ -106,7 +107,7 @@ class ProduceBatcher:
                     p.future.set_exception(e)
             return
         for (queue, shard), pending in queued.items():
-            for batch in _split(pending):
+            for batch in split(pending, _message_bytes, BATCH_MAX, BATCH_BYTES_MAX):
                 target = shard if shard is not None else next(self._sticky) % shards + 1
                 task = asyncio.ensure_future(self._send(queue, target, batch))
                 self._tasks.add(task)
@@ -134,18 +135,23 @@ class ProduceBatcher:
                 p.future.set_result(Ok(value))
 
 
-def _split(pending: list[_Pending]) -> list[list[_Pending]]:
-    """Batches of at most BATCH_MAX messages and about BATCH_BYTES_MAX bytes, in order."""
-    batches: list[list[_Pending]] = []
-    current: list[_Pending] = []
+def _message_bytes(p: _Pending) -> int:
+    return p.size + _FRAMING_BYTES
+
+
+def split(items: list[T], cost: Callable[[T], int], count_max: int, bytes_max: int) -> list[list[T]]:
+    """Batches of at most ``count_max`` items and about ``bytes_max`` bytes by ``cost``, in order
+    (an item bigger than that goes alone)."""
+    batches: list[list[T]] = []
+    current: list[T] = []
     size = 0
-    for p in pending:
-        cost = p.size + _FRAMING_BYTES
-        if current and (len(current) >= BATCH_MAX or size + cost > BATCH_BYTES_MAX):
+    for item in items:
+        weight = cost(item)
+        if current and (len(current) >= count_max or size + weight > bytes_max):
             batches.append(current)
             current, size = [], 0
-        current.append(p)
-        size += cost
+        current.append(item)
+        size += weight
     if current:
         batches.append(current)
     return batches
