@@ -127,9 +127,12 @@ class GroupMachine:
     def apply(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting | Answers:
         """Apply a committed command once, however many times it was proposed. Notices for
         earlier waiting requests are left in ``ctx.notices`` (and recorded as their answers)."""
-        request_id = ctx.request_id
         if type(op) in self._batches:
             return self._apply_batch(ctx, acked, op.ops)
+        return self._apply_one(ctx, acked, op)
+
+    def _apply_one(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting:
+        request_id = ctx.request_id
         sessions = self.sessions
         if request_id:
             recorded = sessions.lookup(ctx.client, request_id, acked)
@@ -155,16 +158,17 @@ class GroupMachine:
         if not 0 < len(ops) <= BATCH_OPS_MAX:
             return Err("bad_request", f"a batch holds 1..{BATCH_OPS_MAX} ops", {"field": "ops"})
         results: list[Result | Waiting] = []
+        writes, first = self._writes, ctx.request_id + 1
+        sub = ApplyContext(ctx.index, ctx.now_ms, ctx.client)  # one for all: nothing keeps it
         for k, op in enumerate(ops):
-            if type(op) not in self._writes:
+            if type(op) not in writes:
                 results.append(Err("bad_request", f"{type(op).__name__} cannot be batched"))
                 continue
-            sub = ApplyContext(ctx.index, ctx.now_ms, ctx.client, ctx.request_id + 1 + k)
-            result = self.apply(sub, acked, op)
-            assert not isinstance(result, Answers)
-            results.append(result)
+            sub.request_id = first + k
+            results.append(self._apply_one(sub, acked, op))
             if sub.notices:
                 ctx.notices += sub.notices
+                sub.notices = []
         return Answers(results)
 
     def query(self, op: Any) -> Result:
