@@ -10,6 +10,8 @@ Workloads:
 - ``lock``: ``GroupMachine({"locks": LockTable()})``; ``--owners`` lock owners (each its own
   resource, as ``bench.py lock`` without ``--hot``) spread over ``--clients`` client ids, each
   owner alternating Acquire and Release, one request per owner per entry;
+- ``lock_batch``: the same ops, each client's ops of an entry in one LockBatch request (what
+  fabric/lock_batcher.py sends), figures per op;
 - ``produce_batch``: the same machine, ProduceBatch requests of BATCH messages (per message);
 - ``produce``: ``GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})`` and a
   100-byte Produce per request.
@@ -34,21 +36,21 @@ from typing import Any
 
 from loadtest.bench import write_result
 from syncfab.actors.kv import KvStore
-from syncfab.actors.locks import Acquire, LockTable, Release
+from syncfab.actors.locks import Acquire, LockBatch, LockTable, Release
 from syncfab.actors.machine import ApplyContext, GroupMachine, Notice
 from syncfab.actors.queues import NewMessage, Produce, ProduceBatch, QueuePartitions
 from syncfab.actors.results import Err, Waiting
 from syncfab.fabric.codec import OnShard, Request, decode_batch, encode, encode_batch
 
 PAYLOAD = b"x" * 100
-WORKLOADS = ("lock", "produce", "produce_batch")
+WORKLOADS = ("lock", "lock_batch", "produce", "produce_batch")
 # produce_batch: messages per ProduceBatch request (what fabric/produce_batcher.py sends for a
 # pile of single produces); its figures are per message.
 BATCH = 32
 
 
 def machine_for(workload: str) -> GroupMachine:
-    if workload == "lock":
+    if workload.startswith("lock"):
         return GroupMachine({"locks": LockTable()})
     return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})
 
@@ -61,6 +63,11 @@ def build_entries(workload: str, entries: int, owners: int, clients: int) -> lis
     log = []
     for e in range(entries):
         requests = []
+        if workload == "lock_batch":
+            requests = [_lock_batch(client_ids[c], next_id, c, range(c, owners, clients), e)
+                        for c in range(clients)]
+            log.append(encode_batch(1_000_000 + e, requests))
+            continue
         for o in range(owners):
             c = o % clients
             rid = next_id[c]
@@ -80,6 +87,19 @@ def build_entries(workload: str, entries: int, owners: int, clients: int) -> lis
             requests.append(encode(Request(client_ids[c], rid, acked, op)))
         log.append(encode_batch(1_000_000 + e, requests))
     return log
+
+
+def _lock_batch(client: str, next_id: list[int], c: int, owners: range, entry: int) -> bytes:
+    """One client's ops of an entry as the lock batcher sends them: ids batch + 1 + position."""
+    ops: list[Acquire | Release] = []
+    for o in owners:
+        owner = f"{client}/{o}"
+        resource = f"res-{owner}"
+        ops.append(Acquire(resource, "exclusive", owner, 10_000, 30_000) if entry % 2 == 0
+                   else Release(resource, owner))
+    rid = next_id[c]
+    next_id[c] += len(ops) + 1
+    return encode(Request(client, rid, rid, LockBatch(ops)))
 
 
 def apply_entry(machine: GroupMachine, index: int, now_ms: int, requests: list[Request],
