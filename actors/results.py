@@ -37,5 +37,6 @@ class Answers(msgspec.Struct, frozen=True, tag="ans", array_like=True):
 
     results: list[Ok | Err | Waiting]
 
+
 # Codes a client may retry, with the same request id, on the same or another node.
 RETRYABLE = frozenset({"not_leader", "no_leader", "busy", "leader_changed", "unavailable"})

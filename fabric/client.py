@@ -272,6 +272,7 @@ class AsyncClient:
         something other than a retryable error, the deadline passes, or tries run out.
         Concurrent lock acquires and releases share requests on the wire
         (fabric/lock_batcher.py)."""
+        assert self._loop is not None, "call connect() first"
         if type(op) is Acquire or type(op) is Release:
             return await self._lock_ops.call(op)
         return await self._call_as(op, self.ids.next())
