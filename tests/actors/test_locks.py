@@ -486,6 +486,7 @@ def test_release_all_releases_holds_cancels_waits_and_drops_the_lease() -> None:
     [
         (Acquire("", X, "a", 0, 1_000), "resource"),
         (Acquire("é" * 513, X, "a", 0, 1_000), "resource"),  # 1026 bytes, 513 characters
+        (Acquire("r", X, "\U0001F512" * 257, 0, 1_000), "owner"),  # 1028 bytes, 257 characters
         (Acquire("r", "write", "a", 0, 1_000), "mode"),
         (Acquire("r", X, "", 0, 1_000), "owner"),
         (Acquire("r", X, "a" * 1_025, 0, 1_000), "owner"),
@@ -528,6 +529,7 @@ def test_the_first_bad_field_in_declaration_order_is_the_one_named(op: Any, mess
 def test_names_up_to_the_limit_are_fine() -> None:
     log = Log()
     log.granted("a" * 1_024, "é" * 512)
+    log.granted("\U0001F512" * 256, "b")  # 1024 bytes in 256 characters
 
 
 def test_queries_describe_holders_waiters_and_owners() -> None:
