@@ -158,17 +158,28 @@ class GroupMachine:
         if not 0 < len(ops) <= BATCH_OPS_MAX:
             return Err("bad_request", f"a batch holds 1..{BATCH_OPS_MAX} ops", {"field": "ops"})
         results: list[Result | Waiting] = []
-        writes, first = self._writes, ctx.request_id + 1
+        writes, first, sessions = self._writes, ctx.request_id + 1, self.sessions
+        # The client's session once for the batch (its floor raised to ``acked`` first, which
+        # a well-behaved client's ops, all above it, never notice).
+        session = sessions.session(ctx.client, acked)
         sub = ApplyContext(ctx.index, ctx.now_ms, ctx.client)  # one for all: nothing keeps it
         for k, op in enumerate(ops):
-            if type(op) not in writes:
+            service = writes.get(type(op))
+            if service is None:
                 results.append(Err("bad_request", f"{type(op).__name__} cannot be batched"))
                 continue
-            sub.request_id = first + k
-            results.append(self._apply_one(sub, acked, op))
-            if sub.notices:
-                ctx.notices += sub.notices
-                sub.notices = []
+            rid = first + k
+            result = session.lookup(rid)
+            if result is None:
+                sub.request_id = rid
+                result = service.apply(sub, op)
+                session.record(rid, result)
+                if sub.notices:
+                    for notice in sub.notices:
+                        sessions.replace(notice.client, notice.request_id, notice.result)
+                    ctx.notices += sub.notices
+                    sub.notices = []
+            results.append(result)
         return Answers(results)
 
     def query(self, op: Any) -> Result:

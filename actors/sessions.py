@@ -35,7 +35,10 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[_Image]).decode
 
 
-class _Session:
+class Session:
+    """One client's records. ``SessionTable.session`` hands one out for a run of requests from
+    that client (a batch's ops): ``lookup`` and ``record`` then answer as the table's would."""
+
     __slots__ = ("floor", "prune_at", "results")
 
     def __init__(self, floor: int, results: dict[int, Result | Waiting]) -> None:
@@ -43,11 +46,25 @@ class _Session:
         self.results = results  # request id -> result, in apply order; may hold ids below floor
         self.prune_at = max(PRUNE_ENTRIES_MIN, 2 * len(results))
 
+    def lookup(self, request_id: int) -> Result | Waiting | None:
+        if request_id < self.floor:
+            return Err("stale_request", f"request {request_id} was already acknowledged")
+        return self.results.get(request_id)
+
+    def record(self, request_id: int, result: Result | Waiting) -> None:
+        self.results[request_id] = result
+
+    def _prune(self) -> None:
+        if len(self.results) >= self.prune_at:
+            floor = self.floor
+            self.results = {i: r for i, r in self.results.items() if i >= floor}
+            self.prune_at = max(PRUNE_ENTRIES_MIN, 2 * len(self.results))
+
 
 class SessionTable:
     def __init__(self, clients_max: int = 100_000) -> None:
         self.clients_max = clients_max
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently active first
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently active first
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -56,29 +73,26 @@ class SessionTable:
         """The recorded result of a retried request, an error for one the client already
         acknowledged, or None when it is new and must be applied."""
         session = self._sessions.get(client)
-        if session is None:
-            return None
-        if request_id < session.floor:
-            return Err("stale_request", f"request {request_id} was already acknowledged")
-        return session.results.get(request_id)
+        return None if session is None else session.lookup(request_id)
 
     def record(self, client: str, request_id: int, acked: int, result: Result | Waiting) -> None:
+        self.session(client, acked).results[request_id] = result
+
+    def session(self, client: str, acked: int) -> Session:
+        """``client``'s session, made most recently active, its floor raised to ``acked`` and
+        pruned when due — what ``record`` does before it records; a batch does it once."""
         sessions = self._sessions
         session = sessions.get(client)
         if session is None:
-            session = sessions[client] = _Session(acked, {})
+            session = sessions[client] = Session(acked, {})
             while len(sessions) > self.clients_max:
                 sessions.popitem(last=False)
         else:
             sessions.move_to_end(client)
             if acked > session.floor:
                 session.floor = acked
-            results = session.results
-            if len(results) >= session.prune_at:
-                floor = session.floor
-                session.results = results = {i: r for i, r in results.items() if i >= floor}
-                session.prune_at = max(PRUNE_ENTRIES_MIN, 2 * len(results))
-        session.results[request_id] = result
+            session._prune()
+        return session
 
     def replace(self, client: str, request_id: int, result: Result) -> None:
         """A waiting request got its answer: a retry from now on gets the answer."""
@@ -93,4 +107,4 @@ class SessionTable:
         ])
 
     def restore(self, data: bytes) -> None:
-        self._sessions = OrderedDict((i.client, _Session(i.acked, dict(i.results))) for i in _decode(data))
+        self._sessions = OrderedDict((i.client, Session(i.acked, dict(i.results))) for i in _decode(data))

@@ -105,3 +105,15 @@ def test_a_bad_op_fails_alone() -> None:
     assert isinstance(bad, Err) and bad.detail == {"field": "mode"}
     token(good)
     assert isinstance(nested, Err) and nested.code == "bad_request"
+
+
+def test_a_batch_raises_its_clients_floor_before_its_ops_are_looked_up() -> None:
+    """A client's ops all lie above what it acknowledged; one that claims otherwise gets every op
+    below its ``acked`` refused as stale, and nothing of them applied."""
+    r = Replica()
+    answers, _ = r.apply("c", 10, LockBatch([acquire("a", "x"), acquire("b", "y")]), acked=12)
+    assert isinstance(answers, Answers)
+    stale, applied = answers.results
+    assert isinstance(stale, Err) and stale.code == "stale_request"
+    token(applied)
+    assert r.machine.services["locks"].stats()["grants"] == 1  # type: ignore[attr-defined]

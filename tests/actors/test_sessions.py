@@ -115,3 +115,16 @@ def test_the_least_recently_active_client_is_forgotten_first() -> None:
     assert len(table) == 2
     assert table.lookup("b", 1, 1) is None  # forgotten: a retry would apply again
     assert table.lookup("a", 1, 1) == ok(1) and table.lookup("c", 1, 1) == ok(1)
+
+
+def test_a_session_handed_out_answers_as_the_table_does() -> None:
+    table = SessionTable()
+    table.record("c", 1, 1, ok(1))
+    session = table.session("c", 3)  # what a batch does first: the floor rises to 3
+    assert session.lookup(1) == Err("stale_request", "request 1 was already acknowledged")
+    assert session.lookup(4) is None
+    session.record(4, ok(4))
+    assert table.lookup("c", 4, 3) == ok(4) and table.lookup("c", 2, 3) == session.lookup(2)
+    table.record("d", 1, 1, ok(1))
+    table.session("c", 3)  # most recently active again: "d" would be forgotten first
+    assert list(table._sessions) == ["d", "c"]
