@@ -91,10 +91,11 @@ class RpcClient:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def call(self, op: Any, on_done: Done, deadline_ms: int | None) -> int:
-        """Send ``op``; ``on_done(result)`` once, with None if it gave up. Returns the request id."""
+    def call(self, op: Any, on_done: Done, deadline_ms: int | None, ids: int = 1) -> int:
+        """Send ``op``; ``on_done(result)`` once, with None if it gave up. Returns the request id.
+        ``ids``: how many consecutive request ids the op takes (a LockBatch: one, and one per op)."""
         host, cfg = self.host, self.config
-        rid = self.ids.next()
+        rid = self.ids.reserve(ids)
         group = group_for(op, cfg.shard_count, self.name, rid)
         if isinstance(group, Err):
             host.fail("client protocol", f"{self.name} built an unroutable op {op!r}: {group}")
@@ -113,6 +114,20 @@ class RpcClient:
         else:
             self._attempt(call, self.rng.choice(host.node_ids))
         return rid
+
+    def expect(self, rid: int, op: Any, on_done: Done, deadline_ms: int | None) -> None:
+        """An op of a batch left waiting (fabric/lock_batcher.py): its own reply answers it. Until
+        then it is a call in flight under its own id, asked again alone if no reply comes."""
+        host, cfg = self.host, self.config
+        request = Request(self.name, rid, self.ids.acked, op)
+        group = group_for(op, cfg.shard_count, self.name, rid)
+        assert not isinstance(group, Err)
+        call = _Pending(request, encode(request), group, on_done, host.now, cfg.attempt_timeout_ms, attempt=1)
+        self.pending[rid] = call
+        self.sent[rid] = (host.now, op)
+        if deadline_ms is not None:
+            host.after(deadline_ms + wait_of(op)[0], self._give_up, rid)
+        host.after(call.attempt_timeout_ms, self._retry, rid, 1, None)
 
     def _attempt(self, call: _Pending, node: str) -> None:
         call.attempt += 1

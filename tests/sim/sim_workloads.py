@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from sim_locks import FencedResource, LockClient, LockLedger
+from sim_locks import FencedResource, LockClient, LockLedger, LockOpBatcher
 from sim_queues import DLQ, QUEUE, Consumer, Producer, QueueModel
 
 from syncfab.actors.ring import CONTROL_GROUP
@@ -78,6 +78,8 @@ def choose_workloads(rng: random.Random) -> dict[str, Any]:
         "queue_long_poll_probability": rng.choice((0.0, 0.2, 0.5)),
         "liveness_produces": rng.randint(3, 10),
         "liveness_produce_gap_ms": rng.choice((0, 200, 400)),
+        # Drawn last, so every earlier knob of a seed stays what it was.
+        "lock_batching": rng.random() < 0.5,
     }
 
 
@@ -89,11 +91,16 @@ class Workloads:
         self.ledger = LockLedger(sim)
         self.resources = {f"res{i}": FencedResource(f"res{i}", sim) for i in range(cfg.lock_resource_count)}
         self.lockers: list[LockClient] = []
+        self.batcher: LockOpBatcher | None = None
         if "locks" in self.names:
             self.lockers = [
                 LockClient(i, sim, random.Random(rng.getrandbits(64)), self.resources, self.ledger)
                 for i in range(cfg.lock_client_count)
             ]
+            if cfg.lock_batching:
+                self.batcher = LockOpBatcher(sim, random.Random(rng.getrandbits(64)))
+                for locker in self.lockers:
+                    locker.batcher = self.batcher
         self.model = QueueModel(sim)
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
@@ -122,6 +129,8 @@ class Workloads:
 
     def settled(self) -> bool:
         if not all(c.done for c in self.lockers) or not all(p.done for p in self.producers):
+            return False
+        if self.batcher is not None and self.batcher.pending:
             return False
         return not self.consumers or not self.queue_gap()
 
@@ -156,6 +165,8 @@ class Workloads:
 
     def describe_open(self) -> list[str]:
         out = [c.describe_open() for c in self.lockers if not c.done]
+        if self.batcher is not None and self.batcher.pending:
+            out.append(self.batcher.describe_open())
         out += [p.describe_open() for p in self.producers if not p.done]
         gap = self.queue_gap() if self.consumers else None
         if gap:
@@ -169,6 +180,10 @@ class Workloads:
             total["lock.calls"] += locker.calls
             total["lock.unknown"] += locker.unknown
         total.update({f"lock.ledger.{k}": v for k, v in self.ledger.stats.items()})
+        if self.batcher is not None:
+            total["lock.batches"] += self.batcher.batches
+            total["lock.batched_ops"] += self.batcher.batched_ops
+            total["lock.batch_waits"] += self.batcher.waits
         for res in self.resources.values():
             total["lock.resource_accepted"] += res.accepted
             total["lock.resource_rejected"] += res.rejected

@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 # Counters summed over the seeds and printed: a workload that stopped reaching its hard cases
 # (deadlocks, fenced zombies, dead letters) would still pass, so the summary shows them.
 SUMMARY_EVENTS = ("lock.granted", "lock.acquire_deadlock", "lock.acquire_lease_expired", "lock.fenced",
-                  "queue.deliveries", "queue.lapsed", "queue.dead_lettered", "queue.dedup_hits")
+                  "lock.batches", "lock.batch_waits", "queue.deliveries", "queue.lapsed",
+                  "queue.dead_lettered", "queue.dedup_hits")
 
 
 def _seed_chunks() -> list[list[int]]:
