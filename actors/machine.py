@@ -129,9 +129,6 @@ class GroupMachine:
         earlier waiting requests are left in ``ctx.notices`` (and recorded as their answers)."""
         if type(op) in self._batches:
             return self._apply_batch(ctx, acked, op.ops)
-        return self._apply_one(ctx, acked, op)
-
-    def _apply_one(self, ctx: ApplyContext, acked: int, op: Any) -> Result | Waiting:
         request_id = ctx.request_id
         sessions = self.sessions
         if request_id:
@@ -146,9 +143,13 @@ class GroupMachine:
         if request_id:
             sessions.record(ctx.client, request_id, acked, result)
         if ctx.notices:
-            for notice in ctx.notices:
-                sessions.replace(notice.client, notice.request_id, notice.result)
+            self._record_answers(ctx.notices)
         return result
+
+    def _record_answers(self, notices: list[Notice]) -> None:
+        """Waiting requests got their answers: a retry from now on gets those."""
+        for notice in notices:
+            self.sessions.replace(notice.client, notice.request_id, notice.result)
 
     def _apply_batch(self, ctx: ApplyContext, acked: int, ops: list[Any]) -> Answers | Err:
         """Each op as its own request (so each has its own session record, and a retried batch
@@ -158,10 +159,10 @@ class GroupMachine:
         if not 0 < len(ops) <= BATCH_OPS_MAX:
             return Err("bad_request", f"a batch holds 1..{BATCH_OPS_MAX} ops", {"field": "ops"})
         results: list[Result | Waiting] = []
-        writes, first, sessions = self._writes, ctx.request_id + 1, self.sessions
+        writes, first = self._writes, ctx.request_id + 1
         # The client's session once for the batch (its floor raised to ``acked`` first, which
         # a well-behaved client's ops, all above it, never notice).
-        session = sessions.session(ctx.client, acked)
+        session = self.sessions.session(ctx.client, acked)
         sub = ApplyContext(ctx.index, ctx.now_ms, ctx.client)  # one for all: nothing keeps it
         for k, op in enumerate(ops):
             service = writes.get(type(op))
@@ -175,8 +176,7 @@ class GroupMachine:
                 result = service.apply(sub, op)
                 session.record(rid, result)
                 if sub.notices:
-                    for notice in sub.notices:
-                        sessions.replace(notice.client, notice.request_id, notice.result)
+                    self._record_answers(sub.notices)
                     ctx.notices += sub.notices
                     sub.notices = []
             results.append(result)

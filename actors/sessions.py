@@ -76,7 +76,7 @@ class SessionTable:
         return None if session is None else session.lookup(request_id)
 
     def record(self, client: str, request_id: int, acked: int, result: Result | Waiting) -> None:
-        self.session(client, acked).results[request_id] = result
+        self.session(client, acked).record(request_id, result)
 
     def session(self, client: str, acked: int) -> Session:
         """``client``'s session, made most recently active, its floor raised to ``acked`` and
