@@ -8,6 +8,8 @@ import msgspec
 
 from syncfab.actors.results import Err, Ok, Result
 
+KEY_BYTES_MAX = 1024  # every service's keys (KV, cache, routing)
+
 if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
+from syncfab.actors.cache_ops import WriteBackItem
+from syncfab.actors.results import Err, Ok
+
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
     """One log entry. ``data`` is an encoded command; ``b""`` is a leader's no-op."""
@@ -107,6 +110,9 @@ class Beat(msgspec.Struct, frozen=True, tag="bt", array_like=True):
 
     seq: int
     leading: list[tuple[int, int]] = []
+    # (shard, epoch, last seq) of every cache stream the sender publishes: a subscriber that
+    # has not seen that seq lost part of the stream (the Clone pattern's heartbeat).
+    cache_streams: list[tuple[int, int, int]] = []
 
 
 class Forward(msgspec.Struct, frozen=True, tag="fw", array_like=True):
@@ -135,3 +141,114 @@ RaftMessage = (
     | InstallSnapshot
     | TimeoutNow
 )
+
+
+# -- the cache (actors/cache_home.py, actors/cache_near.py) ---------------------------------
+#
+# A home publishes one ordered stream per shard and epoch (its Raft term): every message it has
+# for holders, grants included, numbered so a subscriber sees a gap. Holders talk to the home
+# point to point; the envelope's group is the shard.
+
+
+class Inval(msgspec.Struct, frozen=True, tag="ci", array_like=True):
+    """Drop your copy of ``key`` (every node but ``keep``, the writer) and acknowledge."""
+
+    key: str
+    keep: str = ""
+
+
+class Grant(msgspec.Struct, frozen=True, tag="cg", array_like=True):
+    """The answer to ``node``'s op ``op_id``: its line for ``key`` (``state`` ``I``: not cached),
+    the value (None: no such key) and, for writes and invalidations, the client's result.
+    ``lease``: the grant also renewed ``node``'s lease on the shard. ``may_dirty``: an E line
+    may turn M without asking (its version is fresh in this epoch)."""
+
+    node: str
+    op_id: int
+    key: str
+    state: str
+    value: msgspec.Raw | None
+    version: int
+    lease: bool
+    may_dirty: bool = False
+    result: Ok | Err | None = None
+
+
+class Recall(msgspec.Struct, frozen=True, tag="cx", array_like=True):
+    """``node`` owns ``key`` (E or M): send your value home, then keep it as S (``shared``) or drop it."""
+
+    node: str
+    key: str
+    shared: bool
+
+
+class Lease(msgspec.Struct, frozen=True, tag="cl", array_like=True):
+    """``node``'s lease on the shard is renewed from when it asked (``renew_id``). ``resync``:
+    the home forgot ``node`` (its lease ran out there): drop every line of the shard first."""
+
+    node: str
+    renew_id: int
+    resync: bool = False
+
+
+class WrittenBack(msgspec.Struct, frozen=True, tag="cd", array_like=True):
+    """``node``'s value of ``key`` at ``version`` is in memory (``ok``) or was refused."""
+
+    node: str
+    key: str
+    version: int
+    ok: bool
+
+
+StreamItem = Inval | Grant | Recall | Lease | WrittenBack
+
+
+class CacheStream(msgspec.Struct, frozen=True, tag="cs", array_like=True):
+    """Items ``seq0``, ``seq0 + 1``, ... of the shard's stream in ``epoch`` (published on PUB)."""
+
+    shard: int
+    epoch: int
+    seq0: int
+    items: list[StreamItem]
+
+
+class CacheFetch(msgspec.Struct, frozen=True, tag="cf", array_like=True):
+    op_id: int
+    key: str
+
+
+class CacheWriteReq(msgspec.Struct, frozen=True, tag="cw", array_like=True):
+    """A client's write or delete, as the client encoded it (the home logs these very bytes)."""
+
+    op_id: int
+    request: msgspec.Raw
+
+
+class CacheDropReq(msgspec.Struct, frozen=True, tag="ck", array_like=True):
+    """A client's invalidate: drop every copy of ``key``."""
+
+    op_id: int
+    key: str
+
+
+class CacheWriteBackReq(msgspec.Struct, frozen=True, tag="cb", array_like=True):
+    items: list[WriteBackItem]
+
+
+class CacheAck(msgspec.Struct, frozen=True, tag="ca", array_like=True):
+    """Everything of ``epoch``'s stream up to ``seq`` is applied here. ``renew_id`` > 0 asks for
+    the lease; ``dropped`` names lines evicted since, each with the seq of its grant."""
+
+    epoch: int
+    seq: int
+    renew_id: int = 0
+    dropped: list[tuple[str, int]] = []
+
+
+class CacheRecalled(msgspec.Struct, frozen=True, tag="cy", array_like=True):
+    """The answer to a Recall: the owner's value if it is newer than memory, else None."""
+
+    epoch: int
+    key: str
+    item: WriteBackItem | None
+

@@ -12,6 +12,17 @@ from __future__ import annotations
 
 import msgspec
 
+from syncfab.actors.cache_ops import (
+    CacheBump,
+    CacheDelete,
+    CacheExpire,
+    CacheInvalidate,
+    CacheLine,
+    CacheRead,
+    CacheStats,
+    CacheWrite,
+    CacheWriteBack,
+)
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import (
     Acquire,
@@ -23,7 +34,19 @@ from syncfab.actors.locks import (
     ReleaseAll,
     Renew,
 )
-from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
+from syncfab.actors.messages import (
+    Beat,
+    CacheAck,
+    CacheDropReq,
+    CacheFetch,
+    CacheRecalled,
+    CacheStream,
+    CacheWriteBackReq,
+    CacheWriteReq,
+    Forward,
+    ForwardReply,
+    RaftMessage,
+)
 from syncfab.actors.queue_ops import QueueCommand, QueueLocal, QueueQuery
 from syncfab.actors.results import Answers, Err, Result
 
@@ -42,9 +65,13 @@ class OnShard(msgspec.Struct, frozen=True, tag="on", array_like=True):
 
 # Every op a Request may carry — clients' and the leaders' own housekeeping, which is logged
 # as a Request too — so one decoder reads any log entry.
-ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete
+CacheShardOp = CacheWrite | CacheDelete | CacheWriteBack | CacheBump | CacheExpire | CacheLine
+ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete | CacheShardOp
 LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo | LockBatch
-Op = Put | Get | Delete | ClusterInfo | OnShard | LockOp | QueueCommand | QueueQuery | QueueLocal
+# The cache ops a node's near cache serves itself (CacheWrite and CacheDelete are logged too).
+NearOp = CacheRead | CacheInvalidate | CacheStats
+Op = (Put | Get | Delete | ClusterInfo | OnShard | LockOp | QueueCommand | QueueQuery | QueueLocal
+      | CacheShardOp | NearOp)
 
 
 class Request(msgspec.Struct, frozen=True, tag="rq", array_like=True):
@@ -83,7 +110,11 @@ class _DecodedReplies(msgspec.Struct, frozen=True, tag="rps", array_like=True):
     items: list[Reply]
 
 
-PeerMessage = RaftMessage | Beat | Forward | ForwardReply
+CacheMessage = (CacheStream | CacheFetch | CacheWriteReq | CacheDropReq | CacheWriteBackReq | CacheAck
+                | CacheRecalled)
+CACHE_MESSAGES = (CacheStream, CacheFetch, CacheWriteReq, CacheDropReq, CacheWriteBackReq, CacheAck,
+                  CacheRecalled)
+PeerMessage = RaftMessage | Beat | Forward | ForwardReply | CacheMessage
 
 
 class PeerBatch(msgspec.Struct, frozen=True, tag="pb", array_like=True):

@@ -20,12 +20,15 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.cache_home import CacheHome
+from syncfab.actors.cache_ops import NEAR_OPS, CacheConfig
+from syncfab.actors.cache_store import CacheStore
 from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import LockTable
 from syncfab.actors.machine import ApplyContext, GroupMachine
@@ -35,7 +38,9 @@ from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
+from syncfab.fabric.balance import balance_leaders
 from syncfab.fabric.codec import (
+    CACHE_MESSAGES,
     ClusterInfo,
     DecodeError,
     OnShard,
@@ -48,7 +53,9 @@ from syncfab.fabric.codec import (
     encode_batch,
 )
 from syncfab.fabric.detector import PhiAccrualDetector
+from syncfab.fabric.node_cache import NodeCache
 from syncfab.fabric.routing import group_for
+from syncfab.fabric.views import cluster_view, group_status
 
 if TYPE_CHECKING:
     from syncfab.storage.log_store import StoredGroup
@@ -79,6 +86,7 @@ class NodeConfig:
     # alive and caught up; both waits keep a restarting node from causing churn.
     balance_interval_ms: int = 1_000
     balance_after_leading_ms: int = 2_000
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 @dataclass(slots=True)
@@ -97,6 +105,7 @@ class _Pending:
     origin: str | None  # the node that relays the answer; None for our own clients
     route: bytes
     request_id: int
+    hook: Callable[[Result | Answers], Any] | None = None  # answered in-process (a cache home)
 
 
 _Read = tuple[_Pending, Any]  # a waiting read and its query op
@@ -146,6 +155,7 @@ class NodeCore:
         self.detector = PhiAccrualDetector()
         self._now = self._wall = now_ms
         self._park_seq = 0
+        self.cache = NodeCache(self)
         self.groups: dict[int, _Group] = {}
         for gid in self.placement.groups_of(node_id):
             disk = stored.get(gid)
@@ -160,6 +170,8 @@ class NodeCore:
             if raft.snapshot is not None:
                 machine.restore(raft.snapshot.data)
             self.groups[gid] = _Group(gid, raft, machine)
+        # Drawn after the groups' own, so adding it left their elections as they were.
+        self.cache.near.number_ops_from(rng.getrandbits(32) << 24)
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
         self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
         self._flush = Flush()
@@ -177,11 +189,12 @@ class NodeCore:
              "leader_transfers"), 0
         )
 
-    @staticmethod
-    def _machine_for(group: int) -> GroupMachine:
+    def _machine_for(self, group: int) -> GroupMachine:
         if group == CONTROL_GROUP:
             return GroupMachine({"locks": LockTable()})
-        return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(group)})
+        home = CacheHome(group, self.id, self.config.cache)
+        home.port = self.cache
+        return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(group), "cache": CacheStore(home)})
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -211,6 +224,7 @@ class NodeCore:
             or self._flush.sends
             or self._flush.publishes
             or self._active
+            or self.cache.has_work()
         )
 
     # -- the turn -------------------------------------------------------------------------
@@ -229,18 +243,20 @@ class NodeCore:
                     self._active.add(gid)  # heartbeats, and entries a full pipeline held back
                 elif g.raft.has_ready():
                     self._active.add(gid)
+            self.cache.tick(now_ms, self._wall)
         if now_ms >= self._next_beat:
             self._next_beat = now_ms + self.config.beat_ms
             self._send_beats()
         if now_ms >= self._next_balance:
             self._next_balance = now_ms + self.config.balance_interval_ms
-            self._balance_leaders()
+            balance_leaders(self)
         while self._peer_inbox:
             src, items = self._peer_inbox.popleft()
             for gid, msg in items:
                 self._on_peer(src, gid, msg)
         for _ in range(min(len(self._client_inbox), self.config.client_requests_per_turn_max)):
             self._on_request(*self._client_inbox.popleft())
+        self.cache.collect()
         flush, self._flush = self._flush, Flush()
         active, self._active = self._active, set()
         for gid in sorted(active):
@@ -259,6 +275,7 @@ class NodeCore:
         try:
             for g, ready in committed:
                 self._apply_ready(g, ready)
+            self.cache.collect()
         finally:
             out, self._flush = self._flush, pending
         return out
@@ -367,7 +384,7 @@ class NodeCore:
             code = "busy" if isinstance(e, Busy) else "not_leader"
             for w in writers:
                 if w is not None:
-                    self._reply(w.origin, w.route, w.request_id, Err(code, str(e)), g.raft.leader)
+                    self._fail(w, Err(code, str(e)), g.raft.leader)
             return
         g.proposals[index] = writers
         if None in writers:
@@ -399,7 +416,16 @@ class NodeCore:
         g.parked = still
 
     def _answer(self, waiter: _Pending, result: Result | Answers) -> None:
-        self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
+        if waiter.hook is not None:
+            waiter.hook(result)
+        else:
+            self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
+
+    def _fail(self, waiter: _Pending, err: Err, leader: str | None) -> None:
+        if waiter.hook is not None:
+            waiter.hook(err)
+        else:
+            self._reply(waiter.origin, waiter.route, waiter.request_id, err, leader)
 
     def _check_leadership(self, g: _Group) -> None:
         """Fail every waiter registered under a leadership we no longer hold: their entries may
@@ -418,15 +444,16 @@ class NodeCore:
         err = Err("leader_changed", "leadership changed before the request completed")
         for w in waiters:
             if w is not None:
-                self._reply(w.origin, w.route, w.request_id, err, raft.leader)
+                self._fail(w, err, raft.leader)
         g.writes, g.writers, g.queries, g.parked = [], [], [], []
         g.proposals.clear()
         g.reads.clear()
         g.read_waits.clear()
         g.deferred.clear()
         g.housekeeping_index = 0
-        # Leader-only state (a queue's in-flight marks) starts afresh with each leadership.
+        # Leader-only state (a queue's in-flight marks, a cache home) starts afresh with each leadership.
         g.machine.reset_local()
+        self.cache.leadership(g.id, leading, raft.term, self._now, raft.log.last_index)
         g.lead_term = raft.term if leading else -1
         if leading:
             g.leading_since_ms = self._now
@@ -437,6 +464,10 @@ class NodeCore:
         op = request.op
         if isinstance(op, ClusterInfo):
             self._reply(origin, route, request.id, Ok(self.cluster_view()), None)
+            return
+        if isinstance(op, NEAR_OPS):
+            if origin is None:  # served by this node's own cache, never forwarded
+                self.cache.on_client(route, request, raw, self._now)
             return
         gid = group_for(op, self.config.shard_count, request.client, request.id)
         if isinstance(gid, Err):
@@ -487,6 +518,7 @@ class NodeCore:
         match msg:
             case Beat():
                 self.detector.heartbeat(src, self._now)
+                self.cache.on_beat(msg.cache_streams, self._now)
                 for group, term in msg.leading:
                     known = self._remote_leaders.get(group)
                     if known is None or term >= known[0]:
@@ -500,6 +532,8 @@ class NodeCore:
                 self._on_request(src, msg.route, request, bytes(msg.request))
             case ForwardReply():
                 self._flush.replies.append((msg.route, bytes(msg.reply)))
+            case _ if isinstance(msg, CACHE_MESSAGES):
+                self.cache.on_peer(src, gid, msg, self._now)
             case _:
                 g = self.groups.get(gid)
                 if g is None:
@@ -511,64 +545,50 @@ class NodeCore:
     def _send(self, peer: str, gid: int, msg: PeerMessage) -> None:
         self._flush.sends.setdefault(peer, []).append((gid, msg))
 
+    send = _send
+
+    def publish(self, topic: bytes, msg: PeerMessage) -> None:
+        self._flush.publishes.append((topic, msg))
+
+    def loopback(self, gid: int, msg: PeerMessage) -> None:
+        """A message to this node itself (a home's holders include its own node)."""
+        self._peer_inbox.append((self.id, [(gid, msg)]))
+
+    def reply_to_client(self, route: bytes, request_id: int, result: Result) -> None:
+        self._reply(None, route, request_id, result, None)
+
+    def propose_for(self, gid: int, raw: bytes, done: Callable[[Result | Answers], Any]) -> bool:
+        """Log ``raw`` (an encoded Request) in ``gid``'s next entry; ``done`` gets its answer."""
+        g = self.groups.get(gid)
+        if g is None or g.raft.role is not Role.LEADER:
+            return False
+        g.writes.append(raw)
+        g.writers.append(_Pending(None, LOCAL_ROUTE, 0, done))
+        self._active.add(gid)
+        return True
+
+    def read_for(self, gid: int, op: Any, done: Callable[[Result | Answers], Any]) -> bool:
+        """Run query ``op`` after this turn's ReadIndex round of ``gid``; ``done`` gets its answer."""
+        g = self.groups.get(gid)
+        if g is None or g.raft.role is not Role.LEADER:
+            return False
+        g.queries.append((_Pending(None, LOCAL_ROUTE, 0, done), op))
+        self._active.add(gid)
+        return True
+
     def _send_beats(self) -> None:
         self._beat_seq += 1
         leading = [(gid, g.raft.term) for gid, g in self.groups.items() if g.raft.role is Role.LEADER]
-        self._flush.publishes.append((BEAT_TOPIC, Beat(self._beat_seq, leading)))
+        beat = Beat(self._beat_seq, leading, self.cache.stream_positions())
+        self._flush.publishes.append((BEAT_TOPIC, beat))
 
-    def _balance_leaders(self) -> None:
-        for gid, g in self.groups.items():
-            raft = g.raft
-            preferred = self.placement.preferred_leader(gid)
-            if (
-                raft.role is Role.LEADER
-                and preferred is not None
-                and preferred != self.id
-                and self._now - g.leading_since_ms >= self.config.balance_after_leading_ms
-                and self.detector.is_alive(preferred, self._now)
-                # Caught up to the commit index, not the last index: under steady load an
-                # entry is always in flight, and RaftCore finishes the catch-up itself (it
-                # sends TimeoutNow once the target holds the whole log).
-                and raft.progress[preferred].match >= raft.commit_index
-            ) and raft.transfer_leadership(preferred):
-                self.counters["leader_transfers"] += 1
-
-    # -- views ----------------------------------------------------------------------------
+    # -- views (fabric/views.py) ---------------------------------------------------------
 
     def cluster_view(self) -> dict[str, Any]:
-        control = self.groups[CONTROL_GROUP].raft
-        return {
-            "node": self.id,
-            "leader": control.leader,
-            "term": control.term,
-            "members": [
-                {"id": m, "address": addr, "alive": m == self.id or self.detector.is_alive(m, self._now)}
-                for m, addr in self.members.items()
-            ],
-            "shards": [
-                {
-                    "id": s,
-                    "leader": self.leader_of(s),
-                    "replicas": list(self.placement.replicas(s)),
-                    "preferred_leader": self.placement.preferred_leader(s),
-                }
-                for s in self.placement.shards
-            ],
-        }
+        return cluster_view(self)
 
     def group_status(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "group": gid,
-                "role": g.raft.role.value,
-                "term": g.raft.term,
-                "leader": g.raft.leader,
-                "commit_index": g.raft.commit_index,
-                "applied_index": g.raft.applied_index,
-                "last_index": g.raft.log.last_index,
-            }
-            for gid, g in self.groups.items()
-        ]
+        return group_status(self)
 
 
 def _route(out: dict[str, list[tuple[int, PeerMessage]]], gid: int,

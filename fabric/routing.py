@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncfab.actors.kv import Delete, Get, Put
+from syncfab.actors.cache_ops import NEAR_OPS, CacheBump, CacheExpire, CacheLine, CacheWriteBack, check_key
+from syncfab.actors.kv import KEY_BYTES_MAX, Delete, Get, Put
 from syncfab.actors.locks import (
     Acquire,
     ExpireLocks,
@@ -32,8 +33,7 @@ from syncfab.actors.results import Err
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
 from syncfab.fabric.codec import OnShard
 
-KEY_BYTES_MAX = 1024
-HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages)
+HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
 _LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)
 
 
@@ -58,6 +58,8 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
             if not key or len(key.encode()) > KEY_BYTES_MAX:
                 return bad("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
             return shard_for_key(key, shard_count)
+        case CacheLine(key=key):
+            return check_key(key) or shard_for_key(key, shard_count)
         case OnShard(shard=shard, op=inner):
             if isinstance(inner, HOUSEKEEPING):
                 return bad("op", f"{type(inner).__name__} is not a client operation")
@@ -84,6 +86,8 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
             return CONTROL_GROUP
         case _ if isinstance(op, HOUSEKEEPING):
             return bad("op", f"{type(op).__name__} is not a client operation")
+        case _ if isinstance(op, NEAR_OPS):
+            return bad("op", f"{type(op).__name__} is served by a node's own cache, not a group")
     return bad("op", f"{type(op).__name__} must name its shard (OnShard)")
 
 

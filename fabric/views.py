@@ -1,0 +1,46 @@
+"""What a node shows of itself: the cluster as it sees it, and its Raft groups (read-only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from syncfab.actors.ring import CONTROL_GROUP
+
+if TYPE_CHECKING:
+    from syncfab.fabric.node import NodeCore
+
+
+def cluster_view(core: NodeCore) -> dict[str, Any]:
+    control = core.groups[CONTROL_GROUP].raft
+    return {
+        "node": core.id,
+        "leader": control.leader,
+        "term": control.term,
+        "members": [
+            {"id": m, "address": addr, "alive": m == core.id or core.detector.is_alive(m, core._now)}
+            for m, addr in core.members.items()
+        ],
+        "shards": [
+            {
+                "id": s,
+                "leader": core.leader_of(s),
+                "replicas": list(core.placement.replicas(s)),
+                "preferred_leader": core.placement.preferred_leader(s),
+            }
+            for s in core.placement.shards
+        ],
+    }
+
+def group_status(core: NodeCore) -> list[dict[str, Any]]:
+    return [
+        {
+            "group": gid,
+            "role": g.raft.role.value,
+            "term": g.raft.term,
+            "leader": g.raft.leader,
+            "commit_index": g.raft.commit_index,
+            "applied_index": g.raft.applied_index,
+            "last_index": g.raft.log.last_index,
+        }
+        for gid, g in core.groups.items()
+    ]
