@@ -34,12 +34,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from syncfab.actors.cache_directory import DIRECTORY, UNCACHED, Entry, HomeOp, Kind, Phase
 from syncfab.actors.cache_ops import (
     EXCLUSIVE,
     INVALID,
@@ -71,6 +70,7 @@ if TYPE_CHECKING:
     from syncfab.actors.cache_store import CacheStore
 
 Done = Callable[[Result], None]
+NIL = b"\xc0"  # MessagePack's nil: the value of a key that does not exist
 NO_VERDICT = frozenset({"not_leader", "leader_changed", "no_leader", "unavailable"})
 
 
@@ -81,70 +81,6 @@ class HomePort(Protocol):
         """``payload``: a client's encoded request (logged as it is) or an op of the home's own."""
 
     def confirm(self, shard: int, done: Done) -> None: ...
-
-
-class Kind(Enum):
-    FETCH = "fetch"
-    WRITE = "write"
-    DROP = "drop"  # a client's invalidate
-    WRITE_BACK = "write_back"
-    EXPIRE = "expire"
-    EVICT = "evict"  # the directory is full: forget the least recently used entry
-
-
-class Phase(Enum):
-    QUEUED = "queued"
-    RECALL = "recall"
-    RECALL_COMMIT = "recall_commit"
-    ACKS = "acks"
-    COMMIT = "commit"
-
-
-# The directory's view of one key, as a transition table (h11's habit): who may hold it after
-# each event. "-" nobody; "S" sharers only; "E"/"M" one owner. An unknown pair is a bug.
-UNCACHED = "-"
-DIRECTORY: dict[tuple[str, str], str] = {
-    (UNCACHED, "grant_E"): EXCLUSIVE, (UNCACHED, "grant_S"): SHARED, (UNCACHED, "grant_M"): MODIFIED,
-    (SHARED, "grant_S"): SHARED, (SHARED, "grant_E"): EXCLUSIVE, (SHARED, "grant_M"): MODIFIED,
-    (EXCLUSIVE, "grant_E"): EXCLUSIVE, (EXCLUSIVE, "grant_M"): MODIFIED,
-    (MODIFIED, "grant_E"): EXCLUSIVE, (MODIFIED, "grant_M"): MODIFIED,
-    (EXCLUSIVE, "recall_shared"): SHARED, (MODIFIED, "recall_shared"): SHARED,
-    (EXCLUSIVE, "recall"): UNCACHED, (MODIFIED, "recall"): UNCACHED,
-    (SHARED, "invalidated"): UNCACHED,
-    (SHARED, "dropped"): SHARED, (EXCLUSIVE, "dropped"): UNCACHED, (MODIFIED, "dropped"): UNCACHED,
-    (SHARED, "lapsed"): SHARED, (EXCLUSIVE, "lapsed"): UNCACHED, (MODIFIED, "lapsed"): UNCACHED,
-}
-
-
-@dataclass(slots=True)
-class Entry:
-    owner: str | None = None
-    owner_state: str = EXCLUSIVE  # as granted: an E owner may have turned M since, silently
-    owner_seq: int = 0  # the stream seq of the owner's grant
-    sharers: dict[str, int] = field(default_factory=dict)  # node -> stream seq of its grant
-
-    @property
-    def state(self) -> str:
-        if self.owner is not None:
-            return self.owner_state
-        return SHARED if self.sharers else UNCACHED
-
-
-@dataclass(slots=True)
-class HomeOp:
-    kind: Kind
-    node: str  # who asked ("" for the home's own: expiry, eviction)
-    op_id: int
-    key: str
-    request: bytes = b""  # WRITE: the client's encoded request
-    command: Any = None  # WRITE: its op (CacheWrite | CacheDelete)
-    item: WriteBackItem | None = None  # WRITE_BACK
-    version: int = 0  # EXPIRE: the version that expired
-    phase: Phase = Phase.QUEUED
-    waits: dict[str, int] = field(default_factory=dict)  # holder -> seq its ack must reach
-    recall_from: str | None = None
-    dropped: int = 0  # copies this op invalidated or recalled (a client invalidate's answer)
-    inval_ms: int = 0
 
 
 class CacheHome:
@@ -223,8 +159,8 @@ class CacheHome:
             return
         for item in items:
             op = self._head(item.key)
-            if op is not None and op.phase is Phase.RECALL and op.recall_from == node:
-                self._recalled(op, item)  # it crossed our recall: the same answer
+            if item.release and op is not None and op.phase is Phase.RECALL and op.recall_from == node:
+                self._recalled(op, item)  # it gave the line up as our recall was on its way
             else:
                 self._enqueue(HomeOp(Kind.WRITE_BACK, node, 0, item.key, item=item))
 
@@ -292,8 +228,9 @@ class CacheHome:
         self.former.pop(key, None)  # the key moves on: a lost owner's write-back is too late
         if entry is not None and entry.owner is not None:
             if op.kind is Kind.FETCH and entry.owner == op.node:
-                # The owner lost its line (a clean E it dropped) and asks again: nothing to send.
-                self._unhold(entry, op.node, key, "dropped")
+                # The owner asks again (it dropped a clean E, or this is an old fetch sent
+                # twice): it gets E again, and a holder whose line went dirty since ignores that.
+                pass
             else:
                 op.phase, op.recall_from = Phase.RECALL, entry.owner
                 self._publish(Recall(entry.owner, key, shared=op.kind is Kind.FETCH))
@@ -388,9 +325,9 @@ class CacheHome:
         stored = self.memory.peek(op.key)
         value, version = (None, 0) if stored is None else (stored.value, stored.version)
         self._unfence(op.key, version)
-        entry = self._entry_for(op.key)
+        entry = self.entries.get(op.key)
         if entry is None:
-            state = INVALID
+            state = EXCLUSIVE
         elif entry.owner not in (None, op.node) or any(n != op.node for n in entry.sharers):
             state = SHARED
         else:
@@ -415,14 +352,18 @@ class CacheHome:
         """Tell the asker its line; the directory follows what the grant says."""
         node, key = op.node, op.key
         seq = self.seq + 1
-        entry = self.entries.get(key)
+        entry = self._entry_for(key) if state != INVALID else self.entries.get(key)
+        if entry is None:
+            state = INVALID  # the directory is full: the asker caches nothing
         if state != INVALID and entry is not None:
             if state == SHARED:
                 entry.sharers[node] = seq
             else:
                 DIRECTORY[(entry.state, f"grant_{state}")]
                 entry.sharers.pop(node, None)
-                entry.owner, entry.owner_state, entry.owner_seq = node, state, seq
+                if entry.owner != node or state == MODIFIED:
+                    entry.owner_state = state  # (an owner fetching again keeps what it was)
+                entry.owner, entry.owner_seq = node, seq
             self.held.setdefault(node, set()).add(key)
             self.entries.move_to_end(key)
         elif entry is not None:
@@ -432,7 +373,7 @@ class CacheHome:
         if lease:
             self.leases[node] = self.now_ms + self.config.home_lease_ms
         if node:
-            raw = None if value is None else msgspec.Raw(value)
+            raw = msgspec.Raw(NIL if value is None else value)
             self._publish(Grant(node, op.op_id, key, state, raw, version, lease, may_dirty, result))
         self._finish(op)
 

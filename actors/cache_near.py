@@ -41,7 +41,6 @@ from syncfab.actors.cache_ops import (
     WriteBackItem,
     check_op,
     not_found,
-    version_mismatch,
 )
 from syncfab.actors.messages import (
     CacheAck,
@@ -64,7 +63,8 @@ CacheMessage = CacheAck | CacheDropReq | CacheFetch | CacheRecalled | CacheWrite
 
 FETCH, WRITE, DROP = "fetch", "write", "drop"
 RENEWS_MAX = 8  # renewals remembered per shard (older answers renew nothing)
-_Caller = tuple[bytes, int, Any, bytes]  # (route, request id, op, the request's bytes)
+LOCAL_ANSWERS_MAX = 4096  # local writes' answers kept for a client's retry of the same request
+_Caller = tuple[bytes, int, Any, bytes, str]  # (route, request id, op, the request's bytes, client)
 
 
 @dataclass(slots=True)
@@ -103,10 +103,13 @@ class NearCache:
         self.pending: dict[str, _KeyOp] = {}
         self.queued: dict[str, deque[_Caller]] = {}
         self.dirty: OrderedDict[str, int] = OrderedDict()  # dirty key -> when it was first written
-        # Write-backs on their way home, sent again until the home's WrittenBack: key -> (shard,
-        # the message, when it was sent). A line being released stays, unserved, until then.
-        self.returning: dict[str, tuple[int, CacheWriteBackReq, int]] = {}
+        # Values on their way home (write-backs, recall answers), sent again until the home's
+        # WrittenBack: key -> (shard, the message, when it was sent). A line being released
+        # stays, unserved, until then.
+        self.returning: dict[str, tuple[int, CacheWriteBackReq | CacheRecalled, int]] = {}
         self._recent_drops: OrderedDict[str, None] = OrderedDict()  # to tell coherence misses apart
+        # A local write is in no session table: a retry of one gets the answer it had here.
+        self._local_answers: OrderedDict[tuple[str, int], Result] = OrderedDict()
         self._next_op = op_base
         # Outputs, taken by the node each turn.
         self.sends: list[tuple[int, CacheMessage]] = []
@@ -122,8 +125,12 @@ class NearCache:
 
     # -- clients --------------------------------------------------------------------------
 
-    def on_client(self, route: bytes, request_id: int, op: Any, raw: bytes, now_ms: int) -> None:
-        self._dispatch((route, request_id, op, raw), now_ms)
+    def on_client(self, route: bytes, client: str, request_id: int, op: Any, raw: bytes, now_ms: int) -> None:
+        answered = self._local_answers.get((client, request_id))
+        if answered is not None:
+            self.answers.append((route, request_id, answered))
+        else:
+            self._dispatch((route, request_id, op, raw, client), now_ms)
 
     def _dispatch(self, caller: _Caller, now_ms: int) -> None:
         op = caller[2]
@@ -175,13 +182,13 @@ class NearCache:
 
     def _write(self, caller: _Caller, op: CacheWrite, now_ms: int) -> None:
         line = self.lines.get(op.key)
-        if (op.policy == WRITE_BACK and op.ttl_ms is None and line is not None and not line.releasing
+        # A compare-and-set always goes home: it is logged, so a retry (through any node) of one
+        # that succeeded is answered, not applied again and failed.
+        if (op.policy == WRITE_BACK and op.ttl_ms is None and op.expected_version is None
+                and line is not None and not line.releasing
                 and (line.state == MODIFIED or (line.state == EXCLUSIVE and line.may_dirty))
                 and line.version % VERSION_STEP < VERSION_STEP - 1
                 and self.sessions[line.shard].lease_until_ms > now_ms):
-            if op.expected_version is not None and op.expected_version != line.version:
-                self._answer(caller, version_mismatch(op.key, line.version))
-                return
             # The owner's write: nobody else holds the line, memory learns it on write-back.
             line.state = step(line.state, "write")
             line.value = bytes(op.value)
@@ -190,7 +197,11 @@ class NearCache:
             self.lines.touch(line)
             self.dirty.setdefault(op.key, now_ms)
             self.counters["local_writes"] += 1
-            self._answer(caller, Ok(CacheWritten(op.key, line.version, MODIFIED)))
+            answer = Ok(CacheWritten(op.key, line.version, MODIFIED))
+            self._local_answers[(caller[4], caller[1])] = answer
+            if len(self._local_answers) > LOCAL_ANSWERS_MAX:
+                self._local_answers.popitem(last=False)
+            self._answer(caller, answer)
             return
         self.counters["remote_writes"] += 1
         self._start(op.key, WRITE, lambda i: CacheWriteReq(i, msgspec.Raw(caller[3])), caller, now_ms)
@@ -311,7 +322,7 @@ class NearCache:
             if line is not None:
                 self.lines.drop(key)
             return new
-        value = None if grant.value is None else bytes(grant.value)
+        value = None if grant.version == 0 else bytes(grant.value)
         self.lines.put(Line(key, shard, new, value, grant.version, grant.version, seq, grant.may_dirty))
         return new
 
@@ -335,17 +346,20 @@ class NearCache:
         if item is not None:
             line.pending = line.version
             line.releasing = line.state == INVALID  # kept, unserved, until memory has it
-            # Sent again as a write-back (the home takes it as the recall's answer) if unanswered.
-            self.returning[key] = (shard, CacheWriteBackReq([item]), now_ms)
         elif line.state == INVALID:
             self._drop(line)
-        self.sends.append((shard, CacheRecalled(session.epoch, key, item)))
+        answer = CacheRecalled(session.epoch, key, item)
+        if item is not None:
+            self.returning[key] = (shard, answer, now_ms)  # sent again until memory has it
+        self.sends.append((shard, answer))
 
     def _written_back(self, item: WrittenBack, now_ms: int) -> None:
+        returning = self.returning.get(item.key)
+        if returning is not None and _returned_version(returning[1]) == item.version:
+            del self.returning[item.key]
         line = self.lines.get(item.key)
         if line is None or line.pending != item.version:
             return
-        self.returning.pop(item.key, None)
         line.pending = 0
         if item.ok:
             line.base = max(line.base, item.version)
@@ -373,10 +387,10 @@ class NearCache:
             self._recent_drops.popitem(last=False)
 
     def _lose(self, line: Line, now_ms: int) -> None:
-        """The line may no longer be served: dropped, or sent home first if dirty."""
-        if line.releasing:
-            return
-        line.state = step(line.state, "lost")
+        """The line may no longer be served: dropped, or sent home first if dirty — again, to
+        whichever home is next, if it was already on its way to one that is gone."""
+        if not line.releasing:
+            line.state = step(line.state, "lost")
         if line.dirty:
             self._release(line, now_ms)
         else:
@@ -506,6 +520,11 @@ class NearCache:
                 "bytes": self.lines.bytes, "states": self.lines.counts(), "dirty": len(self.dirty)}
 
 
+def _returned_version(message: CacheWriteBackReq | CacheRecalled) -> int:
+    item = message.item if isinstance(message, CacheRecalled) else message.items[0]
+    return item.version if item is not None else 0
+
+
 def _item(line: Line, *, release: bool) -> WriteBackItem:
     assert line.value is not None, "an M line always has a value"
     return WriteBackItem(line.key, msgspec.Raw(line.value), line.version, line.base, release)
@@ -520,7 +539,7 @@ def _value(line: Line, *, hit: bool) -> Result:
 def _result(op: Any, grant: Grant, state: str) -> Result:
     """What a caller whose op the grant answered is told."""
     if isinstance(op, CacheRead):
-        if grant.value is None:
+        if grant.version == 0:
             return not_found(grant.key)
         return Ok(CacheValue(grant.key, grant.value, grant.version, state, False))
     result = grant.result

@@ -159,7 +159,8 @@ class Inval(msgspec.Struct, frozen=True, tag="ci", array_like=True):
 
 class Grant(msgspec.Struct, frozen=True, tag="cg", array_like=True):
     """The answer to ``node``'s op ``op_id``: its line for ``key`` (``state`` ``I``: not cached),
-    the value (None: no such key) and, for writes and invalidations, the client's result.
+    the value (``version`` 0: no such key, and ``value`` is nil) and, for writes and
+    invalidations, the client's result.
     ``lease``: the grant also renewed ``node``'s lease on the shard. ``may_dirty``: an E line
     may turn M without asking (its version is fresh in this epoch)."""
 
@@ -167,7 +168,7 @@ class Grant(msgspec.Struct, frozen=True, tag="cg", array_like=True):
     op_id: int
     key: str
     state: str
-    value: msgspec.Raw | None
+    value: msgspec.Raw
     version: int
     lease: bool
     may_dirty: bool = False

@@ -56,7 +56,7 @@ class NodeCache:
     # -- inputs ---------------------------------------------------------------------------
 
     def on_client(self, route: bytes, request: Request, raw: bytes, now_ms: int) -> None:
-        self.near.on_client(route, request.id, request.op, raw, now_ms)
+        self.near.on_client(route, request.client, request.id, request.op, raw, now_ms)
 
     def on_peer(self, src: str, gid: int, msg: Any, now_ms: int) -> None:
         if isinstance(msg, CacheStream):

@@ -200,7 +200,7 @@ class NodeRuntime:
         self._send_peers(applied.sends)
         if flush.replies or applied.replies:
             self._send_replies(flush.replies + applied.replies)
-        for topic, msg in flush.publishes:
+        for topic, msg in flush.publishes + applied.publishes:
             t.publish(topic, msg)
         if durable_now:
             # Nothing here waits for the disk (readies without writes advance in any order

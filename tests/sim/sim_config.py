@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
 from syncfab.fabric.node import NodeConfig
 
@@ -130,6 +131,15 @@ class SimConfig:
     queue_lapse_probability: float = 0.1  # neither acked nor nacked: the deadline passes
     queue_return_probability: float = 0.05  # given back uncounted (Return)
     queue_long_poll_probability: float = 0.2
+    cache_client_count: int = 4
+    cache_key_count: int = 3
+    cache_ops_per_client: int = 30
+    liveness_cache_ops: int = 3
+    cache_write_back_keys: int = 0  # the first this many keys are written write_back
+    cache_lease_ms: int = 600
+    cache_flush_ms: int = 100
+    cache_lines_max: int = 100  # small: LRU evictions (of M lines too)
+    cache_directory_entries_max: int = 100  # small: directory evictions
 
     # -- the phases -------------------------------------------------------------------------
     safety_duration_ms: int = 5_000
@@ -153,6 +163,17 @@ class SimConfig:
             snapshot_keep_entries=self.snapshot_keep_entries,
             balance_interval_ms=self.balance_interval_ms,
             balance_after_leading_ms=self.balance_after_leading_ms,
+            cache=CacheConfig(
+                lines_max=self.cache_lines_max,
+                lease_ms=self.cache_lease_ms,
+                flush_ms=self.cache_flush_ms,
+                # Leases hold only while clocks keep to the drift they allow for: the drift the
+                # seed gives its clocks (tests/sim/test_sim_cache.py shows what less would cost).
+                clock_drift_max=self.clock_drift_max,
+                directory_entries_max=self.cache_directory_entries_max,
+                op_retry_ms=self.attempt_timeout_ms,
+                op_deadline_ms=self.op_deadline_ms,
+            ),
         )
 
 

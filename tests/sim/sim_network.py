@@ -24,20 +24,26 @@ Schedule = Callable[..., None]  # (delay_ms, fn, *args): run fn(*args) that much
 
 
 class SimNetwork:
-    def __init__(self, rng: random.Random, config: SimConfig, schedule: Schedule) -> None:
+    def __init__(self, rng: random.Random, config: SimConfig, schedule: Schedule,
+                 clock: Callable[[], int]) -> None:
         self._rng = rng
         self._config = config
         self._schedule = schedule
+        self._clock = clock
+        # Ordered links (PUB/SUB over TCP: drops, never reorders): when the last message sent
+        # on the link arrives, so none behind it arrives sooner.
+        self._tails: dict[Link, int] = {}
         self._cuts: Counter[Link] = Counter()
-        self._clogs: dict[Link, list[tuple[Deliver, tuple[Any, ...]]]] = {}
+        self._clogs: dict[Link, list[tuple[Deliver, tuple[Any, ...], bool]]] = {}
         # Off in the liveness phase: the network still delays and reorders, but loses nothing.
         self.faults_enabled = True
         self.stats: Counter[str] = Counter()
 
     # -- carrying messages ------------------------------------------------------------------
 
-    def send(self, src: str, dst: str, deliver: Deliver, *args: Any) -> None:
-        """Put one message on the wire from ``src`` to ``dst``; ``deliver(*args)`` on arrival."""
+    def send(self, src: str, dst: str, deliver: Deliver, *args: Any, ordered: bool = False) -> None:
+        """Put one message on the wire from ``src`` to ``dst``; ``deliver(*args)`` on arrival.
+        ``ordered``: lost, maybe, but never duplicated nor overtaken by a later one."""
         link = (src, dst)
         self.stats["sent"] += 1
         if self._cuts[link]:
@@ -46,11 +52,14 @@ class SimNetwork:
         held = self._clogs.get(link)
         if held is not None:
             self.stats["clogged"] += 1
-            held.append((deliver, args))
+            held.append((deliver, args, ordered))
             return
         cfg, rng = self._config, self._rng
         if self.faults_enabled and rng.random() < cfg.packet_loss_probability:
             self.stats["dropped_loss"] += 1
+            return
+        if ordered:
+            self._schedule(self._ordered_delay_ms(link), self._arrive, link, deliver, args)
             return
         copies = 1
         if self.faults_enabled and rng.random() < cfg.duplicate_probability:
@@ -64,6 +73,12 @@ class SimNetwork:
         if self.faults_enabled and cfg.delay_spike_probability and rng.random() < cfg.delay_spike_probability:
             return rng.randint(cfg.delay_ms_max, max(cfg.delay_ms_max, cfg.delay_spike_ms_max))
         return rng.randint(cfg.delay_ms_min, cfg.delay_ms_max)
+
+    def _ordered_delay_ms(self, link: Link) -> int:
+        now = self._clock()
+        at = max(now + self._delay_ms(), self._tails.get(link, 0))
+        self._tails[link] = at
+        return at - now
 
     def _arrive(self, link: Link, deliver: Deliver, args: tuple[Any, ...]) -> None:
         if self._cuts[link]:
@@ -88,12 +103,13 @@ class SimNetwork:
 
     def clog(self, link: Link) -> None:
         """Hold the link's messages until ``unclog`` (the nemesis never clogs a link twice)."""
-        self._clogs.setdefault(link, [])
+        self._clogs.setdefault(link, [])  # (deliver, args, ordered)
 
     def unclog(self, link: Link) -> None:
         """Release what the link held; each message then takes its own random delay."""
-        for deliver, args in self._clogs.pop(link, []):
-            self._schedule(self._delay_ms(), self._arrive, link, deliver, args)
+        for deliver, args, ordered in self._clogs.pop(link, []):
+            delay = self._ordered_delay_ms(link) if ordered else self._delay_ms()
+            self._schedule(delay, self._arrive, link, deliver, args)
 
     def heal_all(self) -> None:
         self._cuts.clear()

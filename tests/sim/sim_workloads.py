@@ -15,6 +15,8 @@ import random
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from sim_cache import CacheChecker, CacheClient
+from sim_cache import check_final as check_cache
 from sim_locks import FencedResource, LockClient, LockLedger, LockOpBatcher
 from sim_queues import DLQ, QUEUE, Consumer, Producer, QueueModel
 
@@ -24,12 +26,14 @@ if TYPE_CHECKING:
     from simulator import Simulation
 
 WORKLOAD_MIXES: list[tuple[float, tuple[str, ...]]] = [
-    (0.24, ("kv",)),
-    (0.22, ("kv", "locks")),
-    (0.22, ("kv", "queues")),
-    (0.12, ("locks",)),
-    (0.12, ("queues",)),
-    (0.08, ("kv", "locks", "queues")),
+    (0.18, ("kv",)),
+    (0.17, ("kv", "locks")),
+    (0.17, ("kv", "queues")),
+    (0.09, ("locks",)),
+    (0.09, ("queues",)),
+    (0.06, ("kv", "locks", "queues")),
+    (0.16, ("cache",)),
+    (0.08, ("kv", "cache", "queues")),
 ]
 
 
@@ -80,6 +84,14 @@ def choose_workloads(rng: random.Random) -> dict[str, Any]:
         "liveness_produce_gap_ms": rng.choice((0, 200, 400)),
         # Drawn last, so every earlier knob of a seed stays what it was.
         "lock_batching": rng.random() < 0.5,
+        "cache_client_count": rng.randint(3, 6),
+        "cache_key_count": rng.randint(2, 4),
+        "cache_ops_per_client": rng.randint(20, 50),
+        "cache_write_back_keys": rng.choice((0, 0, 1, 2)),
+        "cache_lease_ms": rng.choice((300, 600, 1_500)),
+        "cache_flush_ms": rng.choice((20, 100, 400)),
+        "cache_lines_max": rng.choice((1, 2, 100)),
+        "cache_directory_entries_max": rng.choice((1, 2, 100)),
     }
 
 
@@ -101,6 +113,14 @@ class Workloads:
                 self.batcher = LockOpBatcher(sim, random.Random(rng.getrandbits(64)))
                 for locker in self.lockers:
                     locker.batcher = self.batcher
+        self.cache_keys = [f"c{i}" for i in range(cfg.cache_key_count)]
+        self.write_back_keys = set(self.cache_keys[: cfg.cache_write_back_keys])
+        self.cachers: list[CacheClient] = []
+        self.cache_checker: CacheChecker | None = None
+        if "cache" in self.names:
+            self.cachers = [CacheClient(i, sim, random.Random(rng.getrandbits(64)), self.cache_keys,
+                                        self.write_back_keys) for i in range(cfg.cache_client_count)]
+            self.cache_checker = CacheChecker(sim)
         self.model = QueueModel(sim)
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
@@ -117,6 +137,12 @@ class Workloads:
             producer.start()
         for i, consumer in enumerate(self.consumers):
             consumer.start(configure=i == 0)
+        for cacher in self.cachers:
+            cacher.start()
+
+    def observe_turn(self) -> None:
+        if self.cache_checker is not None:
+            self.cache_checker.observe()
 
     def enter_liveness(self) -> None:
         cfg = self._sim.config
@@ -126,9 +152,13 @@ class Workloads:
             producer.enter_liveness(cfg.liveness_produces)
         for consumer in self.consumers:
             consumer.enter_liveness()
+        for cacher in self.cachers:
+            cacher.enter_liveness(cfg.liveness_cache_ops)
 
     def settled(self) -> bool:
         if not all(c.done for c in self.lockers) or not all(p.done for p in self.producers):
+            return False
+        if not all(c.done for c in self.cachers):
             return False
         if self.batcher is not None and self.batcher.pending:
             return False
@@ -162,9 +192,11 @@ class Workloads:
                 sim.fail("lock liveness", f"every client closed, yet the table holds {left}")
         if self.consumers:
             self.model.check_final()
+        if self.cachers:
+            check_cache(sim, self.cachers, self.write_back_keys)
 
     def describe_open(self) -> list[str]:
-        out = [c.describe_open() for c in self.lockers if not c.done]
+        out = [c.describe_open() for c in (*self.lockers, *self.cachers) if not c.done]
         if self.batcher is not None and self.batcher.pending:
             out.append(self.batcher.describe_open())
         out += [p.describe_open() for p in self.producers if not p.done]
@@ -188,6 +220,8 @@ class Workloads:
             total["lock.resource_accepted"] += res.accepted
             total["lock.resource_rejected"] += res.rejected
         total.update({f"queue.{k}": v for k, v in self.model.stats.items()})
+        for cacher in self.cachers:
+            total.update({f"cache.{k}": v for k, v in cacher.stats.items()})
         for client in (*self.producers, *self.consumers):
             total["queue.calls"] += client.calls
             total["queue.unknown"] += client.unknown

@@ -82,7 +82,7 @@ class Simulation(SimClock):
         self.members = {n: f"sim://{n}" for n in self.node_ids}
         self.node_config = cfg.node_config()
         self.placement = ShardPlacement.build(self.node_ids, cfg.shard_count, cfg.replication, cfg.vnodes)
-        self.network = SimNetwork(self._net_rng, cfg, self.after)
+        self.network = SimNetwork(self._net_rng, cfg, self.after, lambda: self.now)
         self.checker = InvariantChecker(self.fail)
         self.services = ServiceChecker(self.fail, self._live_replicas)
         self.nemesis = Nemesis(self, fault_rng, cfg)
@@ -220,12 +220,13 @@ class Simulation(SimClock):
         applied = core.apply()
         self.checker.observe(node.id, core, flush)
         self.services.observe(node.id, core, flush)
+        self.workloads.observe_turn()
         self._trace_applied(node.id, flush)
         self._send_batches(node, applied.sends)
         for route, data in flush.replies + applied.replies:
             client = self._clients_by_route[route]
             self.network.send(node.id, client.name, client.on_reply, data)
-        for _topic, msg in flush.publishes:
+        for _topic, msg in flush.publishes + applied.publishes:
             self._publish(node, msg)
         if durable_now:
             self._persisted(node, core, flush)
@@ -309,13 +310,14 @@ class Simulation(SimClock):
 
     def _publish(self, node: SimNode, msg: PeerMessage) -> None:
         """PUB/SUB: one copy per subscriber, each with its own fate (PUB drops for a slow
-        subscriber). The message crosses the codec as a one-item batch of the control group."""
+        subscriber), in order on each link (TCP). A subscriber that restarts misses what was sent
+        before. The message crosses the codec as a one-item batch of the control group."""
         data = encode(PeerBatch(node.id, [(CONTROL_GROUP, msg)]))
         for peer in self.node_ids:
             if peer != node.id:
                 dst = self.nodes[peer]
                 self.network.send(node.id, peer, self._deliver_published, node, node.epoch, dst, dst.epoch,
-                                  data)
+                                  data, ordered=True)
 
     def _deliver_published(self, src: SimNode, src_epoch: int, dst: SimNode, dst_epoch: int,
                            data: bytes) -> None:

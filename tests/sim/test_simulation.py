@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 # (deadlocks, fenced zombies, dead letters) would still pass, so the summary shows them.
 SUMMARY_EVENTS = ("lock.granted", "lock.acquire_deadlock", "lock.acquire_lease_expired", "lock.fenced",
                   "lock.batches", "lock.batch_waits", "queue.deliveries", "queue.lapsed",
-                  "queue.dead_lettered", "queue.dedup_hits")
+                  "queue.dead_lettered", "queue.dedup_hits", "cache.hits", "cache.misses",
+                  "cache.cas_mismatch", "cache.unknown")
 
 
 def _seed_chunks() -> list[list[int]]:
@@ -87,7 +88,7 @@ def test_seeds(seeds: list[int], timing: _Timing) -> None:
         pytest.fail("\n\n".join(failures), pytrace=False)
 
 
-ALL_WORKLOADS = ("kv", "locks", "queues")
+ALL_WORKLOADS = ("kv", "locks", "queues", "cache")
 
 
 @pytest.mark.parametrize(("seed", "workloads"), [(3, None), (11, None), (7, ALL_WORKLOADS)])
