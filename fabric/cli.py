@@ -101,6 +101,8 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     await stop.wait()
     if runner is not None:
         await runner.cleanup()
+    if runtime.writer.failed is None:
+        await runtime.write_back_cache()
     runtime.close()
     return runtime.writer.failed is None
 

@@ -29,6 +29,7 @@ from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import RETRYABLE, Err, Ok, Result
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric import fanout
+from syncfab.fabric.client_cache import CachedValue, CacheWriteResult, ClientCache
 from syncfab.fabric.client_locks import (
     Deadlock,
     Grant,
@@ -37,6 +38,7 @@ from syncfab.fabric.client_locks import (
     LockTimeout,
     NotFound,
     SyncfabError,
+    VersionMismatch,
     raise_for,
 )
 from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
@@ -44,7 +46,8 @@ from syncfab.fabric.lock_batcher import LockBatcher, RequestSlots
 from syncfab.fabric.produce_batcher import ProduceBatcher
 from syncfab.fabric.routing import group_for, wait_of
 
-__all__ = ["AsyncClient", "Client", "Deadlock", "Grant", "LockTimeout", "NotFound", "SyncfabError"]
+__all__ = ["AsyncClient", "CacheWriteResult", "CachedValue", "Client", "Deadlock", "Grant", "LockTimeout",
+           "NotFound", "SyncfabError", "VersionMismatch"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -106,6 +109,7 @@ class AsyncClient:
         timeout_s: float = 10.0,
         attempt_timeout_s: float = 1.0,
         attempts_max: int = 12,
+        cache_node: str | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("give at least one node address (host:port)")
@@ -124,6 +128,8 @@ class AsyncClient:
         self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
         self._sweeper: asyncio.TimerHandle | None = None
         self.locks = LockSession(self.call, self.client_id)
+        # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client_cache.py).
+        self.cache = ClientCache(self, cache_node or self.seeds[0])
         self._produces = ProduceBatcher(self.call, self._shards)
         self._lock_ops = LockBatcher(RequestSlots(
             self._call_as, self.ids.reserve, self._expect, self._forget, self._schedule_flush,
@@ -143,7 +149,7 @@ class AsyncClient:
 
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for address in self.seeds:
+        for address in [*self.seeds, self.cache.node]:
             self._link(address)
         await self.refresh()
 
@@ -347,6 +353,35 @@ class AsyncClient:
             self._hints.pop(rid, None)
             self.ids.done(rid)
 
+    async def call_at(self, address: str, op: Any) -> Result:
+        """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it),
+        asked again there, then of the other nodes, until answered or out of time."""
+        loop = self._loop
+        assert loop is not None, "call connect() first"
+        rid = self.ids.next()
+        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+        deadline = loop.time() + self.timeout_s
+        target, backoff_s = address, 0.01
+        result: Any = None
+        try:
+            for attempt in range(self.attempts_max):
+                if attempt and deadline - loop.time() <= 0:
+                    break
+                result = await self._attempt(rid, raw, target, deadline, self.attempt_timeout_s)
+                if result is _TIMED_OUT:
+                    result = self._timeout()
+                    if attempt:  # its own node twice, then the others in turn
+                        target = self._next_address(target)
+                    continue
+                if not (isinstance(result, Err) and result.code in RETRYABLE):
+                    return result
+                await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
+                backoff_s = min(backoff_s * 2, 0.25)
+            return self._timeout() if result is None else result
+        finally:
+            self._forget(rid)
+            self._deadlines.pop(rid, None)
+
     # -- plumbing -------------------------------------------------------------------------
 
     def _expect(self, rid: int) -> asyncio.Future[Any]:
@@ -429,6 +464,19 @@ class AsyncClient:
                 link.drain()
 
 
+class _Blocking:
+    """An object's coroutine methods as plain methods, run on the client's loop thread."""
+
+    def __init__(self, target: Any, run: Any) -> None:
+        self._target, self._run_on_loop = target, run
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, name)
+        if not inspect.iscoroutinefunction(method):
+            return method
+        return lambda *args, **kwargs: self._run_on_loop(method(*args, **kwargs))
+
+
 class Client:
     """Blocking facade: the same client on a private event loop thread."""
 
@@ -449,6 +497,11 @@ class Client:
         if not inspect.iscoroutinefunction(method):
             raise AttributeError(name)
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
+
+    @property
+    def cache(self) -> _Blocking:
+        """``client.cache.read(key)``, ``.write(...)`` and the rest of AsyncClient.cache, blocking."""
+        return _Blocking(self._async.cache, self._run)
 
     @contextlib.contextmanager
     def lock(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,

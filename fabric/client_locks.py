@@ -41,7 +41,11 @@ class Deadlock(SyncfabError):
     """This request closed a cycle of waits and was chosen to break it: ``detail["cycle"]``."""
 
 
-_ERRORS = {"not_found": NotFound, "deadlock": Deadlock}
+class VersionMismatch(SyncfabError):
+    """A compare-and-set found another version: ``detail["version"]`` is the current one."""
+
+
+_ERRORS = {"not_found": NotFound, "deadlock": Deadlock, "version_mismatch": VersionMismatch}
 
 
 def raise_for(err: Err) -> None:

@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
 from syncfab.fabric.node import NodeConfig
 
@@ -75,7 +76,12 @@ _ENV = {
     "heartbeat_ms": "SYNCFAB_HEARTBEAT_MS",
     "snapshot_entries": "SYNCFAB_SNAPSHOT_ENTRIES",
     "log_level": "SYNCFAB_LOG_LEVEL",
+    "cache_lines": "SYNCFAB_CACHE_LINES",
+    "cache_bytes": "SYNCFAB_CACHE_BYTES",
+    "cache_lease_ms": "SYNCFAB_CACHE_LEASE_MS",
+    "cache_flush_ms": "SYNCFAB_CACHE_FLUSH_MS",
 }
+_CACHE = CacheConfig()
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +104,21 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
                         default=int(env(_ENV["snapshot_entries"], "20000")),
                         help="entries applied between snapshots (env SYNCFAB_SNAPSHOT_ENTRIES)")
     parser.add_argument("--log-level", default=env(_ENV["log_level"], "info"))
+    parser.add_argument("--cache-lines", type=int,
+                        default=int(env(_ENV["cache_lines"], str(_CACHE.lines_max))),
+                        help="lines this node's cache holds at most (env SYNCFAB_CACHE_LINES)")
+    parser.add_argument("--cache-bytes", type=int,
+                        default=int(env(_ENV["cache_bytes"], str(_CACHE.bytes_max))),
+                        help="bytes of keys and values this node's cache holds at most "
+                             "(env SYNCFAB_CACHE_BYTES)")
+    parser.add_argument("--cache-lease-ms", type=int,
+                        default=int(env(_ENV["cache_lease_ms"], str(_CACHE.lease_ms))),
+                        help="how long a node serves cached lines without word from their home; a new "
+                             "home waits this long before it serves (env SYNCFAB_CACHE_LEASE_MS)")
+    parser.add_argument("--cache-flush-ms", type=int,
+                        default=int(env(_ENV["cache_flush_ms"], str(_CACHE.flush_ms))),
+                        help="a write_back line goes home at most this long after it was written "
+                             "(env SYNCFAB_CACHE_FLUSH_MS)")
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -116,8 +137,13 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         raise ConfigError("--election-timeout-ms must exceed twice --heartbeat-ms")
     raft = RaftConfig(heartbeat_ms=args.heartbeat_ms, election_timeout_ms=args.election_timeout_ms)
     keep = min(2_000, max(args.snapshot_entries // 10, 1))
+    for flag in ("cache_lines", "cache_bytes", "cache_lease_ms", "cache_flush_ms"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    cache = CacheConfig(lines_max=args.cache_lines, bytes_max=args.cache_bytes, lease_ms=args.cache_lease_ms,
+                        flush_ms=args.cache_flush_ms)
     core = NodeConfig(shard_count=args.shards, raft=raft, snapshot_entries=max(args.snapshot_entries, 1),
-                      snapshot_keep_entries=keep)
+                      snapshot_keep_entries=keep, cache=cache)
     return NodeSettings(
         node_id=args.id,
         peers=peers,

@@ -119,6 +119,20 @@ class NodeRuntime:
         log.info("node %s up: router %s, %d groups, fsync %s", s.node_id, s.address,
                  len(self.core.groups), "on" if s.fsync else "off")
 
+    async def write_back_cache(self, timeout_s: float = 2.0) -> int:
+        """Clean shutdown: send every dirty (write_back) line home and wait, up to ``timeout_s``,
+        for memory to have them. Returns how many were still on their way."""
+        near = self.core.cache.near
+        if not near.write_back_all(monotonic_ms()):
+            return 0
+        deadline = self._loop.time() + timeout_s
+        while near.returning and self._loop.time() < deadline and not self._closed:
+            self._wake()
+            await asyncio.sleep(0.01)
+        if near.returning:
+            log.warning("%d dirty cache lines did not reach their home before shutdown", len(near.returning))
+        return len(near.returning)
+
     def close(self) -> None:
         if self._closed:
             return
