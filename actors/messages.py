@@ -151,10 +151,9 @@ RaftMessage = (
 
 
 class Inval(msgspec.Struct, frozen=True, tag="ci", array_like=True):
-    """Drop your copy of ``key`` (every node but ``keep``, the writer) and acknowledge."""
+    """Drop your copy of ``key`` (every node, the writer's too) and acknowledge."""
 
     key: str
-    keep: str = ""
 
 
 class Grant(msgspec.Struct, frozen=True, tag="cg", array_like=True):

@@ -44,6 +44,13 @@ class NodeMetrics:
             "syncfab_wal_fold_seconds", "One fold of the WAL into the LMDB store (its own thread)",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        # Fed at scrape time from what the homes measured (fabric/node_cache.py), so it is not
+        # in the registry: the core collector yields it after draining them.
+        self.cache_fanout_seconds = Histogram(
+            "syncfab_cache_fanout_seconds",
+            "A cache write accepted at its home until the last holder acknowledged its invalidation "
+            "(milliseconds resolution)", buckets=LATENCY_BUCKETS_S, registry=None,
+        )
         r.register(_CoreCollector(runtime))
 
 
@@ -94,6 +101,7 @@ class _CoreCollector(Collector):
 
         yield from _lock_metrics(core)
         yield from _queue_metrics(core)
+        yield from _cache_metrics(core, rt.metrics.cache_fanout_seconds)
 
         size = GaugeMetricFamily("syncfab_storage_bytes",
                                  "bytes of durable log in use: LMDB pages plus unfolded WAL records")
@@ -154,3 +162,41 @@ def _queue_metrics(core: Any) -> Iterator[Metric]:
     yield depth
     yield from counters.values()
     yield handed
+
+
+def _cache_metrics(core: Any, fanout: Histogram) -> Iterator[Metric]:
+    """This node's near cache, and the homes of the shards it leads."""
+    near = core.cache.near
+    stats = near.stats()
+    events = CounterMetricFamily("syncfab_cache_events", "Near-cache events on this node", labels=["event"])
+    for name, value in sorted(near.counters.items()):
+        events.add_metric([name], value)
+    yield events
+    lines = GaugeMetricFamily("syncfab_cache_lines", "Cache lines on this node by MESI state",
+                              labels=["state"])
+    for state, count in sorted(stats["states"].items()):
+        lines.add_metric([state], count)
+    yield lines
+    yield GaugeMetricFamily("syncfab_cache_bytes", "Bytes of keys and values in this node's cache lines",
+                            value=stats["bytes"])
+    yield GaugeMetricFamily("syncfab_cache_dirty_lines", "M lines not yet written back", value=stats["dirty"])
+    home_events = CounterMetricFamily("syncfab_cache_home_events",
+                                      "Directory events at the homes this node has been", labels=["event"])
+    totals: dict[str, int] = {}
+    entries = 0
+    for gid in sorted(core.groups):
+        home = core.cache.home(gid)
+        if home is None:
+            continue
+        for name, value in home.counters.items():
+            totals[name] = totals.get(name, 0) + value
+        entries += len(home.entries)
+        samples, home.fanout_ms = home.fanout_ms, []
+        for ms in samples:
+            fanout.observe(ms / 1000)
+    for name, value in sorted(totals.items()):
+        home_events.add_metric([name], value)
+    yield home_events
+    yield GaugeMetricFamily("syncfab_cache_directory_entries", "Directory entries at this node's homes",
+                            value=entries)
+    yield from fanout.collect()

@@ -37,6 +37,33 @@ if TYPE_CHECKING:
 STREAM_TOPIC = b"cache"
 
 
+def home_receives(home: CacheHome, src: str, msg: Any) -> bool:
+    """Hand a holder's message to the home; False if it is not one a home takes (or is bad)."""
+    match msg:
+        case CacheFetch(op_id=op_id, key=key):
+            home.ask(src, Kind.FETCH, op_id, key)
+        case CacheWriteReq(op_id=op_id, request=raw):
+            try:
+                request = decode_request(raw)
+            except (DecodeError, ValueError):
+                return False
+            op = request.op
+            if not isinstance(op, CacheWrite | CacheDelete) or check_op(op) is not None:
+                return False
+            home.ask(src, Kind.WRITE, op_id, op.key, request=bytes(raw), command=op)
+        case CacheDropReq(op_id=op_id, key=key):
+            home.ask(src, Kind.DROP, op_id, key)
+        case CacheWriteBackReq(items=items):
+            home.write_back(src, items)
+        case CacheAck():
+            home.ack(src, msg)
+        case CacheRecalled():
+            home.recalled(src, msg)
+        case _:
+            return False
+    return True
+
+
 class NodeCache:
     def __init__(self, core: NodeCore) -> None:
         self.core = core
@@ -65,31 +92,8 @@ class NodeCache:
         home = self.home(gid)
         if home is None or not home.active:
             return  # not (or no longer) its home: the holder asks the leader it learns of next
-        match msg:
-            case CacheFetch(op_id=op_id, key=key):
-                home.ask(src, Kind.FETCH, op_id, key)
-            case CacheWriteReq(op_id=op_id, request=raw):
-                self._ask_write(home, src, op_id, bytes(raw))
-            case CacheDropReq(op_id=op_id, key=key):
-                home.ask(src, Kind.DROP, op_id, key)
-            case CacheWriteBackReq(items=items):
-                home.write_back(src, items)
-            case CacheAck():
-                home.ack(src, msg)
-            case CacheRecalled():
-                home.recalled(src, msg)
-
-    def _ask_write(self, home: CacheHome, src: str, op_id: int, raw: bytes) -> None:
-        try:
-            request = decode_request(raw)
-        except (DecodeError, ValueError):
+        if not home_receives(home, src, msg):
             self.core.counters["bad_peer_messages"] += 1
-            return
-        op = request.op
-        if not isinstance(op, CacheWrite | CacheDelete) or check_op(op) is not None:
-            self.core.counters["bad_peer_messages"] += 1
-            return
-        home.ask(src, Kind.WRITE, op_id, op.key, request=raw, command=op)
 
     def on_beat(self, streams: list[tuple[int, int, int]], now_ms: int) -> None:
         if streams:
