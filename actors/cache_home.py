@@ -414,7 +414,9 @@ class CacheHome:
             del self.former[op.key]
             if ok:
                 self.fenced.pop(op.key, None)  # nothing it handed out is lost: its last version is in
-        if entry is not None and entry.owner == op.node and (item.release or not ok):
+        # A release that went in leaves the owner without the line. A refused write-back says
+        # nothing of the line it holds now (one granted since, even): the directory keeps it.
+        if entry is not None and entry.owner == op.node and item.release and ok:
             self._unhold(entry, op.node, op.key, "dropped")
         self._publish(WrittenBack(op.node, item.key, item.version, ok))
         self._finish(op)

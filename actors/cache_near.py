@@ -63,7 +63,8 @@ CacheMessage = CacheAck | CacheDropReq | CacheFetch | CacheRecalled | CacheWrite
 
 FETCH, WRITE, DROP = "fetch", "write", "drop"
 RENEWS_MAX = 8  # renewals remembered per shard (older answers renew nothing)
-LOCAL_ANSWERS_MAX = 4096  # local writes' answers kept for a client's retry of the same request
+ANSWERS_MAX = 4096  # writes' answers kept for a client's retry of the same request
+CLIENTS_MAX = 10_000  # clients whose acknowledged floor is remembered
 _Caller = tuple[bytes, int, Any, bytes, str]  # (route, request id, op, the request's bytes, client)
 
 
@@ -108,8 +109,12 @@ class NearCache:
         # stays, unserved, until then.
         self.returning: dict[str, tuple[int, CacheWriteBackReq | CacheRecalled, int]] = {}
         self._recent_drops: OrderedDict[str, None] = OrderedDict()  # to tell coherence misses apart
-        # A local write is in no session table: a retry of one gets the answer it had here.
-        self._local_answers: OrderedDict[tuple[str, int], Result] = OrderedDict()
+        # A local write is in no session table, so this node keeps one for its clients' writes:
+        # a retry of one gets the answer it had; one still being served here is dropped (the
+        # first one's answer comes); one below the client's acknowledged floor is refused.
+        self._answered: OrderedDict[tuple[str, int], Result] = OrderedDict()
+        self._serving: set[tuple[str, int]] = set()
+        self._floors: OrderedDict[str, int] = OrderedDict()  # client -> lowest id it still awaits
         self._next_op = op_base
         # Outputs, taken by the node each turn.
         self.sends: list[tuple[int, CacheMessage]] = []
@@ -125,11 +130,22 @@ class NearCache:
 
     # -- clients --------------------------------------------------------------------------
 
-    def on_client(self, route: bytes, client: str, request_id: int, op: Any, raw: bytes, now_ms: int) -> None:
-        answered = self._local_answers.get((client, request_id))
+    def on_client(self, route: bytes, client: str, request_id: int, acked: int, op: Any, raw: bytes,
+                  now_ms: int) -> None:
+        floor = self._floors.get(client, 0)
+        if acked > floor:
+            self._floors[client] = floor = acked
+            self._floors.move_to_end(client)
+            if len(self._floors) > CLIENTS_MAX:
+                self._floors.popitem(last=False)
+        answered = self._answered.get((client, request_id))
         if answered is not None:
             self.answers.append((route, request_id, answered))
-        else:
+        elif request_id < floor:
+            stale = Err("stale_request", f"request {request_id} was already acknowledged")
+            self.answers.append((route, request_id, stale))
+        elif (client, request_id) not in self._serving:
+            self._serving.add((client, request_id))
             self._dispatch((route, request_id, op, raw, client), now_ms)
 
     def _dispatch(self, caller: _Caller, now_ms: int) -> None:
@@ -197,11 +213,7 @@ class NearCache:
             self.lines.touch(line)
             self.dirty.setdefault(op.key, now_ms)
             self.counters["local_writes"] += 1
-            answer = Ok(CacheWritten(op.key, line.version, MODIFIED))
-            self._local_answers[(caller[4], caller[1])] = answer
-            if len(self._local_answers) > LOCAL_ANSWERS_MAX:
-                self._local_answers.popitem(last=False)
-            self._answer(caller, answer)
+            self._answer(caller, Ok(CacheWritten(op.key, line.version, MODIFIED)))
             return
         self.counters["remote_writes"] += 1
         self._start(op.key, WRITE, lambda i: CacheWriteReq(i, msgspec.Raw(caller[3])), caller, now_ms)
@@ -232,6 +244,12 @@ class NearCache:
                 return
 
     def _answer(self, caller: _Caller, result: Result) -> None:
+        asked = (caller[4], caller[1])
+        self._serving.discard(asked)
+        if type(caller[2]) is not CacheRead and not isinstance(result, Err):
+            self._answered[asked] = result
+            if len(self._answered) > ANSWERS_MAX:
+                self._answered.popitem(last=False)
         self.answers.append((caller[0], caller[1], result))
 
     def _count_miss(self, key: str) -> None:

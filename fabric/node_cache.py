@@ -83,7 +83,7 @@ class NodeCache:
     # -- inputs ---------------------------------------------------------------------------
 
     def on_client(self, route: bytes, request: Request, raw: bytes, now_ms: int) -> None:
-        self.near.on_client(route, request.client, request.id, request.op, raw, now_ms)
+        self.near.on_client(route, request.client, request.id, request.acked, request.op, raw, now_ms)
 
     def on_peer(self, src: str, gid: int, msg: Any, now_ms: int) -> None:
         if isinstance(msg, CacheStream):
@@ -102,6 +102,9 @@ class NodeCache:
     def tick(self, now_ms: int, wall_ms: int) -> None:
         for home in self.homes():
             home.tick(now_ms, wall_ms)
+        # Our own homes' epochs, which the beat tells every other node (PUB does not loop back;
+        # the loopback loses nothing, so no seq: the stream itself may still be in our inbox).
+        self.near.on_beat([(h.shard, h.epoch, 0) for h in self.homes()], now_ms)
         self.near.tick(now_ms)
 
     def leadership(self, gid: int, leading: bool, term: int, now_ms: int, last_index: int) -> None:
@@ -139,7 +142,8 @@ class NodeCache:
         return bool(self.near.sends or self.near.answers or any(h.outbox for h in self.homes()))
 
     def stream_positions(self) -> list[tuple[int, int, int]]:
-        return [(h.shard, h.epoch, h.published) for h in self.homes() if h.published]
+        """Every stream this node publishes, a fresh one too: its epoch is news to holders."""
+        return [(h.shard, h.epoch, h.published) for h in self.homes()]
 
     # -- the HomePort ---------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class Rig:
     def ask(self, node: str, op: Any, client: str = "client") -> int:
         self._next_id += 1
         raw = encode(Request(client, self._next_id, self._next_id, op))
-        self.nears[node].on_client(ROUTE, client, self._next_id, op, raw, self.now)
+        self.nears[node].on_client(ROUTE, client, self._next_id, self._next_id, op, raw, self.now)
         return self._next_id
 
     def read(self, node: str, key: str) -> Result:
