@@ -49,6 +49,9 @@ class Entry:
     owner: str | None = None
     owner_state: str = EXCLUSIVE  # as granted: an E owner may have turned M since, silently
     owner_seq: int = 0  # the stream seq of the owner's grant
+    # The owner may hold writes memory has not seen: it was granted M, or an E that may turn
+    # M silently. An owner that may not is, as far as anyone's values go, a sharer.
+    owner_may_dirty: bool = True
     sharers: dict[str, int] = field(default_factory=dict)  # node -> stream seq of its grant
 
     @property

@@ -104,7 +104,7 @@ class CacheHome:
         self.ready_at_ms = 0
         self.ready = False
         self.epoch_start_index = 0
-        self.now_ms = 0
+        self.now_ms = 0  # this node's clock, set every turn (leases are counted from it)
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.held: dict[str, set[str]] = {}  # holder -> keys it holds here
         self.leases: dict[str, int] = {}  # holder -> home-clock end of its lease
@@ -161,8 +161,10 @@ class CacheHome:
             op = self._head(item.key)
             if item.release and op is not None and op.phase is Phase.RECALL and op.recall_from == node:
                 self._recalled(op, item)  # it gave the line up as our recall was on its way
-            else:
+            elif self.ready:
                 self._enqueue(HomeOp(Kind.WRITE_BACK, node, 0, item.key, item=item))
+            else:
+                self._enqueue_early(HomeOp(Kind.WRITE_BACK, node, 0, item.key, item=item))
 
     def recalled(self, node: str, msg: CacheRecalled) -> None:
         if msg.epoch != self.epoch:
@@ -218,6 +220,17 @@ class CacheHome:
         if len(queue) == 1:
             self._run(op)
 
+    def _enqueue_early(self, op: HomeOp) -> None:
+        """Before the home is ready only write-backs run: one goes ahead of the ops that wait
+        for the takeover to end (they must see the value it brings home), behind earlier ones."""
+        queue = self.ops.setdefault(op.key, deque())
+        ahead = 0
+        while ahead < len(queue) and queue[ahead].kind is Kind.WRITE_BACK:
+            ahead += 1
+        queue.insert(ahead, op)
+        if ahead == 0:
+            self._run(op)
+
     def _run(self, op: HomeOp) -> None:
         if op.phase is not Phase.QUEUED or (not self.ready and op.kind is not Kind.WRITE_BACK):
             return  # it waits for an event, or for the takeover wait to end
@@ -231,6 +244,13 @@ class CacheHome:
                 # The owner asks again (it dropped a clean E, or this is an old fetch sent
                 # twice): it gets E again, and a holder whose line went dirty since ignores that.
                 pass
+            elif not entry.owner_may_dirty:
+                # Its copy is memory's: no need to wait for it. It relabels its line S; a write
+                # invalidates it like any sharer's.
+                owner = entry.owner
+                self._publish(Recall(owner, key, shared=True))
+                DIRECTORY[(entry.state, "recall_shared")]
+                entry.sharers[owner], entry.owner = entry.owner_seq, None
             else:
                 op.phase, op.recall_from = Phase.RECALL, entry.owner
                 self._publish(Recall(entry.owner, key, shared=op.kind is Kind.FETCH))
@@ -344,8 +364,10 @@ class CacheHome:
             elif stored is not None and stored.version == result.value:
                 state = MODIFIED if op.command.policy == WRITE_BACK else EXCLUSIVE
                 value, version = stored.value, stored.version
+        # A write_through writer's E stays memory's copy (its first write_back write asks home),
+        # so nobody need wait for it when the key is read or written elsewhere.
         self._grant(op, state, value, version, result=result,
-                    may_dirty=state in (EXCLUSIVE, MODIFIED) and self._fresh(op.key, version))
+                    may_dirty=state == MODIFIED and self._fresh(op.key, version))
 
     def _grant(self, op: HomeOp, state: str, value: bytes | None, version: int, *,
                result: Result | None = None, may_dirty: bool = False) -> None:
@@ -361,8 +383,10 @@ class CacheHome:
             else:
                 DIRECTORY[(entry.state, f"grant_{state}")]
                 entry.sharers.pop(node, None)
-                if entry.owner != node or state == MODIFIED:
-                    entry.owner_state = state  # (an owner fetching again keeps what it was)
+                again = entry.owner == node  # an owner fetching again keeps what it may hold
+                if not again or state == MODIFIED:
+                    entry.owner_state = state
+                entry.owner_may_dirty = (again and entry.owner_may_dirty) or state == MODIFIED or may_dirty
                 entry.owner, entry.owner_seq = node, seq
             self.held.setdefault(node, set()).add(key)
             self.entries.move_to_end(key)

@@ -234,6 +234,7 @@ class NodeCore:
         entries it proposes — the replicated state machines' only clock (default: now_ms)."""
         self._now = now_ms
         self._wall = now_ms if wall_ms is None else wall_ms
+        self.cache.clock(now_ms)
         if now_ms >= self._next_tick:
             self._next_tick = now_ms + self.config.tick_ms
             for gid, g in self.groups.items():

@@ -70,6 +70,7 @@ class NodeCache:
         cfg = core.config
         self.near = NearCache(core.id, cfg.shard_count, cfg.cache)
         self.undeliverable = 0  # holder messages for a shard whose leader nobody knows
+        self._homes: list[CacheHome] = []
 
     def home(self, shard: int) -> CacheHome | None:
         g = self.core.groups.get(shard)
@@ -78,7 +79,12 @@ class NodeCache:
         return g.machine.services["cache"].home  # type: ignore[attr-defined, no-any-return]
 
     def homes(self) -> list[CacheHome]:
-        return [h for gid in sorted(self.core.groups) if (h := self.home(gid)) is not None and h.active]
+        """The homes this node is now, in shard order (kept: asked every turn)."""
+        return self._homes
+
+    def _refresh_homes(self) -> None:
+        found = (self.home(gid) for gid in sorted(self.core.groups))
+        self._homes = [h for h in found if h is not None and h.active]
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -99,6 +105,11 @@ class NodeCache:
         if streams:
             self.near.on_beat(streams, now_ms)
 
+    def clock(self, now_ms: int) -> None:
+        """Every turn: a home stamps leases with the time it answers, never an older one."""
+        for home in self._homes:
+            home.now_ms = now_ms
+
     def tick(self, now_ms: int, wall_ms: int) -> None:
         for home in self.homes():
             home.tick(now_ms, wall_ms)
@@ -112,6 +123,7 @@ class NodeCache:
         home = self.home(gid)
         if home is not None and leading:
             home.start(term, now_ms, last_index)
+        self._refresh_homes()
 
     # -- outputs --------------------------------------------------------------------------
 

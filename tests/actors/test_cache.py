@@ -222,7 +222,7 @@ def test_a_gap_in_the_stream_drops_every_line_of_the_shard() -> None:
 
 def test_a_duplicate_grant_does_not_overwrite_a_dirty_line() -> None:
     rig = Rig()
-    rig.write("n2", "k", 1)  # n2 owns k (E, fresh: it may turn M)
+    rig.write("n2", "k", 1, policy=WRITE_BACK)  # n2 owns k: M, committed
     rig.write("n2", "k", 2, policy=WRITE_BACK)  # local: M, dirty
     # An old fetch of n2's, sent twice, reaches the home late: it grants E with memory's value.
     assert home_receives(rig.home, "n2", CacheFetch(op_id=12345, key="k"))
@@ -305,3 +305,18 @@ def test_a_write_back_from_an_owner_that_lost_the_line_is_refused() -> None:
     rig.tick(100)  # n2 resyncs; its write-back of 2 cannot undo 9
     assert rig.memory("k")[0] == 9
     assert rig.nears["n2"].counters["write_backs_refused"] == 1
+
+
+def test_during_the_takeover_wait_a_write_back_goes_ahead_of_the_reads_that_wait() -> None:
+    rig = Rig()
+    rig.write("n2", "k", 1, policy=WRITE_BACK)
+    version = rig.write("n2", "k", 2, policy=WRITE_BACK).value.version  # dirty at n2
+    rig.home.reset()
+    rig.home.start(epoch=2, now_ms=rig.now, epoch_start_index=rig.index)
+    rid = rig.ask("n3", CacheRead("k"))  # queued: the new home is not ready
+    rig.run()
+    rig.nears["n2"].on_beat([(1, 2, 0)], rig.now)  # n2 learns the epoch and sends its value home
+    rig.run()
+    assert rig.memory("k") == (2, version) and rid not in rig.answers
+    rig.tick(rig.config.home_lease_ms + 20)
+    assert msgspec.msgpack.decode(rig.answers[rid].value.value) == 2

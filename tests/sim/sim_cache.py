@@ -251,7 +251,9 @@ class CacheChecker:
                 session = near.sessions[line.shard]
                 if line.releasing or session.lease_until_ms <= now:
                     continue
-                served.setdefault(line.key, []).append((n, line.state, session.epoch))
+                # An E line that may not turn M holds memory's copy: a reader like any S.
+                state = line.state if line.state == MODIFIED or line.may_dirty else SHARED
+                served.setdefault(line.key, []).append((n, state, session.epoch))
         for key, holders in served.items():
             owners = [h for h in holders if h[1] in (EXCLUSIVE, MODIFIED)]
             if owners and len(holders) > 1:
