@@ -2,17 +2,15 @@
 
 The home of a key is the leader of its shard. Its directory (leader-local, like a queue's
 in-flight marks) says, per cached key, who owns it (E or M) or who shares it (S); its memory is
-the shard's replicated ``CacheStore``. Everything it tells holders goes out on ONE ordered
-stream per shard and epoch (its Raft term), numbered, on PUB/SUB: grants, invalidations,
-recalls, lease renewals, write-back confirmations. A holder applies the stream in order and
-drops every line of the shard at a gap, so nothing it is told can overtake anything else, and a
-lost message is always noticed (actors/cache_near.py). Holders answer point to point.
+the shard's replicated ``CacheStore``. Everything it tells holders goes out on ONE numbered
+stream per shard and epoch (its Raft term) on PUB/SUB, grants included; a holder applies it in
+order and drops the shard's lines at a gap (actors/cache_near.py). Holders answer point to point.
 
 One op per key at a time, FIFO: a fetch (read miss), a write or delete, a client invalidate, a
 write-back, a ttl expiry, a directory eviction. An op's phases:
 
-    recall   an owner other than (for a fetch) the asker sends its value home and keeps S (fetch)
-             or drops its line; a newer value is logged (CacheWriteBack) before the op goes on
+    recall   an owner that may be dirty sends its value home (logged if newer), keeps S or drops
+             its line; one that cannot be (a write_through writer's E) is demoted to a sharer
     acks     sharers are invalidated and the op waits until each has acknowledged or its lease
              has run out — so a holder cut off from its home never serves a stale line
     commit   a write is logged (the client's own request bytes); a fetch waits for a ReadIndex
@@ -585,16 +583,13 @@ class CacheHome:
 
     def line_info(self, key: str) -> dict[str, Any]:
         entry = self.entries.get(key)
-        holders: list[dict[str, Any]] = []
-        if entry is not None:
-            if entry.owner is not None:
-                holders.append(self._holder(entry.owner, entry.owner_state))
-            holders += [self._holder(n, SHARED) for n in sorted(entry.sharers)]
+        held = [] if entry is None else [(n, SHARED) for n in sorted(entry.sharers)]
+        if entry is not None and entry.owner is not None:
+            held.insert(0, (entry.owner, entry.owner_state))
+        holders = [{"node": n, "state": state, "lease_ms": max(0, self.leases.get(n, 0) - self.now_ms)}
+                   for n, state in held]
         return {"key": key, "version": self.memory.version_of(key), "home": self.node_id,
                 "epoch": self.epoch, "holders": holders}
-
-    def _holder(self, node: str, state: str) -> dict[str, Any]:
-        return {"node": node, "state": state, "lease_ms": max(0, self.leases.get(node, 0) - self.now_ms)}
 
     def check(self) -> None:
         """Invariants the simulator asks for after every turn."""
@@ -602,4 +597,3 @@ class CacheHome:
             assert entry.owner is None or entry.owner not in entry.sharers, f"{key}: owner also shares"
             for node in [*entry.sharers, *([entry.owner] if entry.owner else [])]:
                 assert key in self.held.get(node, ()), f"{key}: {node} not indexed"
-
