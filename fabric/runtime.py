@@ -25,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.results import RETRYABLE, Err, Result
 from syncfab.fabric.codec import (
     DecodeError,
@@ -352,6 +353,11 @@ class NodeRuntime:
         timeout_s += wait_ms / 1000
         if long_poll:
             attempt_timeout_s += wait_ms / 1000
+        if isinstance(op, NEAR_OPS):
+            # This node's own cache serves it and always answers (``unavailable`` once the home
+            # stays silent past its deadline). Asked again meanwhile, it would queue the copy
+            # behind the first and run it again after: a write_back write applied twice.
+            attempt_timeout_s = timeout_s
         rid = self.ids.next()
         request = Request(self.client_id, rid, self.ids.acked, op)
         raw = encode(request)

@@ -20,7 +20,7 @@ from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import Ok, Result
 from syncfab.fabric.routing import KEY_BYTES_MAX
 from syncfab.fabric.runtime import NodeRuntime
-from syncfab.gateway import locks, queues
+from syncfab.gateway import cache, locks, queues
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, error_response, json_response, read_body, result_error
 
@@ -135,4 +135,5 @@ def create_app(runtime: NodeRuntime) -> web.Application:
     app.router.add_delete("/kv/{key:.+}", kv_delete)
     locks.add_routes(app)
     queues.add_routes(app)
+    cache.add_routes(app)
     return app

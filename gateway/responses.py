@@ -25,6 +25,8 @@ STATUS_OF = {
     "lease_expired": 409,
     "already_waiting": 409,
     "cancelled": 409,
+    "version_mismatch": 409,
+    "payload_too_large": 413,
     "queue_full": 429,
     "timeout": 504,
     "busy": 503,
@@ -35,7 +37,7 @@ STATUS_OF = {
 }
 
 _json_encode = msgspec.json.Encoder().encode
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
 
 
@@ -73,8 +75,9 @@ async def read_body(request: web.Request, kind: type[T]) -> tuple[T | None, web.
 
 
 def _field_of(message: str) -> str:
-    """msgspec says ``Expected `int`, got `str` - at `$.messages[1].data``` or ``Object missing
-    required field `data` - at `$.messages[0]```: name the field as a path into the body."""
+    """msgspec says ``Expected `int`, got `str` - at `$.messages[1].data```, ``Object missing
+    required field `data` - at `$.messages[0]``` or ``Object contains unknown field `x```: name
+    the field as a path into the body."""
     missing, path = _MISSING.search(message), _PATH.search(message)
     # A map's values show as `headers[...]`: the map is the field to name.
     where = path.group(1).replace("[...]", "") if path else ""

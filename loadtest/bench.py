@@ -3,7 +3,8 @@
 Workloads: ``kv`` (replicated writes; ``--read-ratio`` mixes linearizable reads), ``lock``
 (acquire+release cycles; ``--hot N`` for N contended resources), ``produce`` (``--batch B``
 messages per call), ``consume`` (consume+ack from a prefilled queue), ``failover`` (kill -9 the
-leaders and measure how long writes stall).
+leaders and measure how long writes stall), ``cache`` (Zipf reads and writes through every
+node's near cache; hit rate beside an ideal LRU's and a coherent LRU's: loadtest/cache_trace.py).
 
 Starts a 3-node cluster of real processes (fsync on) unless ``--target`` names one, runs C
 concurrent clients spread over P worker processes for T seconds after a warm-up, and prints
@@ -22,7 +23,7 @@ import random
 import time
 from typing import Any
 
-from loadtest import failover, workloads
+from loadtest import cache_trace, failover, workloads
 from syncfab.fabric.client import AsyncClient
 from syncfab.fabric.local import LocalCluster
 
@@ -182,27 +183,49 @@ def write_result(report: dict[str, Any], name: str, out: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
-    parser.add_argument("workload", choices=["kv", "lock", "produce", "consume", "failover"])
+    parser.add_argument("workload", choices=["kv", "lock", "produce", "consume", "failover", "cache"])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds before measuring (2; cache: at least 5, until hit rate is stable)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", choices=["on", "off"], default="on")
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--read-ratio", type=float, default=0.0, help="share of linearizable reads")
-    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--read-ratio", type=float, default=None,
+                        help="kv: share of linearizable reads (0); cache: share of reads (0.9)")
+    parser.add_argument("--keys", type=int, default=None, help="kv: 10,000; cache: 100,000")
     parser.add_argument("--hot", type=int, default=0,
                         help="lock: number of hot resources (0 = each client its own resource)")
     parser.add_argument("--batch", type=int, default=1, help="produce/consume: messages per call")
     parser.add_argument("--queue", default="bench")
     parser.add_argument("--prefill", type=int, default=200_000, help="consume: messages produced first")
     parser.add_argument("--rounds", type=int, default=3, help="failover: leader kills")
+    parser.add_argument("--zipf", type=float, default=0.99, help="cache: Zipf exponent of key popularity")
+    parser.add_argument("--value-bytes", type=int, default=100, help="cache: bytes per value")
+    parser.add_argument("--cache-lines", type=int, default=25_000,
+                        help="cache: every node's --cache-lines, and the ideal LRUs' capacity")
+    parser.add_argument("--policy", choices=["write_through", "write_back"], default="write_through",
+                        help="cache: write policy")
+    parser.add_argument("--warmup-max", type=float, default=90.0,
+                        help="cache: longest warm-up waiting for a stable hit rate")
+    parser.add_argument("--seed", type=int, default=0, help="cache: client g's trace is Random(seed + g)")
     parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
+    parser.add_argument("--metrics", help="cache with --target: comma-separated node HTTP URLs, same order")
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
+    cache = args.workload == "cache"
+    if args.warmup is None:
+        args.warmup = 5.0 if cache else 2.0
+    if args.read_ratio is None:
+        args.read_ratio = 0.9 if cache else 0.0
+    if args.keys is None:
+        args.keys = 100_000 if cache else 10_000
     if args.workload == "failover":
         report = failover.run(args.rounds, args.fsync)
+    elif cache:
+        report = cache_trace.run(args)
+        cache_trace.print_report(report)
     else:
         report = run(args)
         for kind, op in report["operations"].items():
