@@ -170,15 +170,23 @@ class NearCache:
         else:
             self._answer(caller, Err("bad_request", f"{type(op).__name__} is not a cache op"))
 
-    def _read(self, caller: _Caller, key: str, now_ms: int) -> None:
+    def hit(self, key: str, now_ms: int) -> Result | None:
+        """A read served from this node's own line, or None (it must go the long way). The
+        runtime asks this as a request arrives, with the clock read then: a hit decides
+        nothing, so it need not wait for the node's turn."""
         line = self.lines.get(key)
-        if line is not None and not line.releasing:
-            session = self.sessions[line.shard]
-            if session.lease_until_ms > now_ms:
-                self.counters["hits"] += 1
-                self.lines.touch(line)
-                self._answer(caller, _value(line, hit=True))
-                return
+        if line is None or line.releasing or self.sessions[line.shard].lease_until_ms <= now_ms:
+            return None
+        self.counters["hits"] += 1
+        self.lines.touch(line)
+        return _value(line, hit=True)
+
+    def _read(self, caller: _Caller, key: str, now_ms: int) -> None:
+        result = self.hit(key, now_ms)
+        if result is not None:
+            self._answer(caller, result)
+            return
+        line = self.lines.get(key)
         op = self.pending.get(key)
         if op is not None and op.kind == FETCH:
             op.callers.append(caller)  # one fetch, however many callers

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncfab.actors.cache_home import CacheHome, Kind
 from syncfab.actors.cache_near import NearCache
-from syncfab.actors.cache_ops import CacheConfirm, CacheDelete, CacheWrite, check_op
+from syncfab.actors.cache_ops import CacheConfirm, CacheDelete, CacheRead, CacheWrite, check_op
 from syncfab.actors.messages import (
     CacheAck,
     CacheDropReq,
@@ -90,6 +90,12 @@ class NodeCache:
 
     def on_client(self, route: bytes, request: Request, raw: bytes, now_ms: int) -> None:
         self.near.on_client(route, request.client, request.id, request.acked, request.op, raw, now_ms)
+
+    def hit(self, op: Any, now_ms: int) -> Result | None:
+        """The answer to a cache read this node's own line gives now, else None (then the
+        request is delivered as usual). ``now_ms``: the clock as the request arrived; a hit
+        decides nothing, so its answer need not wait for the node's turn."""
+        return self.near.hit(op.key, now_ms) if type(op) is CacheRead else None
 
     def on_peer(self, src: str, gid: int, msg: Any, now_ms: int) -> None:
         if isinstance(msg, CacheStream):

@@ -31,6 +31,7 @@ from syncfab.fabric.codec import (
     DecodeError,
     PeerBatch,
     Replies,
+    Reply,
     Request,
     RequestIds,
     Requests,
@@ -79,6 +80,7 @@ class NodeRuntime:
         self.metrics = NodeMetrics(self)
         self.streams = StreamTracker()
         self._futures: dict[int, asyncio.Future[Result]] = {}
+        self._hits: dict[bytes, list[bytes]] = {}  # cache hits answered while draining
         self._scheduled = False
         self._closed = False
         self._router_readable = self._sub_readable = True
@@ -199,6 +201,8 @@ class NodeRuntime:
             self._router_readable = False
             for frames in t.drain(t.router, ROUTER_FRAMES_PER_TURN_MAX):
                 self._on_router_frames(frames)
+            if self._hits:
+                self._send_hits()
         if self._sub_readable:
             self._sub_readable = False
             for frames in t.drain(t.sub, SUB_FRAMES_PER_TURN_MAX):
@@ -326,7 +330,17 @@ class NodeRuntime:
             self.transport.reply(route, [error_reply(request.id, "payload_too_large",
                                                      f"a request is at most {REQUEST_BYTES_MAX} bytes")])
         else:
-            self.core.deliver_client(route, request, data)
+            hit = self.core.cache.hit(request.op, monotonic_ms())
+            if hit is not None:
+                self._hits.setdefault(route, []).append(encode(Reply(request.id, hit, None)))
+            else:
+                self.core.deliver_client(route, request, data)
+
+    def _send_hits(self) -> None:
+        """Cache hits answered as they were drained: out before the turn, one frame per client."""
+        hits, self._hits = self._hits, {}
+        for route, replies in hits.items():
+            self.transport.reply(route, [frame_of(Replies, replies)])
 
     def _on_publication(self, frames: list[bytes]) -> None:
         try:
@@ -360,6 +374,10 @@ class NodeRuntime:
             attempt_timeout_s = timeout_s
         rid = self.ids.next()
         request = Request(self.client_id, rid, self.ids.acked, op)
+        hit = self.core.cache.hit(op, monotonic_ms())
+        if hit is not None:
+            self.ids.done(rid)
+            return hit
         raw = encode(request)
         deadline = self._loop.time() + timeout_s
         backoff_s = 0.005

@@ -50,7 +50,7 @@ from sim_workloads import Workloads, choose_workloads
 
 from syncfab.actors.raft import Role
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
-from syncfab.fabric.codec import PeerBatch, PeerMessage, Request, decode_inbound, encode
+from syncfab.fabric.codec import PeerBatch, PeerMessage, Reply, Request, decode_inbound, encode
 from syncfab.fabric.node import Flush, NodeCore
 from syncfab.storage.memory_store import MemoryLogStore
 
@@ -347,6 +347,11 @@ class Simulation(SimClock):
         self._trace.update(raw)
         request = decode_inbound(raw)
         assert isinstance(request, Request)
+        # As NodeRuntime does, a cache hit is answered as it is drained (not by a paused node).
+        hit = None if node.paused_until > self.now else node.core.cache.hit(request.op, self.local_ms(node))
+        if hit is not None:
+            self.network.send(node.id, client.name, client.on_reply, encode(Reply(request.id, hit, None)))
+            return
         node.core.deliver_client(client.route, request, raw)
         self._wake(node, self.now + self._sched_rng.randint(0, self.config.processing_delay_ms_max))
 
