@@ -59,7 +59,8 @@ from syncfab.actors.messages import (
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.actors.ring import shard_for_key
 
-CacheMessage = CacheAck | CacheDropReq | CacheFetch | CacheRecalled | CacheWriteBackReq | CacheWriteReq
+# What a holder sends its homes.
+ToHome = CacheAck | CacheDropReq | CacheFetch | CacheRecalled | CacheWriteBackReq | CacheWriteReq
 
 FETCH, WRITE, DROP = "fetch", "write", "drop"
 RENEWS_MAX = 8  # renewals remembered per shard (older answers renew nothing)
@@ -75,7 +76,7 @@ class _KeyOp:
     kind: str
     shard: int
     op_id: int
-    message: CacheMessage
+    message: ToHome
     first_ms: int
     sent_ms: int
     callers: list[_Caller] = field(default_factory=list)
@@ -117,7 +118,7 @@ class NearCache:
         self._floors: OrderedDict[str, int] = OrderedDict()  # client -> lowest id it still awaits
         self._next_op = op_base
         # Outputs, taken by the node each turn.
-        self.sends: list[tuple[int, CacheMessage]] = []
+        self.sends: list[tuple[int, ToHome]] = []
         self.answers: list[tuple[bytes, int, Result]] = []
         self.counters: dict[str, int] = dict.fromkeys(
             ("hits", "misses_capacity", "misses_coherence", "local_writes", "remote_writes", "evictions",

@@ -120,7 +120,6 @@ class CacheConfirm(msgspec.Struct, frozen=True, tag="cconf", array_like=True):
     """A query that reads nothing: its ReadIndex round confirms the home still leads."""
 
 
-CacheCommand = CacheWrite | CacheDelete | CacheWriteBack | CacheBump | CacheExpire
 NEAR_OPS = (CacheRead, CacheWrite, CacheDelete, CacheInvalidate, CacheStats)
 
 

@@ -171,6 +171,7 @@ def _cache_metrics(core: Any, fanout: Histogram) -> Iterator[Metric]:
     events = CounterMetricFamily("syncfab_cache_events", "Near-cache events on this node", labels=["event"])
     for name, value in sorted(near.counters.items()):
         events.add_metric([name], value)
+    events.add_metric(["undeliverable"], core.cache.undeliverable)  # no known leader for the shard
     yield events
     lines = GaugeMetricFamily("syncfab_cache_lines", "Cache lines on this node by MESI state",
                               labels=["state"])
