@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import Ok, Result
-from syncfab.fabric.routing import KEY_BYTES_MAX
-from syncfab.fabric.runtime import NodeRuntime
+from syncfab.fabric.core.routing import KEY_BYTES_MAX
+from syncfab.fabric.server.runtime import NodeRuntime
 from syncfab.gateway import cache, locks, queues
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, error_response, json_response, read_body, result_error

@@ -32,7 +32,7 @@ from syncfab.actors.cache_ops import (
     check_op,
 )
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.metrics import LATENCY_BUCKETS_S
+from syncfab.fabric.server.metrics import LATENCY_BUCKETS_S
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, error_response, json_response, read_body, result_error
 

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from syncfab.fabric.runtime import NodeRuntime
+from syncfab.fabric.server.runtime import NodeRuntime
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)

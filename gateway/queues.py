@@ -1,7 +1,7 @@
 """HTTP for the queues: produce, consume (long polling), ack/nack, inspect, configure.
 
 A queue spans every shard; the fan-out (split a batch, visit shards in turn, sum stats) is
-fabric/fanout.py, shared with the native client.
+fabric/client/fanout.py, shared with the native client.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+import syncfab.fabric.client.fanout as fanout
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import Ok, Result
-from syncfab.fabric import fanout
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, int_param, json_response, read_body, result_error
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from loadtest import cache_trace, failover, workloads
 from syncfab.fabric.client import AsyncClient
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 
 def _worker(addresses: list[str], clients: int, warmup_s: float, seconds: float, seed: int,

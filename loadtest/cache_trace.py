@@ -60,7 +60,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncfab.fabric.client import AsyncClient, SyncfabError
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 try:  # not a dependency: only makes the Zipf sampler and the offline sort faster
     import numpy as np

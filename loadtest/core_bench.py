@@ -1,6 +1,6 @@
 """Replica CPU per command, without a cluster: ``python -m loadtest.core_bench``.
 
-Drives the pure state machines the way a replica applies committed entries (fabric/node.py,
+Drives the pure state machines the way a replica applies committed entries (fabric/core/node.py,
 ``_machine_for`` and ``_apply_entry``): each entry is ``encode_batch`` of encoded ``Request``s,
 decoded with ``decode_batch``, and every request is applied with its own ``ApplyContext``
 through ``GroupMachine.apply(ctx, acked, op)``, notices included. No sockets, disk or Raft.
@@ -11,7 +11,7 @@ Workloads:
   resource, as ``bench.py lock`` without ``--hot``) spread over ``--clients`` client ids, each
   owner alternating Acquire and Release, one request per owner per entry;
 - ``lock_batch``: the same ops, each client's ops of an entry in one LockBatch request (what
-  fabric/lock_batcher.py sends), figures per op;
+  fabric/client/lock_batcher.py sends), figures per op;
 - ``produce_batch``: the same machine, ProduceBatch requests of BATCH messages (per message);
 - ``produce``: ``GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})`` and a
   100-byte Produce per request.
@@ -40,11 +40,11 @@ from syncfab.actors.locks import Acquire, LockBatch, LockTable, Release
 from syncfab.actors.machine import ApplyContext, GroupMachine, Notice
 from syncfab.actors.queues import NewMessage, Produce, ProduceBatch, QueuePartitions
 from syncfab.actors.results import Err, Waiting
-from syncfab.fabric.codec import OnShard, Request, decode_batch, encode, encode_batch
+from syncfab.fabric.core.codec import OnShard, Request, decode_batch, encode, encode_batch
 
 PAYLOAD = b"x" * 100
 WORKLOADS = ("lock", "lock_batch", "produce", "produce_batch")
-# produce_batch: messages per ProduceBatch request (what fabric/produce_batcher.py sends for a
+# produce_batch: messages per ProduceBatch request (what fabric/client/produce_batcher.py sends for a
 # pile of single produces); its figures are per message.
 BATCH = 32
 
@@ -104,7 +104,7 @@ def _lock_batch(client: str, next_id: list[int], c: int, owners: range, entry: i
 
 def apply_entry(machine: GroupMachine, index: int, now_ms: int, requests: list[Request],
                 results: list[Any] | None) -> int:
-    """fabric/node.py ``_apply_entry``, less the answering of waiters; the results and notices
+    """fabric/core/node.py ``_apply_entry``, less the answering of waiters; the results and notices
     go to ``results`` when given. Returns how many requests were left waiting."""
     waiting = 0
     for request in requests:

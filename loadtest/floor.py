@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from loadtest.bench import percentile, write_result
-from syncfab.fabric.local import free_ports
+from syncfab.fabric.server.local import free_ports
 
 FILE_BYTES = 16 << 20  # like a WAL segment: written once, then overwritten in place
 REQUEST_BYTES = 100

@@ -9,7 +9,7 @@ uvloop, ``--clients`` closed-loop callers spread over them and over the three se
 awaiting its own answer (a future matched by request id) through one DEALER per server per
 process; what the callers of one loop iteration send leaves as one frame, replies are drained
 when the socket's FD fires, and a server answers a frame's requests in one frame, as
-``fabric/client.py`` and a node do. Whatever this reaches, ``bench.py cache`` cannot beat here,
+``fabric/client/zmq_client.py`` and a node do. Whatever this reaches, ``bench.py cache`` cannot beat here,
 with 100% hits.
 
 Prints ops/s, p50/p95/p99, the CPU the servers and the callers used, and writes a JSON result
@@ -28,7 +28,7 @@ import msgspec
 import zmq
 
 from loadtest.bench import percentile, proc_cpu_s, write_result
-from syncfab.fabric.local import free_ports
+from syncfab.fabric.server.local import free_ports
 
 KEYS = 1_000
 VALUE_BYTES = 100

@@ -18,7 +18,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.bench import proc_cpu_s
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -12,7 +12,7 @@ B-trees with hundreds of puts and LMDB's two syncs, and on a writer thread it ho
 almost nothing. ``checkpoint`` folds the oldest records (kept in memory, never read back) into
 the group databases through ``apply_persist`` — as MemoryLogStore applies a Persist — in one
 transaction that also records how far it got, then lets the WAL reuse their segments.
-fabric/writer.py calls it from a thread of its own; ``write_encoded`` folds too, as a backstop,
+fabric/server/writer.py calls it from a thread of its own; ``write_encoded`` folds too, as a backstop,
 when the WAL would pass ``checkpoint_records_max`` records or ``checkpoint_bytes_max`` bytes.
 
 Reading: opening the store folds whatever WAL a previous run left and retires its segments

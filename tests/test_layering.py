@@ -2,7 +2,7 @@
 
 Pure: everything in actors/, and fabric's node.py, detector.py, codec.py and routing.py (what the
 simulator runs unchanged). Dependency direction: actors import only actors; fabric imports
-actors, storage and fabric; the gateway sits on top; only fabric/cli.py (the composition
+actors, storage and fabric; the gateway sits on top; only fabric/server/cli.py (the composition
 root) may import the gateway.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_FABRIC = ("node.py", "detector.py", "codec.py", "routing.py", "node_cache.py", "views.py", "balance.py")
 # Modules that do I/O, read a clock, or draw unseeded randomness.
 IMPURE = {
     "aiohttp", "asyncio", "lmdb", "os", "prometheus_client", "select", "selectors", "signal",
@@ -26,7 +25,7 @@ RANDOM_ALLOWED = {"Random"}
 
 
 def pure_files() -> list[Path]:
-    return sorted((ROOT / "actors").glob("*.py")) + [ROOT / "fabric" / f for f in PURE_FABRIC]
+    return sorted((ROOT / "actors").glob("*.py")) + sorted((ROOT / "fabric" / "core").glob("*.py"))
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -74,32 +73,35 @@ def test_pure_modules_draw_no_unseeded_randomness(path: Path) -> None:
     assert set(from_random) <= RANDOM_ALLOWED, f"{path.name} imports {from_random} from random"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "actors").glob("*.py")), ids=lambda p: p.name)
-def test_actors_import_only_actors(path: Path) -> None:
-    ours = [m for m, _ in imports(path) if m.startswith("syncfab.")]
-    assert all(m.startswith("syncfab.actors") for m in ours), f"{path.name} imports {ours}"
+# What each folder may import of ours (prefixes of module names).
+ALLOWED = {
+    "actors": ("syncfab.actors",),
+    "fabric/core": ("syncfab.actors", "syncfab.fabric.core"),
+    "fabric/client": ("syncfab.actors", "syncfab.fabric.core", "syncfab.fabric.client"),
+    "fabric/server": (
+        "syncfab.actors", "syncfab.fabric.core", "syncfab.fabric.client", "syncfab.fabric.server",
+        "syncfab.storage",
+    ),
+    "storage": ("syncfab.actors", "syncfab.storage"),
+}
+COMPOSITION_ROOT = ROOT / "fabric" / "server" / "cli.py"
 
 
-def test_pure_fabric_stays_below_the_runtime() -> None:
-    for name in PURE_FABRIC:
-        path = ROOT / "fabric" / name
-        skip = type_checking_lines(path)
-        ours = [m for m, n in imports(path) if m.startswith("syncfab.") and n not in skip]
-        ours += [f"syncfab.fabric.{a.name}" for node in ast.walk(ast.parse(path.read_text()))
-                 if isinstance(node, ast.ImportFrom) and node.module == "syncfab.fabric" for a in node.names]
-        allowed = ("syncfab.actors", *(f"syncfab.fabric.{f.removesuffix('.py')}" for f in PURE_FABRIC))
-        assert all(m.startswith(allowed) for m in ours), f"fabric/{name} imports {ours}"
+def ours(path: Path) -> list[str]:
+    skip = type_checking_lines(path)
+    found = [m for m, n in imports(path) if m.startswith("syncfab") and n not in skip]
+    # `from syncfab.fabric import x` imports the module syncfab.fabric.x
+    found += [f"{node.module}.{a.name}" for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.ImportFrom) and node.module in ("syncfab", "syncfab.fabric")
+              for a in node.names]
+    return found
 
 
-def test_only_the_cli_imports_the_gateway() -> None:
-    for path in sorted((ROOT / "fabric").glob("*.py")) + sorted((ROOT / "storage").glob("*.py")):
-        if path.name == "cli.py":
-            continue
-        gateway = [m for m, _ in imports(path) if m.startswith("syncfab.gateway")]
-        assert not gateway, f"{path.relative_to(ROOT)} imports the gateway: {gateway}"
-
-
-def test_storage_does_not_import_the_runtime() -> None:
-    for path in sorted((ROOT / "storage").glob("*.py")):
-        ours = [m for m, _ in imports(path) if m.startswith(("syncfab.fabric", "syncfab.gateway"))]
-        assert not ours, f"storage/{path.name} imports {ours}"
+@pytest.mark.parametrize("folder", sorted(ALLOWED))
+def test_each_folder_imports_only_the_layers_below(folder: str) -> None:
+    bad = []
+    for path in sorted((ROOT / folder).glob("*.py")):
+        allowed = ALLOWED[folder] + (("syncfab.gateway",) if path == COMPOSITION_ROOT else ())
+        bad += [f"{path.relative_to(ROOT)}: {m}" for m in ours(path)
+                if m not in ("syncfab", "syncfab.fabric") and not m.startswith(allowed)]
+    assert not bad, bad

@@ -28,8 +28,8 @@ from syncfab.actors.cache_store import CacheStore
 from syncfab.actors.machine import ApplyContext, GroupMachine
 from syncfab.actors.messages import CacheStream
 from syncfab.actors.results import Ok, Result
-from syncfab.fabric.codec import Request, decode_request, encode
-from syncfab.fabric.node_cache import home_receives
+from syncfab.fabric.core.codec import Request, decode_request, encode
+from syncfab.fabric.core.node_cache import home_receives
 
 SHARD = 1
 ROUTE = b"client"

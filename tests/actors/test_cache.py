@@ -22,7 +22,7 @@ from syncfab.actors.cache_ops import (
 )
 from syncfab.actors.messages import Beat, CacheFetch
 from syncfab.actors.results import Err, Ok
-from syncfab.fabric.node_cache import home_receives
+from syncfab.fabric.core.node_cache import home_receives
 
 STATES = (MODIFIED, EXCLUSIVE, SHARED, INVALID)
 

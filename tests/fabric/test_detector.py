@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from syncfab.fabric.detector import PhiAccrualDetector
+from syncfab.fabric.core.detector import PhiAccrualDetector
 
 
 def feed(detector: PhiAccrualDetector, peer: str, intervals_ms: Iterable[int], start_ms: int = 0) -> int:

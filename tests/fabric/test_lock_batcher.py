@@ -14,7 +14,7 @@ import pytest
 from syncfab.actors.locks import EXCLUSIVE, Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
 from syncfab.actors.results import WAITING, Answers, Err, Ok, Result, Waiting
-from syncfab.fabric.lock_batcher import BATCH_BYTES_MAX, LockBatcher, RequestSlots
+from syncfab.fabric.client.lock_batcher import BATCH_BYTES_MAX, LockBatcher, RequestSlots
 
 Decide = Callable[[Any, int], Result | Waiting]
 

@@ -12,9 +12,9 @@ import pytest
 from syncfab.actors.queue_ops import BATCH_MAX
 from syncfab.actors.queues import NewMessage, ProduceBatch
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.codec import OnShard
-from syncfab.fabric.produce_batcher import BATCH_BYTES_MAX, ProduceBatcher
-from syncfab.fabric.routing import queue_key_shard
+from syncfab.fabric.client.produce_batcher import BATCH_BYTES_MAX, ProduceBatcher
+from syncfab.fabric.core.codec import OnShard
+from syncfab.fabric.core.routing import queue_key_shard
 
 SHARDS = 8
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from syncfab.fabric.local import free_ports
-from syncfab.fabric.transport import PeerLinks, Transport
+from syncfab.fabric.server.local import free_ports
+from syncfab.fabric.server.transport import PeerLinks, Transport
 
 WAIT_S = 10.0
 

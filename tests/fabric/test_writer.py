@@ -10,8 +10,8 @@ from pathlib import Path
 
 from syncfab.actors.messages import AppendReply, Entry, HardState
 from syncfab.actors.ready import Persist
-from syncfab.fabric.node import Flush
-from syncfab.fabric.writer import DiskWriter
+from syncfab.fabric.core.node import Flush
+from syncfab.fabric.server.writer import DiskWriter
 from syncfab.storage.lmdb_store import LmdbLogStore
 from syncfab.storage.wal_file import WalFile
 

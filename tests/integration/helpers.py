@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 _NO_BODY: Any = object()
 

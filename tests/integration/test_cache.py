@@ -17,7 +17,7 @@ import pytest
 
 from syncfab.actors.ring import shard_for_key
 from syncfab.fabric.client import AsyncClient
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 from .helpers import wait_for
 

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncfab.actors.ring import shard_for_key
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 from .helpers import http, wait_for
 

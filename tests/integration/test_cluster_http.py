@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncfab.actors.kv import Get, Put
 from syncfab.actors.results import Err, Ok
 from syncfab.fabric.client import AsyncClient, Client, NotFound
-from syncfab.fabric.codec import Request, Requests, decode_reply, encode, frame_of, replies_in
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.core.codec import Request, Requests, decode_reply, encode, frame_of, replies_in
+from syncfab.fabric.server.local import LocalCluster
 
 from .helpers import http
 

@@ -12,7 +12,7 @@ import urllib.request
 from typing import Any
 
 from syncfab.fabric.client import AsyncClient
-from syncfab.fabric.local import LocalCluster, free_ports
+from syncfab.fabric.server.local import LocalCluster, free_ports
 
 from .helpers import wait_for
 
@@ -183,7 +183,7 @@ def test_node_configured_from_environment(tmp_path: Any) -> None:
         "SYNCFAB_DATA_DIR": str(tmp_path / "solo"),
         "SYNCFAB_SHARDS": "2",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "syncfab.fabric.cli", "node"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "syncfab.fabric.server.cli", "node"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{http}"
@@ -199,6 +199,6 @@ def test_node_configured_from_environment(tmp_path: Any) -> None:
 
 
 def test_bad_configuration_is_refused_with_a_message() -> None:
-    out = subprocess.run([sys.executable, "-m", "syncfab.fabric.cli", "node", "--id", "x",
+    out = subprocess.run([sys.executable, "-m", "syncfab.fabric.server.cli", "node", "--id", "x",
                           "--peers", "a=127.0.0.1:1"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "not one of --peers" in out.stderr

@@ -8,7 +8,7 @@ import json
 import urllib.request
 
 from syncfab.fabric.client import AsyncClient
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 
 def test_every_node_serves_every_shard_of_a_five_node_cluster() -> None:

@@ -13,7 +13,7 @@ import pytest
 from syncfab.actors.locks import Acquire, Release
 from syncfab.actors.results import Ok
 from syncfab.fabric.client import AsyncClient, Client, Deadlock, LockTimeout
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 from .helpers import control_leader, http, wait_for
 
@@ -287,7 +287,7 @@ def test_lock_context_manager_gives_increasing_fencing_tokens(cluster: LocalClus
 
 def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(cluster: LocalCluster) -> None:
     """Many owners' acquires and releases issued at once through one client leave as LockBatches
-    (fabric/lock_batcher.py): each still gets its own grant, and a wait in one batch is decided
+    (fabric/client/lock_batcher.py): each still gets its own grant, and a wait in one batch is decided
     by a release in the same batch or a later one."""
 
     async def run() -> None:

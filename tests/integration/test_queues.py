@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import pytest
 
 from syncfab.fabric.client import AsyncClient, SyncfabError
-from syncfab.fabric.local import LocalCluster
+from syncfab.fabric.server.local import LocalCluster
 
 from .helpers import http, wait_caught_up, wait_for
 
@@ -322,7 +322,7 @@ def test_malformed_and_oversized_queue_bodies(cluster: LocalCluster, path: str) 
 
 
 def test_concurrent_native_produces_are_coalesced_and_answered_one_by_one(cluster: LocalCluster) -> None:
-    """Single produces issued together share requests on the wire (fabric/produce_batcher.py):
+    """Single produces issued together share requests on the wire (fabric/client/produce_batcher.py):
     each still gets its own id, a bad one fails alone, and every message is stored once."""
     q = "coalesced"
 

@@ -47,7 +47,7 @@ from syncfab.actors.cache_ops import (
 from syncfab.actors.raft import Role
 from syncfab.actors.results import RETRYABLE, Err, Ok
 from syncfab.actors.ring import shard_for_key
-from syncfab.fabric.codec import Reply, Request, decode_reply, encode
+from syncfab.fabric.core.codec import Reply, Request, decode_reply, encode
 
 if TYPE_CHECKING:
     from simulator import Simulation

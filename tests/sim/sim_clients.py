@@ -21,7 +21,7 @@ from sim_config import SimConfig
 
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import RETRYABLE, Err, Ok
-from syncfab.fabric.codec import Reply, Request, decode_reply, encode
+from syncfab.fabric.core.codec import Reply, Request, decode_reply, encode
 
 
 class ClientHost(Protocol):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
-from syncfab.fabric.node import NodeConfig
+from syncfab.fabric.core.node import NodeConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ class SimConfig:
     lock_abandon_probability: float = 0.1  # wait, then close the session (ReleaseAll) mid-wait
     lock_die_probability: float = 0.1  # stop renewing past the ttl, then use the old token
     lock_shared_probability: float = 0.3
-    # Lockers' acquires and releases go through one coalescing client (as fabric/lock_batcher.py
+    # Lockers' acquires and releases go through one coalescing client (as fabric/client/lock_batcher.py
     # does for a process's callers): ops within a few milliseconds leave as one LockBatch.
     lock_batching: bool = False
     queue_producer_count: int = 2

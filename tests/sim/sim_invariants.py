@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from syncfab.actors.messages import Snapshot
 from syncfab.actors.raft import RaftCore, Role
-from syncfab.fabric.node import Flush, NodeCore
+from syncfab.fabric.core.node import Flush, NodeCore
 
 Fail = Callable[[str, str], NoReturn]
 

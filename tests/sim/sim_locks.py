@@ -15,7 +15,7 @@ A ``LockClient`` is one owner (its client id), like a native client's lock sessi
   fencing exists for.
 
 While it holds anything, a living client renews its lease every third of its ttl (as
-fabric/client_locks.py does). An acquire that gave up (outcome unknown) is followed by a release
+fabric/client/locks.py does). An acquire that gave up (outcome unknown) is followed by a release
 of that resource that never gives up: the lock may have been granted later, and nobody else could
 ever take it while our renewals keep it alive.
 
@@ -129,7 +129,7 @@ class LockLedger:
 
 
 class LockOpBatcher(RpcClient):
-    """fabric/lock_batcher.py on simulated time, shared by the lockers of a seed: acquires and
+    """fabric/client/lock_batcher.py on simulated time, shared by the lockers of a seed: acquires and
     releases submitted within a few milliseconds of each other leave as one LockBatch under this
     client's id (owners are named in the ops, so any client may carry them). Each op is answered
     from the batch's Answers, or, left waiting, by its own reply (``expect``), asked again alone

@@ -4,7 +4,7 @@ Producers send ``Produce`` (some with a key, some with a dedup id) and pre-split
 (``OnShard(shard, ProduceBatch)``), every payload unique. A produce that gave up with a dedup id is
 sometimes produced again under a new request id: the dedup window must answer with the first id.
 
-Consumers visit the shards in a rotating order as fabric/fanout.py does, with a short visibility so
+Consumers visit the shards in a rotating order as fabric/client/fanout.py does, with a short visibility so
 deadlines pass and the leaders redeliver; they ack most messages (an Ack routes by its ids), nack
 some, give some back uncounted (``Return``, as fanout does with what a long poll took too many of),
 let some deadlines lapse, and always nack *poison* payloads, which end in ``<queue>.dlq``.
@@ -41,8 +41,8 @@ from syncfab.actors.queues import (
     Return,
 )
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.codec import OnShard, Reply
-from syncfab.fabric.routing import message_shard, queue_key_shard
+from syncfab.fabric.core.codec import OnShard, Reply
+from syncfab.fabric.core.routing import message_shard, queue_key_shard
 
 Visit = Generator[Call | Sleep, Result | None, bool]  # a script step that says if it got messages
 

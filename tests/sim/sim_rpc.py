@@ -1,6 +1,6 @@
 """A simulated native client for any op, and scripts that drive it.
 
-``RpcClient`` does what fabric/client.py's ``call`` does, on simulated time: it numbers requests
+``RpcClient`` does what fabric/client/zmq_client.py's ``call`` does, on simulated time: it numbers requests
 with the real ``RequestIds`` (so ``acked`` is the lowest id still awaited, with several calls in
 flight), routes each op with the real ``group_for`` to the leader it last heard of for that group
 (or any node), and retries *the same bytes* — same client, same id — after a retryable error or an
@@ -24,8 +24,8 @@ from typing import Any, NoReturn, Protocol
 from sim_config import SimConfig
 
 from syncfab.actors.results import RETRYABLE, Err, Result
-from syncfab.fabric.codec import Reply, Request, RequestIds, decode_reply, encode
-from syncfab.fabric.routing import group_for, wait_of
+from syncfab.fabric.core.codec import Reply, Request, RequestIds, decode_reply, encode
+from syncfab.fabric.core.routing import group_for, wait_of
 
 
 class RpcHost(Protocol):
@@ -116,7 +116,7 @@ class RpcClient:
         return rid
 
     def expect(self, rid: int, op: Any, on_done: Done, deadline_ms: int | None) -> None:
-        """An op of a batch left waiting (fabric/lock_batcher.py): its own reply answers it. Until
+        """An op of a batch left waiting (fabric/client/lock_batcher.py): its own reply answers it. Until
         then it is a call in flight under its own id, asked again alone if no reply comes."""
         host, cfg = self.host, self.config
         request = Request(self.name, rid, self.ids.acked, op)

@@ -12,7 +12,7 @@ from sim_rpc import RpcClient
 from simulator import Simulation
 
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.codec import Reply, Request, decode_reply, encode
+from syncfab.fabric.core.codec import Reply, Request, decode_reply, encode
 
 
 def quiet_simulation(seed: int, **knobs: Any) -> Simulation:

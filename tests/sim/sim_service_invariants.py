@@ -30,7 +30,7 @@ from typing import NoReturn
 from syncfab.actors.locks import COMPATIBLE, EXCLUSIVE, LockTable
 from syncfab.actors.queues import QueuePartitions
 from syncfab.actors.ring import CONTROL_GROUP
-from syncfab.fabric.node import Flush, NodeCore
+from syncfab.fabric.core.node import Flush, NodeCore
 
 Fail = Callable[[str, str], NoReturn]
 Replicas = Callable[[int], Iterator[tuple[str, NodeCore]]]  # live (node, core) hosting a group

@@ -9,7 +9,7 @@ from typing import Protocol
 from linearizability import Operation
 from sim_config import SimConfig
 
-from syncfab.fabric.node import Flush, NodeCore
+from syncfab.fabric.core.node import Flush, NodeCore
 from syncfab.storage.memory_store import MemoryLogStore
 
 
@@ -35,7 +35,7 @@ class SimNode:
     crash_point: str | None = None
     crash_when_writing: bool = False  # wait for a turn that writes log entries (scenarios)
     down_ms: int = 0
-    # The disk writer (fabric/writer.py): flushes queued behind the write in progress, and the
+    # The disk writer (fabric/server/writer.py): flushes queued behind the write in progress, and the
     # batch being written (one transaction, one fsync). Both are lost in a crash.
     queued: list[Flush] = field(default_factory=list)
     writing: list[Flush] | None = None

@@ -50,11 +50,11 @@ from sim_workloads import Workloads, choose_workloads
 
 from syncfab.actors.raft import Role
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
-from syncfab.fabric.codec import PeerBatch, PeerMessage, Reply, Request, decode_inbound, encode
-from syncfab.fabric.node import Flush, NodeCore
+from syncfab.fabric.core.codec import PeerBatch, PeerMessage, Reply, Request, decode_inbound, encode
+from syncfab.fabric.core.node import Flush, NodeCore
 from syncfab.storage.memory_store import MemoryLogStore
 
-# fabric/runtime.py's backpressure: past this many unsynced turns only the timer runs turns.
+# fabric/server/runtime.py's backpressure: past this many unsynced turns only the timer runs turns.
 # (Not imported: the runtime module pulls in zmq and lmdb, which the simulation replaces.)
 WRITES_IN_FLIGHT_MAX = 64
 # A crash aimed at a point of the write path lands idle if the node gets there this late.

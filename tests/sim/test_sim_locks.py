@@ -23,7 +23,7 @@ from syncfab.actors.locks import (
 from syncfab.actors.machine import ApplyContext, GroupMachine
 from syncfab.actors.results import Answers, Ok, Waiting
 from syncfab.actors.ring import CONTROL_GROUP
-from syncfab.fabric.codec import Request, encode
+from syncfab.fabric.core.codec import Request, encode
 
 LONG_MS = 10_000
 

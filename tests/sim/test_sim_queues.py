@@ -25,8 +25,8 @@ from syncfab.actors.queues import (
 )
 from syncfab.actors.raft import Role
 from syncfab.actors.results import RETRYABLE, Err, Ok
-from syncfab.fabric.codec import OnShard
-from syncfab.fabric.routing import queue_key_shard
+from syncfab.fabric.core.codec import OnShard
+from syncfab.fabric.core.routing import queue_key_shard
 
 LONG_MS = 60_000  # no visibility deadline passes during a scenario: only a leader change redelivers
 

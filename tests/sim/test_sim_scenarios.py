@@ -15,7 +15,7 @@ from syncfab.actors.kv import Get, Put
 from syncfab.actors.raft import Role
 from syncfab.actors.results import RETRYABLE, Err, Ok
 from syncfab.actors.ring import shard_for_key
-from syncfab.fabric.codec import decode_batch
+from syncfab.fabric.core.codec import decode_batch
 
 
 def _replica_not_leading(sim: Simulation, gid: int) -> str:

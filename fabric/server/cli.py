@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from syncfab.fabric.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
+from syncfab.fabric.server.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +78,8 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     """Run until SIGINT/SIGTERM (True) or until the disk fails under us (False)."""
     from aiohttp import web
 
-    from syncfab.fabric.config import split_address
-    from syncfab.fabric.runtime import NodeRuntime
+    from syncfab.fabric.server.config import split_address
+    from syncfab.fabric.server.runtime import NodeRuntime
     from syncfab.gateway.app import create_app
 
     runtime = NodeRuntime(settings, bind_host=bind_host)
@@ -126,7 +126,7 @@ def _settle_gc() -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from syncfab.fabric.local import LocalCluster
+    from syncfab.fabric.server.local import LocalCluster
 
     n = args.nodes
     if not 1 <= n <= 9:

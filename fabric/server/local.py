@@ -79,7 +79,7 @@ class LocalCluster:
         for n in [node] if node else self.ids:
             assert self.data_dir is not None
             cmd = [
-                sys.executable, "-m", "syncfab.fabric.cli", "node", "--id", n, "--peers", self.peers,
+                sys.executable, "-m", "syncfab.fabric.server.cli", "node", "--id", n, "--peers", self.peers,
                 "--http", f"{self.host}:{self.http_ports[n]}",
                 "--data-dir", os.path.join(self.data_dir, n), "--log-level", self.log_level,
                 *self.extra_args,

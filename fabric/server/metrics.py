@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from syncfab.actors.ring import CONTROL_GROUP
 
 if TYPE_CHECKING:
-    from syncfab.fabric.runtime import NodeRuntime
+    from syncfab.fabric.server.runtime import NodeRuntime
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -44,7 +44,7 @@ class NodeMetrics:
             "syncfab_wal_fold_seconds", "One fold of the WAL into the LMDB store (its own thread)",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
-        # Fed at scrape time from what the homes measured (fabric/node_cache.py), so it is not
+        # Fed at scrape time from what the homes measured (fabric/core/node_cache.py), so it is not
         # in the registry: the core collector yields it after draining them.
         self.cache_fanout_seconds = Histogram(
             "syncfab_cache_fanout_seconds",

@@ -3,7 +3,7 @@
 One turn: drain the ROUTER and SUB sockets in bulk (non-blocking, bounded), hand everything
 to the core, run ``core.turn(now)``, send what may leave at once (a leader's AppendEntries go
 out before its own fsync, so followers write in parallel) and queue the turn's writes for the
-disk writer thread (fabric/writer.py), which group-commits every queued turn with one WAL
+disk writer thread (fabric/server/writer.py), which group-commits every queued turn with one WAL
 append and one fsync; only then ``core.apply()`` what is committed, and answer clients. When
 a flush is durable the writer thread sends its after-persist messages at once (append acks,
 votes) and hands it back to the loop, where ``core.advance`` confirms it, in turn order.
@@ -27,7 +27,8 @@ import zmq
 
 from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.results import RETRYABLE, Err, Result
-from syncfab.fabric.codec import (
+from syncfab.fabric.client.produce_batcher import ProduceBatcher
+from syncfab.fabric.core.codec import (
     DecodeError,
     PeerBatch,
     Replies,
@@ -43,13 +44,12 @@ from syncfab.fabric.codec import (
     error_reply,
     frame_of,
 )
-from syncfab.fabric.config import ConfigError, NodeSettings
-from syncfab.fabric.metrics import NodeMetrics
-from syncfab.fabric.node import LOCAL_ROUTE, Flush, NodeCore
-from syncfab.fabric.produce_batcher import ProduceBatcher
-from syncfab.fabric.routing import wait_of
-from syncfab.fabric.transport import PeerLinks, StreamTracker, Transport, decode_publication
-from syncfab.fabric.writer import DiskWriter
+from syncfab.fabric.core.node import LOCAL_ROUTE, Flush, NodeCore
+from syncfab.fabric.core.routing import wait_of
+from syncfab.fabric.server.config import ConfigError, NodeSettings
+from syncfab.fabric.server.metrics import NodeMetrics
+from syncfab.fabric.server.transport import PeerLinks, StreamTracker, Transport, decode_publication
+from syncfab.fabric.server.writer import DiskWriter
 from syncfab.storage.lmdb_store import LmdbLogStore
 
 log = logging.getLogger("syncfab.node")
@@ -73,7 +73,7 @@ class NodeRuntime:
         self.epoch = int.from_bytes(os.urandom(6), "big")
         self.client_id = f"{settings.node_id}/gateway/{self.epoch:x}"
         self.ids = RequestIds()
-        # The gateway's single produces share requests to each shard (fabric/produce_batcher.py).
+        # The gateway's single produces share requests to each shard (fabric/client/produce_batcher.py).
         self.produces = ProduceBatcher(self.call, lambda: self.settings.core.shard_count)
         self.turns = 0
         self.created_s = time.time()
@@ -111,7 +111,7 @@ class NodeRuntime:
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
-        # The writer thread's own sockets: it sends what waited for its fsync (fabric/writer.py).
+        # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
         self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers, name="/disk")
         self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed,
                                  self.metrics.wal_fold_seconds.observe,  # thread-safe

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from syncfab.actors.ready import Persist
-from syncfab.fabric.node import Flush
+from syncfab.fabric.core.node import Flush
 
 
 class WalStore(Protocol):

@@ -25,12 +25,12 @@ from syncfab.actors.queues import (
     Return,
 )
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.codec import OnShard
-from syncfab.fabric.routing import message_shard, queue_key_shard
+from syncfab.fabric.core.codec import OnShard
+from syncfab.fabric.core.routing import message_shard, queue_key_shard
 
 
 class Call(Protocol):
-    """Route one op to its group's leader and retry it (see fabric/routing.py wait_of)."""
+    """Route one op to its group's leader and retry it (see fabric/core/routing.py wait_of)."""
 
     def __call__(self, op: Any) -> Awaitable[Result]: ...
 

@@ -31,7 +31,7 @@ from syncfab.actors.locks import (
 from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
 from syncfab.actors.results import Err
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
-from syncfab.fabric.codec import OnShard
+from syncfab.fabric.core.codec import OnShard
 
 HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
 _LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)

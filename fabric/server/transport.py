@@ -21,8 +21,8 @@ from __future__ import annotations
 import msgspec
 import zmq
 
-from syncfab.fabric.codec import PeerMessage, encode
-from syncfab.fabric.config import pub_address, split_address
+from syncfab.fabric.core.codec import PeerMessage, encode
+from syncfab.fabric.server.config import pub_address, split_address
 
 
 class Publication(msgspec.Struct, frozen=True, tag="pub", array_like=True):

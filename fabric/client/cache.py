@@ -27,7 +27,7 @@ from syncfab.actors.cache_ops import (
 )
 
 if TYPE_CHECKING:
-    from syncfab.fabric.client import AsyncClient
+    from syncfab.fabric.client.zmq_client import AsyncClient
 
 _encode = msgspec.msgpack.Encoder().encode
 

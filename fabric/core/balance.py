@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from syncfab.actors.raft import Role
 
 if TYPE_CHECKING:
-    from syncfab.fabric.node import NodeCore
+    from syncfab.fabric.core.node import NodeCore
 
 
 def balance_leaders(core: NodeCore) -> None:

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 from syncfab.actors.queue_ops import BATCH_MAX, check_message, check_queue
 from syncfab.actors.queues import NewMessage, ProduceBatch
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.codec import OnShard, encode
-from syncfab.fabric.routing import queue_key_shard
+from syncfab.fabric.core.codec import OnShard, encode
+from syncfab.fabric.core.routing import queue_key_shard
 
 Call = Callable[[Any], Awaitable[Result]]
 T = TypeVar("T")

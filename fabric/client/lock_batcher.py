@@ -1,4 +1,4 @@
-"""Lock acquires and releases, coalesced on the wire (what fabric/produce_batcher.py does for
+"""Lock acquires and releases, coalesced on the wire (what fabric/client/produce_batcher.py does for
 produce).
 
 Every ``Acquire`` and ``Release`` a process issues within one event-loop iteration leaves as one
@@ -25,7 +25,7 @@ from typing import Any
 from syncfab.actors.locks import Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
 from syncfab.actors.results import RETRYABLE, Answers, Err, Result, Waiting
-from syncfab.fabric.produce_batcher import split
+from syncfab.fabric.client.produce_batcher import split
 
 # A batch stays well under a node's 1 MiB request bound (names are at most 1 KiB each, and a
 # character at most 4 bytes: the estimate below counts characters, so allow for that).

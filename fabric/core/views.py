@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from syncfab.actors.ring import CONTROL_GROUP
 
 if TYPE_CHECKING:
-    from syncfab.fabric.node import NodeCore
+    from syncfab.fabric.core.node import NodeCore
 
 
 def cluster_view(core: NodeCore) -> dict[str, Any]:

@@ -29,10 +29,10 @@ from syncfab.actors.messages import (
 )
 from syncfab.actors.raft import Role
 from syncfab.actors.results import Err, Result
-from syncfab.fabric.codec import DecodeError, Request, decode_request, encode
+from syncfab.fabric.core.codec import DecodeError, Request, decode_request, encode
 
 if TYPE_CHECKING:
-    from syncfab.fabric.node import NodeCore
+    from syncfab.fabric.core.node import NodeCore
 
 STREAM_TOPIC = b"cache"
 

@@ -6,7 +6,7 @@ commit), messages per peer to send before and after that write, replies to clien
 broadcasts — and ``advance(flush)`` confirms it was carried out (flushes may be advanced late,
 in order). Nothing here reads a clock, a socket or a file.
 
-Routing (fabric/routing.py): a request names its group through its op. The leader of that
+Routing (fabric/core/routing.py): a request names its group through its op. The leader of that
 group batches the turn's writes into one entry of the requests' own encoded bytes, stamped
 with its wall clock; any other replica forwards the bytes to the leader it knows, once, and
 relays the answer. Queries and leader-local ops (a consume) wait for one ReadIndex round per
@@ -38,8 +38,8 @@ from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
-from syncfab.fabric.balance import balance_leaders
-from syncfab.fabric.codec import (
+from syncfab.fabric.core.balance import balance_leaders
+from syncfab.fabric.core.codec import (
     CACHE_MESSAGES,
     ClusterInfo,
     DecodeError,
@@ -52,10 +52,10 @@ from syncfab.fabric.codec import (
     encode,
     encode_batch,
 )
-from syncfab.fabric.detector import PhiAccrualDetector
-from syncfab.fabric.node_cache import NodeCache
-from syncfab.fabric.routing import group_for
-from syncfab.fabric.views import cluster_view, group_status
+from syncfab.fabric.core.detector import PhiAccrualDetector
+from syncfab.fabric.core.node_cache import NodeCache
+from syncfab.fabric.core.routing import group_for
+from syncfab.fabric.core.views import cluster_view, group_status
 
 if TYPE_CHECKING:
     from syncfab.storage.log_store import StoredGroup
@@ -583,7 +583,7 @@ class NodeCore:
         beat = Beat(self._beat_seq, leading, self.cache.stream_positions())
         self._flush.publishes.append((BEAT_TOPIC, beat))
 
-    # -- views (fabric/views.py) ---------------------------------------------------------
+    # -- views (fabric/core/views.py) ---------------------------------------------------------
 
     def cluster_view(self) -> dict[str, Any]:
         return cluster_view(self)

@@ -23,14 +23,15 @@ from typing import Any, TypeVar
 
 import zmq
 
+import syncfab.fabric.client.fanout as fanout
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import Acquire, LockInfo, Release
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import RETRYABLE, Err, Ok, Result
 from syncfab.actors.ring import CONTROL_GROUP
-from syncfab.fabric import fanout
-from syncfab.fabric.client_cache import CachedValue, CacheWriteResult, ClientCache
-from syncfab.fabric.client_locks import (
+from syncfab.fabric.client.cache import CachedValue, CacheWriteResult, ClientCache
+from syncfab.fabric.client.lock_batcher import LockBatcher, RequestSlots
+from syncfab.fabric.client.locks import (
     Deadlock,
     Grant,
     HeldLock,
@@ -41,10 +42,9 @@ from syncfab.fabric.client_locks import (
     VersionMismatch,
     raise_for,
 )
-from syncfab.fabric.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
-from syncfab.fabric.lock_batcher import LockBatcher, RequestSlots
-from syncfab.fabric.produce_batcher import ProduceBatcher
-from syncfab.fabric.routing import group_for, wait_of
+from syncfab.fabric.client.produce_batcher import ProduceBatcher
+from syncfab.fabric.core.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
+from syncfab.fabric.core.routing import group_for, wait_of
 
 __all__ = ["AsyncClient", "CacheWriteResult", "CachedValue", "Client", "Deadlock", "Grant", "LockTimeout",
            "NotFound", "SyncfabError", "VersionMismatch"]
@@ -128,7 +128,7 @@ class AsyncClient:
         self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
         self._sweeper: asyncio.TimerHandle | None = None
         self.locks = LockSession(self.call, self.client_id)
-        # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client_cache.py).
+        # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
         self.cache = ClientCache(self, cache_node or self.seeds[0])
         self._produces = ProduceBatcher(self.call, self._shards)
         self._lock_ops = LockBatcher(RequestSlots(
@@ -224,7 +224,7 @@ class AsyncClient:
     async def produce(self, queue: str, data: Any, *, key: str | None = None,
                       headers: dict[str, str] | None = None, dedup_id: str | None = None) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
-        Concurrent calls share requests on the wire (fabric/produce_batcher.py)."""
+        Concurrent calls share requests on the wire (fabric/client/produce_batcher.py)."""
         result = await self._produces.submit(queue, NewMessage(data, key, headers, dedup_id))
         return self._value(result)["message_id"]
 
@@ -277,7 +277,7 @@ class AsyncClient:
         """Send ``op`` to its group's leader (any node when unknown) until it is answered with
         something other than a retryable error, the deadline passes, or tries run out.
         Concurrent lock acquires and releases share requests on the wire
-        (fabric/lock_batcher.py)."""
+        (fabric/client/lock_batcher.py)."""
         assert self._loop is not None, "call connect() first"
         if type(op) is Acquire or type(op) is Release:
             return await self._lock_ops.call(op)
