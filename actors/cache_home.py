@@ -1,10 +1,12 @@
 """A key's home: the shard leader's directory of who caches what, and every cache op's life there.
 
 The home of a key is the leader of its shard. Its directory (leader-local, like a queue's
-in-flight marks) says, per cached key, who owns it (E or M) or who shares it (S); its memory is
-the shard's replicated ``CacheStore``. Everything it tells holders goes out on ONE numbered
-stream per shard and epoch (its Raft term) on PUB/SUB, grants included; a holder applies it in
-order and drops the shard's lines at a gap (actors/cache_near.py). Holders answer point to point.
+in-flight marks; actors/cache_directory.py) says, per cached key, who owns it (E or M) or who
+shares it (S); its memory is the shard's replicated ``CacheStore``, which it changes only by
+logging through its node (actors/cache_home_link.py). Everything it tells holders goes out on
+ONE numbered stream per shard and epoch (its Raft term) on PUB/SUB, grants included; a holder
+applies it in order and drops the shard's lines at a gap (actors/cache_near.py). Holders answer
+point to point.
 
 One op per key at a time, FIFO: a fetch (read miss), a write or delete, a client invalidate, a
 write-back, a ttl expiry, a directory eviction. An op's phases:
@@ -30,13 +32,13 @@ passed since it took over: by then every lease its predecessors granted has run 
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from syncfab.actors.cache_directory import DIRECTORY, UNCACHED, Entry, HomeOp, Kind, Phase
+from syncfab.actors.cache_directory import DIRECTORY, UNCACHED, Entry, HomeDirectory, HomeOp, Kind, Phase
+from syncfab.actors.cache_home_link import HomeLink
 from syncfab.actors.cache_ops import (
     EXCLUSIVE,
     INVALID,
@@ -62,23 +64,12 @@ from syncfab.actors.messages import (
     StreamItem,
     WrittenBack,
 )
-from syncfab.actors.results import Err, Ok, Result
+from syncfab.actors.results import Ok, Result
 
 if TYPE_CHECKING:
     from syncfab.actors.cache_store import CacheStore
 
-Done = Callable[[Result], None]
 NIL = b"\xc0"  # MessagePack's nil: the value of a key that does not exist
-NO_VERDICT = frozenset({"not_leader", "leader_changed", "no_leader", "unavailable"})
-
-
-class HomePort(Protocol):
-    """What a home needs from its node: log something in its shard, or confirm it still leads."""
-
-    def propose(self, shard: int, payload: bytes | object, done: Done) -> None:
-        """``payload``: a client's encoded request (logged as it is) or an op of the home's own."""
-
-    def confirm(self, shard: int, done: Done) -> None: ...
 
 
 class CacheHome:
@@ -86,7 +77,7 @@ class CacheHome:
         self.shard = shard
         self.node_id = node_id
         self.config = config
-        self.port: HomePort | None = None
+        self.link = HomeLink(shard, lambda: self.epoch)  # to the shard's log, via the node
         self.memory: CacheStore  # set by CacheStore
         self.counters: dict[str, int] = dict.fromkeys(
             ("fetches", "writes", "recalls", "invalidations", "write_backs", "write_backs_refused",
@@ -103,20 +94,15 @@ class CacheHome:
         self.ready = False
         self.epoch_start_index = 0
         self.now_ms = 0  # this node's clock, set every turn (leases are counted from it)
-        self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
-        self.held: dict[str, set[str]] = {}  # holder -> keys it holds here
+        self.directory = HomeDirectory(self.config.directory_entries_max)
         self.leases: dict[str, int] = {}  # holder -> home-clock end of its lease
         self.acked: dict[str, int] = {}  # holder -> stream seq it has applied
         self.lapsed: set[str] = set()  # holders to resync on their next renewal
-        # Keys whose owner was lost, with memory's version then: a version above it must be
-        # logged (a write, or a CacheBump) before the key is granted again.
-        self.fenced: dict[str, int] = {}
-        self.former: dict[str, str] = {}  # key -> lost owner whose write-back may still come in
         self.ops: dict[str, deque[HomeOp]] = {}  # key -> its ops, the head one running
         self.by_origin: dict[tuple[str, int], HomeOp] = {}  # (holder, op id) -> queued op
         self.waits_on: dict[str, set[str]] = {}  # holder -> keys whose head op waits for it
         self.home_expiring: set[str] = set()  # keys with an expiry or eviction queued
-        self._retry: list[tuple[bytes | object, Done]] = []  # proposals the full log refused
+        self.link.forget()
 
     def start(self, epoch: int, now_ms: int, epoch_start_index: int) -> None:
         """This node leads the shard in ``epoch`` (its term) from ``now_ms``."""
@@ -184,20 +170,18 @@ class CacheHome:
                     self._stop_waiting(op, node)
         if msg.renew_id:
             renew_id = msg.renew_id
-            self._confirm(lambda r: self._renewed(node, renew_id, r))
+            self.link.confirm(lambda r: self._renewed(node, renew_id, r))
 
     def tick(self, now_ms: int, wall_ms: int) -> None:
         if not self.active:
             return
         self.now_ms = now_ms
-        retry, self._retry = self._retry, []
-        for payload, done in retry:
-            self._propose(payload, done)
+        self.link.retry()
         if not self.ready and now_ms >= self.ready_at_ms:
             self.ready = True
             for key in sorted(self.ops):
                 self._run(self.ops[key][0])
-        for node in sorted(set(self.held) | set(self.waits_on)):
+        for node in sorted(set(self.directory.held) | set(self.waits_on)):
             if self.leases.get(node, 0) <= now_ms:
                 self._lapse(node)
         if self.ready:
@@ -232,11 +216,11 @@ class CacheHome:
     def _run(self, op: HomeOp) -> None:
         if op.phase is not Phase.QUEUED or (not self.ready and op.kind is not Kind.WRITE_BACK):
             return  # it waits for an event, or for the takeover wait to end
-        key, entry = op.key, self.entries.get(op.key)
+        key, entry = op.key, self.directory.get(op.key)
         if op.kind is Kind.WRITE_BACK:
             self._run_write_back(op, entry)
             return
-        self.former.pop(key, None)  # the key moves on: a lost owner's write-back is too late
+        self.directory.former.pop(key, None)  # the key moves on: a lost owner's write-back is too late
         if entry is not None and entry.owner is not None:
             if op.kind is Kind.FETCH and entry.owner == op.node:
                 # The owner asks again (it dropped a clean E, or this is an old fetch sent
@@ -263,29 +247,29 @@ class CacheHome:
         assert owner is not None
         op.recall_from = None
         self._unwait(op, owner)
-        entry = self.entries.get(op.key)
+        entry = self.directory.get(op.key)
         if entry is not None and entry.owner == owner:
             if op.kind is Kind.FETCH:
                 entry.sharers[owner] = entry.owner_seq
                 entry.owner = None
             else:
-                self._unhold(entry, owner, op.key, "recall")
+                self.directory.unhold(entry, owner, op.key, "recall")
             op.dropped += 1
         if item is not None and item.version != self.memory.version_of(op.key):
             op.phase = Phase.RECALL_COMMIT
-            self._propose(CacheWriteBack([item]), lambda r: self._recall_logged(op, owner, item, r))
+            self.link.propose(CacheWriteBack([item]), lambda r: self._recall_logged(op, owner, item, r))
             return
         if item is not None:
             self._publish(WrittenBack(owner, item.key, item.version, True))
         op.phase = Phase.QUEUED
-        self._invalidate(op, self.entries.get(op.key))
+        self._invalidate(op, self.directory.get(op.key))
 
     def _recall_logged(self, op: HomeOp, owner: str, item: WriteBackItem, result: Result) -> None:
         ok = isinstance(result, Ok) and result.value[0]
         self._publish(WrittenBack(owner, item.key, item.version, ok))
         self.counters["write_backs"] += 1
         op.phase = Phase.QUEUED
-        self._invalidate(op, self.entries.get(op.key))
+        self._invalidate(op, self.directory.get(op.key))
 
     def _invalidate(self, op: HomeOp, entry: Entry | None) -> None:
         """Every sharer drops its copy — the asker's too — unless this op only reads."""
@@ -303,10 +287,10 @@ class CacheHome:
         """``node`` acknowledged op's invalidation, or its lease ran out."""
         op.waits.pop(node, None)
         self._unwait(op, node)
-        entry = self.entries.get(op.key)
+        entry = self.directory.get(op.key)
         if entry is not None and node in entry.sharers:
             entry.sharers.pop(node)
-            self._unheld(node, op.key)
+            self.directory.unheld(node, op.key)
             op.dropped += 1
         if not op.waits:
             self.fanout_ms.append(self.now_ms - op.inval_ms)
@@ -320,30 +304,30 @@ class CacheHome:
         match op.kind:
             case Kind.FETCH:
                 self.counters["fetches"] += 1
-                if key in self.fenced:
-                    self._propose(CacheBump(key), lambda r: self._fetch_confirmed(op, r))
+                if key in self.directory.fenced:
+                    self.link.propose(CacheBump(key), lambda r: self._fetch_confirmed(op, r))
                 else:
-                    self._confirm(lambda r: self._fetch_confirmed(op, r))
+                    self.link.confirm(lambda r: self._fetch_confirmed(op, r))
             case Kind.WRITE:
                 self.counters["writes"] += 1
-                self._propose(op.request, lambda r: self._written(op, r))
+                self.link.propose(op.request, lambda r: self._written(op, r))
             case Kind.EXPIRE:
                 self.counters["expiries"] += 1
-                self._propose(CacheExpire(key, op.version), lambda r: self._finish(op))
+                self.link.propose(CacheExpire(key, op.version), lambda r: self._finish(op))
             case Kind.DROP:
                 self._grant(op, INVALID, None, 0, result=Ok(op.dropped))
             case Kind.EVICT:
                 self.counters["evictions"] += 1
-                entry = self.entries.get(key)
+                entry = self.directory.get(key)
                 if entry is not None and entry.state == UNCACHED:
-                    del self.entries[key]
+                    del self.directory.entries[key]
                 self._finish(op)
 
     def _fetch_confirmed(self, op: HomeOp, result: Result) -> None:
         stored = self.memory.peek(op.key)
         value, version = (None, 0) if stored is None else (stored.value, stored.version)
-        self._unfence(op.key, version)
-        entry = self.entries.get(op.key)
+        self.directory.unfence(op.key, version)
+        entry = self.directory.get(op.key)
         if entry is None:
             state = EXCLUSIVE
         elif entry.owner not in (None, op.node) or any(n != op.node for n in entry.sharers):
@@ -356,7 +340,7 @@ class CacheHome:
         stored = self.memory.peek(op.key)
         state, value, version = INVALID, None, 0
         if isinstance(result, Ok):
-            self._unfence(op.key, stored.version if stored is not None else 0)
+            self.directory.unfence(op.key, stored.version if stored is not None else 0)
             if isinstance(op.command, CacheDelete):
                 state = EXCLUSIVE if stored is None else INVALID
             elif stored is not None and stored.version == result.value:
@@ -372,24 +356,13 @@ class CacheHome:
         """Tell the asker its line; the directory follows what the grant says."""
         node, key = op.node, op.key
         seq = self.seq + 1
-        entry = self._entry_for(key) if state != INVALID else self.entries.get(key)
+        entry = self._entry_for(key) if state != INVALID else self.directory.get(key)
         if entry is None:
             state = INVALID  # the directory is full: the asker caches nothing
         if state != INVALID and entry is not None:
-            if state == SHARED:
-                entry.sharers[node] = seq
-            else:
-                DIRECTORY[(entry.state, f"grant_{state}")]
-                entry.sharers.pop(node, None)
-                again = entry.owner == node  # an owner fetching again keeps what it may hold
-                if not again or state == MODIFIED:
-                    entry.owner_state = state
-                entry.owner_may_dirty = (again and entry.owner_may_dirty) or state == MODIFIED or may_dirty
-                entry.owner, entry.owner_seq = node, seq
-            self.held.setdefault(node, set()).add(key)
-            self.entries.move_to_end(key)
+            self.directory.grant(entry, node, key, state, seq, may_dirty)
         elif entry is not None:
-            self._unhold(entry, node, key, "dropped")  # what the asker had is gone now
+            self.directory.unhold(entry, node, key, "dropped")  # what the asker had is gone now
         # A lapsed holder gets no lease until it has resynced: its older lines are forgotten here.
         lease = node != "" and node not in self.lapsed and not self._owes(node)
         if lease:
@@ -418,28 +391,29 @@ class CacheHome:
         item, node = op.item, op.node
         assert item is not None
         owner = entry is not None and entry.owner == node
-        if not (owner or not self.ready or self.former.get(op.key) == node):
+        if not (owner or not self.ready or self.directory.former.get(op.key) == node):
             self.counters["write_backs_refused"] += 1
             self._publish(WrittenBack(node, item.key, item.version, False))
             self._finish(op)
             return
         op.phase = Phase.COMMIT
-        self._propose(CacheWriteBack([item]), lambda r: self._written_back(op, r))
+        self.link.propose(CacheWriteBack([item]), lambda r: self._written_back(op, r))
 
     def _written_back(self, op: HomeOp, result: Result) -> None:
         item = op.item
         assert item is not None
         ok = isinstance(result, Ok) and result.value[0]
         self.counters["write_backs"] += 1
-        entry = self.entries.get(op.key)
-        if self.former.get(op.key) == op.node:
-            del self.former[op.key]
+        entry = self.directory.get(op.key)
+        former, fenced = self.directory.former, self.directory.fenced
+        if former.get(op.key) == op.node:
+            del former[op.key]
             if ok:
-                self.fenced.pop(op.key, None)  # nothing it handed out is lost: its last version is in
+                fenced.pop(op.key, None)  # nothing it handed out is lost: its last version is in
         # A release that went in leaves the owner without the line. A refused write-back says
         # nothing of the line it holds now (one granted since, even): the directory keeps it.
         if entry is not None and entry.owner == op.node and item.release and ok:
-            self._unhold(entry, op.node, op.key, "dropped")
+            self.directory.unhold(entry, op.node, op.key, "dropped")
         self._publish(WrittenBack(op.node, item.key, item.version, ok))
         self._finish(op)
 
@@ -447,18 +421,18 @@ class CacheHome:
 
     def _dropped(self, node: str, key: str, grant_seq: int) -> None:
         """``node`` evicted a clean line granted at ``grant_seq`` (a newer grant stays)."""
-        entry = self.entries.get(key)
+        entry = self.directory.get(key)
         if entry is None:
             return
         if entry.sharers.get(node, grant_seq + 1) <= grant_seq:
             del entry.sharers[node]
-            self._unheld(node, key)
+            self.directory.unheld(node, key)
         elif entry.owner == node and entry.owner_seq <= grant_seq:
             op = self._head(key)
             if op is not None and op.phase is Phase.RECALL and op.recall_from == node:
                 self._recalled(op, None)
             else:
-                self._unhold(entry, node, key, "dropped")
+                self.directory.unhold(entry, node, key, "dropped")
 
     def _renewed(self, node: str, renew_id: int, result: Result) -> None:
         if self._owes(node):
@@ -467,7 +441,7 @@ class CacheHome:
         if resync:
             # It drops every line of the shard when it reads this: forget what it got since.
             self.lapsed.discard(node)
-            self._forget(node)
+            self.directory.forget(node, self.memory.version_of)
         self._publish(Lease(node, renew_id, resync))
         self.leases[node] = self.now_ms + self.config.home_lease_ms
 
@@ -479,7 +453,7 @@ class CacheHome:
         self.counters["lapses"] += 1
         self.lapsed.add(node)
         self.leases.pop(node, None)
-        self._forget(node)
+        self.directory.forget(node, self.memory.version_of)
         for key in sorted(self.waits_on.pop(node, ())):
             op = self._head(key)
             if op is None:
@@ -489,43 +463,10 @@ class CacheHome:
             elif op.phase is Phase.ACKS and node in op.waits:
                 self._stop_waiting(op, node)
 
-    def _forget(self, node: str) -> None:
-        """Drop ``node`` from every entry; the keys it owned are fenced, and its write-back of
-        one may still come in until someone else touches the key."""
-        for key in sorted(self.held.pop(node, ())):
-            entry = self.entries.get(key)
-            if entry is None:
-                continue
-            if entry.owner == node:
-                DIRECTORY[(entry.state, "lapsed")]
-                entry.owner = None
-                self.fenced[key] = self.memory.version_of(key)
-                self.former[key] = node
-            entry.sharers.pop(node, None)
-
     def _fresh(self, key: str, version: int) -> bool:
         """May a line at ``version`` turn M without asking? Only if no version above it can have
         been handed out and lost: logged in this epoch, and no owner lost since."""
-        return version // VERSION_STEP > self.epoch_start_index and key not in self.fenced
-
-    def _unfence(self, key: str, version: int) -> None:
-        fenced = self.fenced.get(key)
-        if fenced is not None and version > fenced:
-            del self.fenced[key]
-
-    def _unhold(self, entry: Entry, node: str, key: str, event: str) -> None:
-        if entry.owner == node:
-            DIRECTORY[(entry.state, event)]
-            entry.owner = None
-        entry.sharers.pop(node, None)
-        self._unheld(node, key)
-
-    def _unheld(self, node: str, key: str) -> None:
-        keys = self.held.get(node)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self.held[node]
+        return version // VERSION_STEP > self.epoch_start_index and key not in self.directory.fenced
 
     def _wait_for(self, op: HomeOp, node: str) -> None:
         self.waits_on.setdefault(node, set()).add(op.key)
@@ -540,60 +481,24 @@ class CacheHome:
     def _entry_for(self, key: str) -> Entry | None:
         """The key's entry, made if there is room; when full, the least recently used idle
         entry is evicted (its holders invalidated first) and this grant caches nothing."""
-        entry = self.entries.get(key)
+        entry = self.directory.make(key)
         if entry is not None:
             return entry
-        if len(self.entries) < self.config.directory_entries_max:
-            entry = self.entries[key] = Entry()
-            return entry
-        for victim in self.entries:
+        for victim in self.directory.entries:
             if victim not in self.ops and victim not in self.home_expiring:
                 self.home_expiring.add(victim)
                 self._enqueue(HomeOp(Kind.EVICT, "", 0, victim))
                 break
         return None
 
-    # -- plumbing -------------------------------------------------------------------------
-
-    @property
-    def _port(self) -> HomePort:
-        assert self.port is not None, "a CacheHome needs its node's port"
-        return self.port
-
-    def _propose(self, payload: bytes | object, done: Done) -> None:
-        """Log ``payload``; ``done`` gets the state machine's verdict. A refusal that is no
-        verdict — leadership gone (reset() drops the op) or the log full — never reaches it:
-        a full log is asked again at the next tick."""
-        epoch = self.epoch
-
-        def answered(result: Result) -> None:
-            if epoch != self.epoch:
-                return
-            if isinstance(result, Err) and result.code == "busy":
-                self._retry.append((payload, done))
-            elif not (isinstance(result, Err) and result.code in NO_VERDICT):
-                done(result)
-
-        self._port.propose(self.shard, payload, answered)
-
-    def _confirm(self, done: Done) -> None:
-        """``done`` runs once a ReadIndex round confirmed this home still leads (never if not)."""
-        epoch = self.epoch
-        self._port.confirm(self.shard, lambda r: epoch == self.epoch and isinstance(r, Ok) and done(r))
+    # -- views ---------------------------------------------------------------------------
 
     def line_info(self, key: str) -> dict[str, Any]:
-        entry = self.entries.get(key)
-        held = [] if entry is None else [(n, SHARED) for n in sorted(entry.sharers)]
-        if entry is not None and entry.owner is not None:
-            held.insert(0, (entry.owner, entry.owner_state))
         holders = [{"node": n, "state": state, "lease_ms": max(0, self.leases.get(n, 0) - self.now_ms)}
-                   for n, state in held]
+                   for n, state in self.directory.holders(key)]
         return {"key": key, "version": self.memory.version_of(key), "home": self.node_id,
                 "epoch": self.epoch, "holders": holders}
 
     def check(self) -> None:
         """Invariants the simulator asks for after every turn."""
-        for key, entry in self.entries.items():
-            assert entry.owner is None or entry.owner not in entry.sharers, f"{key}: owner also shares"
-            for node in [*entry.sharers, *([entry.owner] if entry.owner else [])]:
-                assert key in self.held.get(node, ()), f"{key}: {node} not indexed"
+        self.directory.check()

@@ -17,12 +17,13 @@ node asks for), so a node cut off from a home stops serving that shard's lines b
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from syncfab.actors.cache_answers import ClientRequests, grant_result, line_value
 from syncfab.actors.cache_lines import Line, LineTable, step
+from syncfab.actors.cache_near_state import DROP, FETCH, WRITE, Caller, HomeSession, KeyOp, ToHome
 from syncfab.actors.cache_ops import (
     EXCLUSIVE,
     INVALID,
@@ -35,12 +36,10 @@ from syncfab.actors.cache_ops import (
     CacheInvalidate,
     CacheRead,
     CacheStats,
-    CacheValue,
     CacheWrite,
     CacheWritten,
     WriteBackItem,
     check_op,
-    not_found,
 )
 from syncfab.actors.messages import (
     CacheAck,
@@ -59,40 +58,7 @@ from syncfab.actors.messages import (
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.actors.ring import shard_for_key
 
-# What a holder sends its homes.
-ToHome = CacheAck | CacheDropReq | CacheFetch | CacheRecalled | CacheWriteBackReq | CacheWriteReq
-
-FETCH, WRITE, DROP = "fetch", "write", "drop"
 RENEWS_MAX = 8  # renewals remembered per shard (older answers renew nothing)
-ANSWERS_MAX = 4096  # writes' answers kept for a client's retry of the same request
-CLIENTS_MAX = 10_000  # clients whose acknowledged floor is remembered
-_Caller = tuple[bytes, int, Any, bytes, str]  # (route, request id, op, the request's bytes, client)
-
-
-@dataclass(slots=True)
-class _KeyOp:
-    """The one op in flight for a key: a fetch, a write or delete, or an invalidate."""
-
-    kind: str
-    shard: int
-    op_id: int
-    message: ToHome
-    first_ms: int
-    sent_ms: int
-    callers: list[_Caller] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Session:
-    """This node's standing with one shard's home: where it is in the stream, and its lease."""
-
-    epoch: int = 0
-    applied: int = 0  # the last stream seq applied
-    lease_until_ms: int = 0
-    renews: dict[int, int] = field(default_factory=dict)  # renew id -> when it was asked
-    ack_due: bool = False
-    dropped: list[tuple[str, int]] = field(default_factory=list)  # evicted lines to report
-    waiting: list[tuple[int, _Caller]] = field(default_factory=list)  # reads waiting for a renewal
 
 
 class NearCache:
@@ -101,21 +67,17 @@ class NearCache:
         self.shard_count = shard_count
         self.config = config
         self.lines = LineTable(config.lines_max, config.bytes_max)
-        self.sessions: dict[int, _Session] = {}
-        self.pending: dict[str, _KeyOp] = {}
-        self.queued: dict[str, deque[_Caller]] = {}
+        self.sessions: dict[int, HomeSession] = {}
+        self.pending: dict[str, KeyOp] = {}
+        self.queued: dict[str, deque[Caller]] = {}
         self.dirty: OrderedDict[str, int] = OrderedDict()  # dirty key -> when it was first written
         # Values on their way home (write-backs, recall answers), sent again until the home's
         # WrittenBack: key -> (shard, the message, when it was sent). A line being released
         # stays, unserved, until then.
         self.returning: dict[str, tuple[int, CacheWriteBackReq | CacheRecalled, int]] = {}
         self._recent_drops: OrderedDict[str, None] = OrderedDict()  # to tell coherence misses apart
-        # A local write is in no session table, so this node keeps one for its clients' writes:
-        # a retry of one gets the answer it had; one still being served here is dropped (the
-        # first one's answer comes); one below the client's acknowledged floor is refused.
-        self._answered: OrderedDict[tuple[str, int], Result] = OrderedDict()
-        self._serving: set[tuple[str, int]] = set()
-        self._floors: OrderedDict[str, int] = OrderedDict()  # client -> lowest id it still awaits
+        # A local write is in no session table, so this node keeps its own (actors/cache_answers.py).
+        self._requests = ClientRequests()
         self._next_op = op_base
         # Outputs, taken by the node each turn.
         self.sends: list[tuple[int, ToHome]] = []
@@ -133,23 +95,13 @@ class NearCache:
 
     def on_client(self, route: bytes, client: str, request_id: int, acked: int, op: Any, raw: bytes,
                   now_ms: int) -> None:
-        floor = self._floors.get(client, 0)
-        if acked > floor:
-            self._floors[client] = floor = acked
-            self._floors.move_to_end(client)
-            if len(self._floors) > CLIENTS_MAX:
-                self._floors.popitem(last=False)
-        answered = self._answered.get((client, request_id))
-        if answered is not None:
-            self.answers.append((route, request_id, answered))
-        elif request_id < floor:
-            stale = Err("stale_request", f"request {request_id} was already acknowledged")
-            self.answers.append((route, request_id, stale))
-        elif (client, request_id) not in self._serving:
-            self._serving.add((client, request_id))
+        earlier = self._requests.earlier(client, request_id, acked)
+        if earlier is not None:
+            self.answers.append((route, request_id, earlier))
+        elif self._requests.serve(client, request_id):
             self._dispatch((route, request_id, op, raw, client), now_ms)
 
-    def _dispatch(self, caller: _Caller, now_ms: int) -> None:
+    def _dispatch(self, caller: Caller, now_ms: int) -> None:
         op = caller[2]
         if type(op) is CacheRead:
             self._read(caller, op.key, now_ms)
@@ -180,9 +132,9 @@ class NearCache:
             return None
         self.counters["hits"] += 1
         self.lines.touch(line)
-        return _value(line, hit=True)
+        return line_value(line, hit=True)
 
-    def _read(self, caller: _Caller, key: str, now_ms: int) -> None:
+    def _read(self, caller: Caller, key: str, now_ms: int) -> None:
         result = self.hit(key, now_ms)
         if result is not None:
             self._answer(caller, result)
@@ -205,7 +157,7 @@ class NearCache:
             self._count_miss(key)
             self._start(key, FETCH, lambda i: CacheFetch(i, key), caller, now_ms)
 
-    def _write(self, caller: _Caller, op: CacheWrite, now_ms: int) -> None:
+    def _write(self, caller: Caller, op: CacheWrite, now_ms: int) -> None:
         line = self.lines.get(op.key)
         # A compare-and-set always goes home: it is logged, so a retry (through any node) of one
         # that succeeded is answered, not applied again and failed.
@@ -227,11 +179,11 @@ class NearCache:
         self.counters["remote_writes"] += 1
         self._start(op.key, WRITE, lambda i: CacheWriteReq(i, msgspec.Raw(caller[3])), caller, now_ms)
 
-    def _start(self, key: str, kind: str, message: Any, caller: _Caller | None, now_ms: int) -> None:
+    def _start(self, key: str, kind: str, message: Any, caller: Caller | None, now_ms: int) -> None:
         self._next_op += 1
         shard = shard_for_key(key, self.shard_count)
-        op = _KeyOp(kind, shard, self._next_op, message(self._next_op), now_ms, now_ms,
-                    [caller] if caller is not None else [])
+        op = KeyOp(kind, shard, self._next_op, message(self._next_op), now_ms, now_ms,
+                   [caller] if caller is not None else [])
         self.pending[key] = op
         self.sends.append((shard, op.message))
 
@@ -252,13 +204,8 @@ class NearCache:
                     self.queued.setdefault(key, deque()).extend(queue)
                 return
 
-    def _answer(self, caller: _Caller, result: Result) -> None:
-        asked = (caller[4], caller[1])
-        self._serving.discard(asked)
-        if type(caller[2]) is not CacheRead and not isinstance(result, Err):
-            self._answered[asked] = result
-            if len(self._answered) > ANSWERS_MAX:
-                self._answered.popitem(last=False)
+    def _answer(self, caller: Caller, result: Result) -> None:
+        self._requests.answered(caller[4], caller[1], result, keep=type(caller[2]) is not CacheRead)
         self.answers.append((caller[0], caller[1], result))
 
     def _count_miss(self, key: str) -> None:
@@ -298,7 +245,7 @@ class NearCache:
                 self._lose_shard(shard, now_ms, "gaps")
                 session.applied = seq
 
-    def _apply(self, shard: int, session: _Session, seq: int, item: Any, now_ms: int) -> None:
+    def _apply(self, shard: int, session: HomeSession, seq: int, item: Any, now_ms: int) -> None:
         match item:
             case Inval(key=key):
                 session.ack_due = True
@@ -326,7 +273,7 @@ class NearCache:
             case WrittenBack(node=node) if node == self.node_id:
                 self._written_back(item, now_ms)
 
-    def _granted(self, shard: int, session: _Session, seq: int, grant: Grant, now_ms: int) -> None:
+    def _granted(self, shard: int, session: HomeSession, seq: int, grant: Grant, now_ms: int) -> None:
         key = grant.key
         op = self.pending.get(key)
         line = self.lines.get(key)
@@ -340,7 +287,7 @@ class NearCache:
         if grant.lease:
             session.lease_until_ms = max(session.lease_until_ms, op.first_ms + self.config.lease_ms)
         for caller in op.callers:
-            self._answer(caller, _result(caller[2], grant, new))
+            self._answer(caller, grant_result(caller[2], grant, new))
         self._done(key, now_ms)
 
     def _install(self, shard: int, key: str, line: Line | None, grant: Grant, seq: int) -> str:
@@ -353,7 +300,7 @@ class NearCache:
         self.lines.put(Line(key, shard, new, value, grant.version, grant.version, seq, grant.may_dirty))
         return new
 
-    def _recall(self, shard: int, session: _Session, key: str, shared: bool, now_ms: int) -> None:
+    def _recall(self, shard: int, session: HomeSession, key: str, shared: bool, now_ms: int) -> None:
         self.counters["recalls"] += 1
         line = self.lines.get(key)
         if line is None or line.state == SHARED:
@@ -446,9 +393,9 @@ class NearCache:
             if op.shard == shard:
                 op.sent_ms = now_ms - self.config.op_retry_ms  # ask again at the next tick
 
-    def _new_epoch(self, shard: int, epoch: int, applied: int, now_ms: int) -> _Session:
+    def _new_epoch(self, shard: int, epoch: int, applied: int, now_ms: int) -> HomeSession:
         old = self.sessions.get(shard)
-        session = self.sessions[shard] = _Session(epoch, applied)
+        session = self.sessions[shard] = HomeSession(epoch, applied)
         if old is not None:
             session.waiting = old.waiting
             self._lose_shard(shard, now_ms, "epochs")
@@ -493,7 +440,7 @@ class NearCache:
             self.sends.append((op.shard, op.message))
         self._flush_dirty(now_ms)
 
-    def _renew(self, shard: int, session: _Session, now_ms: int, force: bool = False) -> None:
+    def _renew(self, shard: int, session: HomeSession, now_ms: int, force: bool = False) -> None:
         cfg = self.config
         if not force and session.lease_until_ms - now_ms > cfg.lease_ms // 2:
             return
@@ -555,25 +502,3 @@ def _returned_version(message: CacheWriteBackReq | CacheRecalled) -> int:
 def _item(line: Line, *, release: bool) -> WriteBackItem:
     assert line.value is not None, "an M line always has a value"
     return WriteBackItem(line.key, msgspec.Raw(line.value), line.version, line.base, release)
-
-
-def _value(line: Line, *, hit: bool) -> Result:
-    if line.value is None:
-        return Err("not_found", f"no key {line.key!r}", {"key": line.key, "hit": hit})
-    return Ok(CacheValue(line.key, msgspec.Raw(line.value), line.version, line.state, hit))
-
-
-def _result(op: Any, grant: Grant, state: str) -> Result:
-    """What a caller whose op the grant answered is told."""
-    if isinstance(op, CacheRead):
-        if grant.version == 0:
-            return not_found(grant.key)
-        return Ok(CacheValue(grant.key, grant.value, grant.version, state, False))
-    result = grant.result
-    if not isinstance(result, Ok):
-        return result if result is not None else Err("unavailable", "no answer")
-    if isinstance(op, CacheWrite):
-        return Ok(CacheWritten(grant.key, result.value, state))
-    if isinstance(op, CacheDelete):
-        return Ok({"key": grant.key, "deleted": result.value})
-    return Ok({"key": grant.key, "invalidated": result.value})

@@ -27,15 +27,13 @@ list order or ``sorted``, never set or hash order.
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.lock_deadlines import LEASE, LockDeadlines
 from syncfab.actors.lock_ops import (
     Acquire,
     ExpireLocks,
@@ -46,6 +44,7 @@ from syncfab.actors.lock_ops import (
     ReleaseAll,
     Renew,
 )
+from syncfab.actors.lock_state import Hold, LockImage, Owner, Resource, Wait
 from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
 from syncfab.actors.wait_for import WaitForGraph
 
@@ -72,58 +71,13 @@ COVERS: dict[tuple[str, str], bool] = {
 }
 NAME_BYTES_MAX = 1024
 _COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
-_LEASE, _WAIT = 0, 1  # kinds of deadline, in the order ties are handled
-
-
-class _Hold(msgspec.Struct, array_like=True):
-    mode: str
-    token: int
-
-
-class _Wait(msgspec.Struct, array_like=True, eq=False):
-    """A parked Acquire and whom to answer; ``blockers`` is derived (``_rewire``)."""
-
-    resource: str
-    owner: str
-    mode: str
-    upgrade: bool
-    since_ms: int
-    deadline_ms: int
-    ttl_ms: int
-    arrival: int  # the order waits started in: the age deadlock victims are chosen by
-    client: str
-    request_id: int
-    blockers: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class _Resource:
-    holders: dict[str, _Hold] = field(default_factory=dict)
-    queue: deque[_Wait] = field(default_factory=deque)  # upgrades first, then arrival order
-
-
-@dataclass(slots=True)
-class _Owner:
-    lease_ms: int
-    held: set[str] = field(default_factory=set)
-    waits: dict[str, _Wait] = field(default_factory=dict)  # resource -> its one wait there
-    entry_ms: int | None = None  # the deadline of its lease's entry in the heap, if it has one
-
-
-class _Image(msgspec.Struct, array_like=True):
-    tokens: int
-    arrivals: int
-    stats: dict[str, int]
-    leases: list[tuple[str, int]]
-    holds: list[tuple[str, str, _Hold]]  # (resource, owner, hold)
-    waits: list[_Wait]  # each queue front to back, resources in sorted order
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(_Image).decode
+_decode = msgspec.msgpack.Decoder(LockImage).decode
 
 
-def _grant(resource: str, hold: _Hold) -> Ok:
+def _grant(resource: str, hold: Hold) -> Ok:
     return Ok({"granted": True, "fencing_token": hold.token, "resource": resource, "mode": hold.mode})
 
 
@@ -151,19 +105,15 @@ class LockTable:
         self._reset()
 
     def _reset(self) -> None:
-        self._resources: dict[str, _Resource] = {}
-        self._owners: dict[str, _Owner] = {}
-        self._waits: dict[int, _Wait] = {}  # arrival -> wait
-        # Min-heap of (deadline_ms, kind, owner, arrival) — a lease names its owner, a wait its
-        # arrival — with lazy deletion: a wait's entry is live while the wait still has that
-        # deadline, a lease's is its owner's one entry (``entry_ms``), moved on when the lease
-        # was extended; dead ones are popped when they reach the top (``_next_deadline``).
-        self._deadlines: list[tuple[int, int, str, int]] = []
+        self._resources: dict[str, Resource] = {}
+        self._owners: dict[str, Owner] = {}
+        self._waits: dict[int, Wait] = {}  # arrival -> wait
+        self._deadlines = LockDeadlines(self._owners, self._waits)
         self.graph = WaitForGraph()
         self._tokens = self._arrivals = 0
         self._stats = dict.fromkeys(_COUNTERS, 0)
         self._ctx: ApplyContext | None = None
-        self._current: _Wait | None = None  # the wait of the Acquire being applied
+        self._current: Wait | None = None  # the wait of the Acquire being applied
         self._decided: Result | None = None  # its answer, when decided within that apply
 
     # -- the Service protocol ------------------------------------------------------------
@@ -188,7 +138,7 @@ class LockTable:
     def query(self, op: Any) -> Result:
         match op:
             case LockInfo(resource=r):
-                res = self._resources.get(r) or _Resource()
+                res = self._resources.get(r) or Resource()
                 holders = [{"owner": o, "mode": h.mode, "fencing_token": h.token}
                            for o, h in sorted(res.holders.items())]
                 waiters = [{"owner": w.owner, "mode": w.mode, "since_ms": w.since_ms} for w in res.queue]
@@ -211,16 +161,8 @@ class LockTable:
         raise TypeError("the lock table has no leader-only operations")
 
     def due(self, now_ms: int) -> list[Any]:
-        """[ExpireLocks()] while some lease or wait deadline has passed. O(1) amortized (the
-        leader asks every few milliseconds): each dead heap entry is popped once, and a lease's
-        entry is moved on only when it reaches the top."""
-        heap = self._deadlines
-        if not heap or heap[0][0] > now_ms:
-            # Every entry is at or before its deadline: nothing can be due. Moving leases on
-            # here would walk every owner that renewed since the last look, each tick.
-            return []
-        deadline = self._next_deadline()
-        return [ExpireLocks()] if deadline is not None and deadline <= now_ms else []
+        """[ExpireLocks()] while some lease or wait deadline has passed (actors/lock_deadlines.py)."""
+        return [ExpireLocks()] if self._deadlines.due(now_ms) else []
 
     def reset_local(self) -> None:
         pass
@@ -231,7 +173,7 @@ class LockTable:
 
     def snapshot(self) -> bytes:
         names = sorted(self._resources)
-        return _encode(_Image(
+        return _encode(LockImage(
             self._tokens, self._arrivals, dict(self._stats),
             sorted((o, rec.lease_ms) for o, rec in self._owners.items()),
             [(r, o, h) for r in names for o, h in sorted(self._resources[r].holders.items())],
@@ -243,16 +185,17 @@ class LockTable:
         self._reset()
         self._tokens, self._arrivals = image.tokens, image.arrivals
         self._stats = {k: image.stats.get(k, 0) for k in _COUNTERS}
-        self._owners = {o: _Owner(lease_ms) for o, lease_ms in image.leases}
+        # Filled, not rebound: _deadlines holds this map (and _waits).
+        self._owners.update((o, Owner(lease_ms)) for o, lease_ms in image.leases)
         for r, o, hold in image.holds:
-            self._resources.setdefault(r, _Resource()).holders[o] = hold
+            self._resources.setdefault(r, Resource()).holders[o] = hold
             self._owners[o].held.add(r)
         for w in image.waits:
-            self._resources.setdefault(w.resource, _Resource()).queue.append(w)
+            self._resources.setdefault(w.resource, Resource()).queue.append(w)
             self._owners[w.owner].waits[w.resource] = w
             self._waits[w.arrival] = w
             w.blockers = ()  # derived: recomputed below, with the graph
-        self._compact_deadlines()
+        self._deadlines.compact()
         for r in sorted(self._resources):
             self._rewire(self._resources[r])
 
@@ -294,12 +237,12 @@ class LockTable:
         r, o, mode, now_ms = op.resource, op.owner, op.mode, ctx.now_ms
         rec = self._owners.get(o)
         if rec is None:
-            rec = self._owners[o] = _Owner(0)
-        self._extend(o, rec, now_ms + op.ttl_ms)
+            rec = self._owners[o] = Owner(0)
+        self._deadlines.extend_lease(o, rec, now_ms + op.ttl_ms)
         res = self._resources.get(r)
         if res is None:
             # Safe to create: unless granted, the request is refused only when a hold or wait exists.
-            res = self._resources[r] = _Resource()
+            res = self._resources[r] = Resource()
         holders = res.holders
         hold = holders.get(o)
         if hold is not None and COVERS[hold.mode, mode]:
@@ -321,10 +264,10 @@ class LockTable:
         if len(res.queue) >= self.waiters_max:
             return Err("busy", f"{self.waiters_max} requests already wait for {r!r}", {"resource": r})
         self._arrivals += 1
-        w = _Wait(r, o, mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
-                  ctx.client, ctx.request_id)
+        w = Wait(r, o, mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
+                 ctx.client, ctx.request_id)
         rec.waits[r] = self._waits[w.arrival] = w
-        self._push(w.deadline_ms, _WAIT, "", w.arrival)
+        self._deadlines.wait(w)
         self._stats["waits"] += 1
         if upgrade:
             res.queue.insert(sum(1 for _ in takewhile(lambda q: q.upgrade, res.queue)), w)
@@ -374,16 +317,16 @@ class LockTable:
         rec = self._owners.get(o)
         if rec is None:
             return Err("lease_expired", f"{o!r} has no lease", {"owner": o})
-        self._extend(o, rec, ctx.now_ms + op.ttl_ms)
+        self._deadlines.extend_lease(o, rec, ctx.now_ms + op.ttl_ms)
         return Ok({"lease_expires_at_ms": rec.lease_ms})
 
     def _expire(self, ctx: ApplyContext, op: ExpireLocks) -> Result:
         """Every deadline up to ``ctx.now_ms``, earliest first, as if each had been handled on time."""
         now_ms = ctx.now_ms
         leases = timeouts = 0
-        while (deadline := self._next_deadline()) is not None and deadline <= now_ms:
-            _, kind, o, arrival = heapq.heappop(self._deadlines)
-            if kind == _LEASE:
+        while (deadline := self._deadlines.earliest()) is not None and deadline <= now_ms:
+            _, kind, o, arrival = self._deadlines.pop()
+            if kind == LEASE:
                 leases += 1
                 self._drop_owner(o, Err("lease_expired", f"the lease of {o!r} expired", {"owner": o}))
                 continue
@@ -399,21 +342,21 @@ class LockTable:
 
     # -- grants, queues and edges --------------------------------------------------------
 
-    def _grant_to(self, r: str, res: _Resource, o: str, rec: _Owner, mode: str) -> Ok:
+    def _grant_to(self, r: str, res: Resource, o: str, rec: Owner, mode: str) -> Ok:
         self._tokens += 1
         self._stats["grants"] += 1
-        hold = res.holders[o] = _Hold(mode, self._tokens)
+        hold = res.holders[o] = Hold(mode, self._tokens)
         rec.held.add(r)
         return _grant(r, hold)
 
-    def _answer(self, w: _Wait, result: Result) -> None:
+    def _answer(self, w: Wait, result: Result) -> None:
         if w is self._current:
             self._decided = result  # its own apply returns it; no notice
         else:
             assert self._ctx is not None
             self._ctx.notify(w.client, w.request_id, result)
 
-    def _unqueue(self, w: _Wait) -> int:
+    def _unqueue(self, w: Wait) -> int:
         """Take ``w`` out of its queue; returns where it stood."""
         queue = self._resources[w.resource].queue
         stood = queue.index(w)
@@ -439,7 +382,7 @@ class LockTable:
             rec = self._owners[w.owner]
             grant = self._grant_to(r, res, w.owner, rec, w.mode)
             assert self._ctx is not None
-            self._extend(w.owner, rec, self._ctx.now_ms + w.ttl_ms)
+            self._deadlines.extend_lease(w.owner, rec, self._ctx.now_ms + w.ttl_ms)
             self._answer(w, grant)
             start = 0
         if res.holders or res.queue:
@@ -448,7 +391,7 @@ class LockTable:
             del self._resources[r]
 
     @staticmethod
-    def _blockers(res: _Resource, q: Sequence[_Wait], i: int) -> tuple[str, ...]:
+    def _blockers(res: Resource, q: Sequence[Wait], i: int) -> tuple[str, ...]:
         """The owners ``q[i]`` waits for, reduced to keep the graph linear (module docstring):
         each is a real conflict, and everything it conflicts with is reachable from them. Needs
         the blockers of ``q[i - 1]`` current. A writer scans back over the readers just ahead of
@@ -470,7 +413,7 @@ class LockTable:
         ahead = {q[j].owner} if j >= 0 and not q[j].upgrade else set(res.holders)
         return tuple(sorted(ahead | readers))
 
-    def _rewire(self, res: _Resource, start: int = 0) -> None:
+    def _rewire(self, res: Resource, start: int = 0) -> None:
         """Recompute blockers from ``start`` (where the queue changed; 0 when the holders did),
         and the edges of owners that changed. It stops at the first writer whose blockers stay:
         those behind it see the holders and the queue ahead only through it."""
@@ -526,55 +469,6 @@ class LockTable:
         del self._owners[o]
         for r in sorted(starts):
             self._settle(r, starts[r])
-
-    # -- deadlines -----------------------------------------------------------------------
-
-    def _extend(self, o: str, rec: _Owner, until_ms: int) -> None:
-        if until_ms > rec.lease_ms:
-            rec.lease_ms = until_ms
-            # A lease only grows, so an owner needs one heap entry, at or before its deadline:
-            # when that entry comes up early, _next_deadline moves it on to the lease's end.
-            if rec.entry_ms is None:
-                rec.entry_ms = until_ms
-                self._push(until_ms, _LEASE, o, 0)
-
-    def _push(self, deadline_ms: int, kind: int, owner: str, arrival: int) -> None:
-        heapq.heappush(self._deadlines, (deadline_ms, kind, owner, arrival))
-        # Ended leases and waits leave dead entries: rebuild before they outnumber live ones.
-        if len(self._deadlines) > 2 * (len(self._owners) + len(self._waits)) + 64:
-            self._compact_deadlines()
-
-    def _compact_deadlines(self) -> None:
-        heap = []
-        for o, rec in self._owners.items():
-            rec.entry_ms = rec.lease_ms
-            heap.append((rec.lease_ms, _LEASE, o, 0))
-        heap += [(w.deadline_ms, _WAIT, "", a) for a, w in self._waits.items()]
-        heapq.heapify(heap)
-        self._deadlines = heap
-
-    def _next_deadline(self) -> int | None:
-        """The earliest live deadline, the heap's top once dead entries are popped (an ended
-        lease's or wait's, or a lease's of an owner since dropped) and a lease's early entry is
-        moved on to the lease's end. Live entries come off in (deadline, kind, owner, arrival)
-        order, as if every extension had pushed its own entry."""
-        heap = self._deadlines
-        while heap:
-            deadline, kind, o, arrival = heap[0]
-            if kind == _LEASE:
-                rec = self._owners.get(o)
-                if rec is not None and rec.entry_ms == deadline:
-                    if rec.lease_ms == deadline:
-                        return deadline
-                    rec.entry_ms = rec.lease_ms
-                    heapq.heapreplace(heap, (rec.lease_ms, _LEASE, o, 0))
-                    continue
-            else:
-                w = self._waits.get(arrival)
-                if w is not None and w.deadline_ms == deadline:
-                    return deadline
-            heapq.heappop(heap)
-        return None
 
 
 def _bad_field(name: str, problem: str) -> Err:

@@ -58,12 +58,12 @@ from syncfab.actors.queue_state import (
     DEFAULT_SETTINGS,
     Lease,
     PartitionImage,
-    QueueCounters,
     QueueImage,
     QueueSettings,
     QueueState,
     StoredMessage,
 )
+from syncfab.actors.queue_views import browse, counters, queue_stats
 from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
 
 if TYPE_CHECKING:
@@ -151,25 +151,8 @@ class QueuePartitions:
         err = check_queue(op.queue)
         if err is not None:
             return err
-        q = self._queues.get(op.queue)
-        dlq = self._queues.get(op.queue + DLQ_SUFFIX)
-        counters = q.counters if q is not None else QueueCounters()
-        depth = q.depth if q is not None else 0
-        in_flight = len(q.inflight) if q is not None else 0
-        return Ok({
-            "queue": op.queue,
-            "shard": self.shard,
-            "depth": depth,
-            "visible": depth - in_flight,
-            "in_flight": in_flight,
-            "dlq_depth": dlq.depth if dlq is not None else 0,
-            "produced": counters.produced,
-            "delivered": self._delivered.get(op.queue, 0),
-            "acked": counters.acked,
-            "redelivered": counters.redelivered,
-            "dead_lettered": counters.dead_lettered,
-            "expired": counters.expired,
-        })
+        q, dlq = self._queues.get(op.queue), self._queues.get(op.queue + DLQ_SUFFIX)
+        return Ok(queue_stats(self.shard, op.queue, q, dlq, self._delivered.get(op.queue, 0)))
 
     def local(self, now_ms: int, op: QueueLocal) -> Result | Waiting:
         match op:
@@ -223,28 +206,16 @@ class QueuePartitions:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per-queue replicated counters and depth for metrics: the same on every replica."""
-        return {
-            name: {"depth": q.depth, **msgspec.structs.asdict(q.counters)}
-            for name, q in sorted(self._queues.items())
-        }
+        return counters(self._queues)
 
     def delivered(self) -> dict[str, int]:
         """Deliveries this node made while leading, per queue (leader memory, for metrics)."""
         return dict(sorted(self._delivered.items()))
 
     def browse(self, queue: str) -> list[dict[str, Any]]:
-        """Every stored message of ``queue``, oldest first, with ``consumer`` (the holder, on the
-        leader) and ``delivery_count`` as replicated (deliveries counted so far). O(depth):
-        for tests and operators, not the request path."""
-        q = self._queues.get(queue)
-        if q is None:
-            return []
-        out = []
-        for msg in q.messages.values():
-            lease = q.inflight.get(msg.seq)
-            out.append(q.view(self.shard, msg, msg.delivery_count)
-                       | {"consumer": lease.consumer if lease is not None else None})
-        return out
+        """Every stored message of ``queue`` (actors/queue_views.py). O(depth): for tests and
+        operators, not the request path."""
+        return browse(self.shard, self._queues.get(queue))
 
     # ---- commands ---------------------------------------------------------------------------
 

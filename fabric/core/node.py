@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from syncfab.actors.cache_home import CacheHome
-from syncfab.actors.cache_ops import NEAR_OPS, CacheConfig
+from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.cache_store import CacheStore
 from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import LockTable
 from syncfab.actors.machine import ApplyContext, GroupMachine
 from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
 from syncfab.actors.queues import QueuePartitions
-from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
+from syncfab.actors.raft import Busy, NotLeader, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
@@ -53,7 +53,9 @@ from syncfab.fabric.core.codec import (
     encode_batch,
 )
 from syncfab.fabric.core.detector import PhiAccrualDetector
+from syncfab.fabric.core.hosted_group import HostedGroup, Waiter
 from syncfab.fabric.core.node_cache import NodeCache
+from syncfab.fabric.core.node_config import NodeConfig
 from syncfab.fabric.core.routing import group_for
 from syncfab.fabric.core.views import cluster_view, group_status
 
@@ -66,29 +68,6 @@ LOCAL_ROUTE = b""
 BEAT_TOPIC = b"beat"
 
 
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    shard_count: int = 8
-    replication: int = 3
-    vnodes: int = 64
-    raft: RaftConfig = field(default_factory=RaftConfig)
-    beat_ms: int = 100
-    # Take a snapshot once this many entries were applied since the last one; keep some log
-    # behind it so a follower that is only a little behind catches up without a snapshot.
-    snapshot_entries: int = 20_000
-    snapshot_keep_entries: int = 2_000
-    client_inbox_max: int = 20_000
-    client_requests_per_turn_max: int = 4_096
-    # Raft timers have this resolution; ticking every group on every turn would cost more
-    # than the rest of a busy turn.
-    tick_ms: int = 10
-    # A shard leader hands leadership to the shard's preferred leader once that node has been
-    # alive and caught up; both waits keep a restarting node from causing churn.
-    balance_interval_ms: int = 1_000
-    balance_after_leading_ms: int = 2_000
-    cache: CacheConfig = field(default_factory=CacheConfig)
-
-
 @dataclass(slots=True)
 class Flush:
     writes: list[tuple[int, Persist]] = field(default_factory=list)
@@ -98,41 +77,6 @@ class Flush:
     # One-to-all broadcasts (PUB/SUB): (topic, message).
     publishes: list[tuple[bytes, PeerMessage]] = field(default_factory=list)
     readies: list[tuple[int, Ready]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Pending:
-    origin: str | None  # the node that relays the answer; None for our own clients
-    route: bytes
-    request_id: int
-    hook: Callable[[Result | Answers], Any] | None = None  # answered in-process (a cache home)
-
-
-_Read = tuple[_Pending, Any]  # a waiting read and its query op
-
-
-@dataclass(slots=True)
-class _Group:
-    """One hosted group. A turn's writes become ONE log entry (a batch of requests) and its
-    reads share ONE ReadIndex round: per-entry and per-round costs are paid per turn, not per
-    request, which is most of what makes a busy node fast."""
-
-    id: int
-    raft: RaftCore
-    machine: GroupMachine
-    writes: list[bytes] = field(default_factory=list)  # this turn's requests, encoded
-    writers: list[_Pending | None] = field(default_factory=list)  # None: our own housekeeping
-    queries: list[_Read] = field(default_factory=list)  # this turn's reads
-    proposals: dict[int, list[_Pending]] = field(default_factory=dict)  # log index -> waiters
-    reads: dict[int, list[_Read]] = field(default_factory=dict)  # ReadIndex context -> reads
-    read_waits: list[tuple[int, int, list[_Read]]] = field(default_factory=list)  # heap by index
-    # Requests a command left waiting (a lock acquire): answered when a notice names them.
-    deferred: dict[tuple[str, int], _Pending] = field(default_factory=dict)
-    # Leader-local ops waiting for data (a long-polling consume): heap of (deadline, seq, ...).
-    parked: list[tuple[int, int, _Pending, Any]] = field(default_factory=list)
-    housekeeping_index: int = 0  # our last housekeeping entry, until it is applied
-    lead_term: int = -1  # the term in which our waiters were registered
-    leading_since_ms: int = 0
 
 
 class NodeCore:
@@ -156,7 +100,7 @@ class NodeCore:
         self._now = self._wall = now_ms
         self._park_seq = 0
         self.cache = NodeCache(self)
-        self.groups: dict[int, _Group] = {}
+        self.groups: dict[int, HostedGroup] = {}
         for gid in self.placement.groups_of(node_id):
             disk = stored.get(gid)
             raft = RaftCore(
@@ -169,13 +113,13 @@ class NodeCore:
             machine = self._machine_for(gid)
             if raft.snapshot is not None:
                 machine.restore(raft.snapshot.data)
-            self.groups[gid] = _Group(gid, raft, machine)
+            self.groups[gid] = HostedGroup(gid, raft, machine)
         # Drawn after the groups' own, so adding it left their elections as they were.
         self.cache.near.number_ops_from(rng.getrandbits(32) << 24)
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
         self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
         self._flush = Flush()
-        self._committed: list[tuple[_Group, Ready]] = []  # found by turn(), for apply()
+        self._committed: list[tuple[HostedGroup, Ready]] = []  # found by turn(), for apply()
         # Groups with input since they were last collected; only they are visited in a turn.
         self._active: set[int] = set(self.groups)
         self._next_tick = now_ms
@@ -193,7 +137,7 @@ class NodeCore:
         if group == CONTROL_GROUP:
             return GroupMachine({"locks": LockTable()})
         home = CacheHome(group, self.id, self.config.cache)
-        home.port = self.cache
+        home.link.port = self.cache
         return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(group), "cache": CacheStore(home)})
 
     # -- inputs ---------------------------------------------------------------------------
@@ -297,7 +241,7 @@ class NodeCore:
                     raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
                     self.counters["snapshots_taken"] += 1
 
-    def _collect(self, g: _Group, flush: Flush) -> None:
+    def _collect(self, g: HostedGroup, flush: Flush) -> None:
         raft = g.raft
         if raft.role is not Role.LEADER and g.lead_term == -1 and not raft.has_ready():
             return  # a quiet follower: nothing to write, send or apply
@@ -317,7 +261,7 @@ class NodeCore:
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
         flush.readies.append((g.id, ready))
 
-    def _apply_ready(self, g: _Group, ready: Ready) -> None:
+    def _apply_ready(self, g: HostedGroup, ready: Ready) -> None:
         raft = g.raft
         if ready.restore is not None:
             g.machine.restore(ready.restore.data)
@@ -336,7 +280,7 @@ class NodeCore:
             for waiter, op in heapq.heappop(g.read_waits)[2]:
                 self._serve_read(g, waiter, op)
 
-    def _serve_read(self, g: _Group, waiter: _Pending, op: Any) -> None:
+    def _serve_read(self, g: HostedGroup, waiter: Waiter, op: Any) -> None:
         """A query or leader-local op whose ReadIndex the state machine has reached."""
         if not g.machine.is_local(op):
             self._answer(waiter, g.machine.query(op))
@@ -349,7 +293,7 @@ class NodeCore:
         else:
             self._answer(waiter, result)
 
-    def _apply_entry(self, g: _Group, index: int, data: bytes) -> None:
+    def _apply_entry(self, g: HostedGroup, index: int, data: bytes) -> None:
         now_ms, requests = decode_batch(data)
         waiters = g.proposals.pop(index, None)
         machine, deferred = g.machine, g.deferred
@@ -367,7 +311,7 @@ class NodeCore:
                     for k, answer in enumerate(result.results):
                         if isinstance(answer, Waiting):
                             rid = request.id + 1 + k
-                            deferred[(request.client, rid)] = _Pending(waiter.origin, waiter.route, rid)
+                            deferred[(request.client, rid)] = Waiter(waiter.origin, waiter.route, rid)
                 self._answer(waiter, result)
             for notice in ctx.notices:
                 parked = deferred.pop((notice.client, notice.request_id), None)
@@ -376,7 +320,7 @@ class NodeCore:
         if index >= g.housekeeping_index:
             g.housekeeping_index = 0
 
-    def _propose_batch(self, g: _Group) -> None:
+    def _propose_batch(self, g: HostedGroup) -> None:
         writes, writers = g.writes, g.writers
         g.writes, g.writers = [], []
         try:
@@ -391,7 +335,7 @@ class NodeCore:
         if None in writers:
             g.housekeeping_index = index
 
-    def _housekeeping(self, g: _Group) -> None:
+    def _housekeeping(self, g: HostedGroup) -> None:
         """Propose what the services' clocks say is due (lease expiry, visibility deadlines) —
         one housekeeping entry at a time, so a slow commit does not repeat it every tick — and
         answer parked long-polls whose wait is over."""
@@ -404,9 +348,9 @@ class NodeCore:
             _, _, waiter, op = heapq.heappop(g.parked)
             self._answer(waiter, g.machine.local(wall, msgspec.structs.replace(op, wait_ms=0)))
 
-    def _retry_parked(self, g: _Group) -> None:
+    def _retry_parked(self, g: HostedGroup) -> None:
         """New entries were applied: a parked long-poll may now find what it waits for."""
-        still: list[tuple[int, int, _Pending, Any]] = []
+        still: list[tuple[int, int, Waiter, Any]] = []
         for item in sorted(g.parked):
             result = g.machine.local(self._wall, item[3])
             if isinstance(result, Waiting):
@@ -416,19 +360,19 @@ class NodeCore:
         heapq.heapify(still)
         g.parked = still
 
-    def _answer(self, waiter: _Pending, result: Result | Answers) -> None:
+    def _answer(self, waiter: Waiter, result: Result | Answers) -> None:
         if waiter.hook is not None:
             waiter.hook(result)
         else:
             self._reply(waiter.origin, waiter.route, waiter.request_id, result, self.id)
 
-    def _fail(self, waiter: _Pending, err: Err, leader: str | None) -> None:
+    def _fail(self, waiter: Waiter, err: Err, leader: str | None) -> None:
         if waiter.hook is not None:
             waiter.hook(err)
         else:
             self._reply(waiter.origin, waiter.route, waiter.request_id, err, leader)
 
-    def _check_leadership(self, g: _Group) -> None:
+    def _check_leadership(self, g: HostedGroup) -> None:
         """Fail every waiter registered under a leadership we no longer hold: their entries may
         never commit. Clients retry with the same id, which the session table makes safe."""
         raft = g.raft
@@ -437,21 +381,11 @@ class NodeCore:
             return
         if not leading and g.lead_term == -1:
             return  # a follower that was not leading either: nothing was registered here
-        waiters = [*g.writers, *(w for w, _ in g.queries)]
-        waiters += [w for ws in g.proposals.values() for w in ws]
-        waiters += [w for reads in g.reads.values() for w, _ in reads]
-        waiters += [w for _, _, reads in g.read_waits for w, _ in reads]
-        waiters += [*g.deferred.values(), *(w for _, _, w, _ in g.parked)]
         err = Err("leader_changed", "leadership changed before the request completed")
-        for w in waiters:
+        for w in g.waiters():
             if w is not None:
                 self._fail(w, err, raft.leader)
-        g.writes, g.writers, g.queries, g.parked = [], [], [], []
-        g.proposals.clear()
-        g.reads.clear()
-        g.read_waits.clear()
-        g.deferred.clear()
-        g.housekeeping_index = 0
+        g.forget_waiters()
         # Leader-only state (a queue's in-flight marks, a cache home) starts afresh with each leadership.
         g.machine.reset_local()
         self.cache.leadership(g.id, leading, raft.term, self._now, raft.log.last_index)
@@ -486,7 +420,7 @@ class NodeCore:
                 self._reply(origin, route, request.id, Err(code, f"group {gid} leader: {leader}"), leader)
             return
         self._active.add(gid)
-        waiter = _Pending(origin, route, request.id)
+        waiter = Waiter(origin, route, request.id)
         inner = op.op if isinstance(op, OnShard) else op
         if g.machine.is_query(inner) or g.machine.is_local(inner):
             # Leader-local ops (a consume) read replicated state too, so they wait for ReadIndex
@@ -564,7 +498,7 @@ class NodeCore:
         if g is None or g.raft.role is not Role.LEADER:
             return False
         g.writes.append(raw)
-        g.writers.append(_Pending(None, LOCAL_ROUTE, 0, done))
+        g.writers.append(Waiter(None, LOCAL_ROUTE, 0, done))
         self._active.add(gid)
         return True
 
@@ -573,7 +507,7 @@ class NodeCore:
         g = self.groups.get(gid)
         if g is None or g.raft.role is not Role.LEADER:
             return False
-        g.queries.append((_Pending(None, LOCAL_ROUTE, 0, done), op))
+        g.queries.append((Waiter(None, LOCAL_ROUTE, 0, done), op))
         self._active.add(gid)
         return True
 

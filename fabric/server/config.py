@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
-from syncfab.fabric.core.node import NodeConfig
+from syncfab.fabric.core.node_config import NodeConfig
 
 PUB_PORT_OFFSET = 1
 

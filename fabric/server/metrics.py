@@ -191,7 +191,7 @@ def _cache_metrics(core: Any, fanout: Histogram) -> Iterator[Metric]:
             continue
         for name, value in home.counters.items():
             totals[name] = totals.get(name, 0) + value
-        entries += len(home.entries)
+        entries += len(home.directory.entries)
         samples, home.fanout_ms = home.fanout_ms, []
         for ms in samples:
             fanout.observe(ms / 1000)

@@ -43,7 +43,7 @@ class Rig:
         self.index = 0
         self.home_node = home
         self.home = CacheHome(SHARD, home, cfg)
-        self.home.port = self
+        self.home.link.port = self
         self.store = CacheStore(self.home)
         self.machine = GroupMachine({"cache": self.store})
         self.nears = {n: NearCache(n, 1, cfg, op_base=1_000_000 * (i + 1)) for i, n in enumerate(nodes)}

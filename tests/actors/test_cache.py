@@ -288,7 +288,7 @@ def test_a_full_directory_caches_nothing_more_and_evicts_its_least_recently_used
     rig.write("n1", "a", 1)
     rig.write("n1", "b", 2)  # no room: answered, not cached; 'a' is evicted (its copies first)
     assert rig.line("n1", "b") == INVALID
-    assert list(rig.home.entries) == [] and rig.line("n1", "a") == INVALID
+    assert list(rig.home.directory.entries) == [] and rig.line("n1", "a") == INVALID
     assert value_of_read(rig, "n2", "b").state == EXCLUSIVE  # room again
     assert rig.home.counters["evictions"] == 1
 

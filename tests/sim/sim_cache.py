@@ -263,7 +263,7 @@ class CacheChecker:
                 home = homes.get((shard, epoch))
                 if home is None:
                     continue
-                entry = home.entries.get(key)
+                entry = home.directory.get(key)
                 listed = entry is not None and (entry.owner == node or node in entry.sharers)
                 if not listed:
                     sim.fail("cache directory coverage",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
-from syncfab.fabric.core.node import NodeConfig
+from syncfab.fabric.core.node_config import NodeConfig
 
 
 @dataclass(frozen=True, slots=True)
