@@ -35,15 +35,27 @@ class Phase(Enum):
 # each event. "-" nobody; "S" sharers only; "E"/"M" one owner. An unknown pair is a bug.
 UNCACHED = "-"
 DIRECTORY: dict[tuple[str, str], str] = {
-    (UNCACHED, "grant_E"): EXCLUSIVE, (UNCACHED, "grant_S"): SHARED, (UNCACHED, "grant_M"): MODIFIED,
-    (SHARED, "grant_S"): SHARED, (SHARED, "grant_E"): EXCLUSIVE, (SHARED, "grant_M"): MODIFIED,
-    (EXCLUSIVE, "grant_E"): EXCLUSIVE, (EXCLUSIVE, "grant_M"): MODIFIED,
-    (MODIFIED, "grant_E"): EXCLUSIVE, (MODIFIED, "grant_M"): MODIFIED,
-    (EXCLUSIVE, "recall_shared"): SHARED, (MODIFIED, "recall_shared"): SHARED,
-    (EXCLUSIVE, "recall"): UNCACHED, (MODIFIED, "recall"): UNCACHED,
+    (UNCACHED, "grant_E"): EXCLUSIVE,
+    (UNCACHED, "grant_S"): SHARED,
+    (UNCACHED, "grant_M"): MODIFIED,
+    (SHARED, "grant_S"): SHARED,
+    (SHARED, "grant_E"): EXCLUSIVE,
+    (SHARED, "grant_M"): MODIFIED,
+    (EXCLUSIVE, "grant_E"): EXCLUSIVE,
+    (EXCLUSIVE, "grant_M"): MODIFIED,
+    (MODIFIED, "grant_E"): EXCLUSIVE,
+    (MODIFIED, "grant_M"): MODIFIED,
+    (EXCLUSIVE, "recall_shared"): SHARED,
+    (MODIFIED, "recall_shared"): SHARED,
+    (EXCLUSIVE, "recall"): UNCACHED,
+    (MODIFIED, "recall"): UNCACHED,
     (SHARED, "invalidated"): UNCACHED,
-    (SHARED, "dropped"): SHARED, (EXCLUSIVE, "dropped"): UNCACHED, (MODIFIED, "dropped"): UNCACHED,
-    (SHARED, "lapsed"): SHARED, (EXCLUSIVE, "lapsed"): UNCACHED, (MODIFIED, "lapsed"): UNCACHED,
+    (SHARED, "dropped"): SHARED,
+    (EXCLUSIVE, "dropped"): UNCACHED,
+    (MODIFIED, "dropped"): UNCACHED,
+    (SHARED, "lapsed"): SHARED,
+    (EXCLUSIVE, "lapsed"): UNCACHED,
+    (MODIFIED, "lapsed"): UNCACHED,
 }
 
 

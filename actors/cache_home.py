@@ -80,8 +80,19 @@ class CacheHome:
         self.link = HomeLink(shard, lambda: self.epoch)  # to the shard's log, via the node
         self.memory: CacheStore  # set by CacheStore
         self.counters: dict[str, int] = dict.fromkeys(
-            ("fetches", "writes", "recalls", "invalidations", "write_backs", "write_backs_refused",
-             "lapses", "evictions", "expiries"), 0)
+            (
+                "fetches",
+                "writes",
+                "recalls",
+                "invalidations",
+                "write_backs",
+                "write_backs_refused",
+                "lapses",
+                "evictions",
+                "expiries",
+            ),
+            0,
+        )
         self.fanout_ms: list[int] = []  # write accepted -> last holder acknowledged; drained by metrics
         self.reset()
 
@@ -348,11 +359,25 @@ class CacheHome:
                 value, version = stored.value, stored.version
         # A write_through writer's E stays memory's copy (its first write_back write asks home),
         # so nobody need wait for it when the key is read or written elsewhere.
-        self._grant(op, state, value, version, result=result,
-                    may_dirty=state == MODIFIED and self._fresh(op.key, version))
+        self._grant(
+            op,
+            state,
+            value,
+            version,
+            result=result,
+            may_dirty=state == MODIFIED and self._fresh(op.key, version),
+        )
 
-    def _grant(self, op: HomeOp, state: str, value: bytes | None, version: int, *,
-               result: Result | None = None, may_dirty: bool = False) -> None:
+    def _grant(
+        self,
+        op: HomeOp,
+        state: str,
+        value: bytes | None,
+        version: int,
+        *,
+        result: Result | None = None,
+        may_dirty: bool = False,
+    ) -> None:
         """Tell the asker its line; the directory follows what the grant says."""
         node, key = op.node, op.key
         seq = self.seq + 1
@@ -494,10 +519,17 @@ class CacheHome:
     # -- views ---------------------------------------------------------------------------
 
     def line_info(self, key: str) -> dict[str, Any]:
-        holders = [{"node": n, "state": state, "lease_ms": max(0, self.leases.get(n, 0) - self.now_ms)}
-                   for n, state in self.directory.holders(key)]
-        return {"key": key, "version": self.memory.version_of(key), "home": self.node_id,
-                "epoch": self.epoch, "holders": holders}
+        holders = [
+            {"node": n, "state": state, "lease_ms": max(0, self.leases.get(n, 0) - self.now_ms)}
+            for n, state in self.directory.holders(key)
+        ]
+        return {
+            "key": key,
+            "version": self.memory.version_of(key),
+            "home": self.node_id,
+            "epoch": self.epoch,
+            "holders": holders,
+        }
 
     def check(self) -> None:
         """Invariants the simulator asks for after every turn."""

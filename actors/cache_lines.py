@@ -20,17 +20,30 @@ LINE_OVERHEAD_BYTES = 64  # what a line costs besides its key and value
 # write; "write": a local write_back write; "flushed": an M line's value is in memory and the
 # line stays the owner's; "lost": a gap in the home's stream, a new epoch, a resync or eviction.
 NEAR: dict[tuple[str, str], str] = {
-    **{(s, f"grant_{g}"): g
-       for s in (INVALID, SHARED, EXCLUSIVE) for g in (SHARED, EXCLUSIVE, MODIFIED, INVALID)},
-    (MODIFIED, "grant_M"): MODIFIED, (MODIFIED, "grant_E"): EXCLUSIVE, (MODIFIED, "grant_I"): INVALID,
+    **{
+        (s, f"grant_{g}"): g
+        for s in (INVALID, SHARED, EXCLUSIVE)
+        for g in (SHARED, EXCLUSIVE, MODIFIED, INVALID)
+    },
+    (MODIFIED, "grant_M"): MODIFIED,
+    (MODIFIED, "grant_E"): EXCLUSIVE,
+    (MODIFIED, "grant_I"): INVALID,
     (EXCLUSIVE, "write"): MODIFIED,  # silent: nobody else holds the line
     (MODIFIED, "write"): MODIFIED,
-    (SHARED, "inval"): INVALID, (INVALID, "inval"): INVALID,
-    (EXCLUSIVE, "recall_shared"): SHARED, (MODIFIED, "recall_shared"): SHARED,
-    (EXCLUSIVE, "recall"): INVALID, (MODIFIED, "recall"): INVALID, (SHARED, "recall"): INVALID,
+    (SHARED, "inval"): INVALID,
+    (INVALID, "inval"): INVALID,
+    (EXCLUSIVE, "recall_shared"): SHARED,
+    (MODIFIED, "recall_shared"): SHARED,
+    (EXCLUSIVE, "recall"): INVALID,
+    (MODIFIED, "recall"): INVALID,
+    (SHARED, "recall"): INVALID,
     (MODIFIED, "flushed"): EXCLUSIVE,
-    (SHARED, "lost"): INVALID, (EXCLUSIVE, "lost"): INVALID, (MODIFIED, "lost"): INVALID,
-    (SHARED, "evict"): INVALID, (EXCLUSIVE, "evict"): INVALID, (MODIFIED, "evict"): INVALID,
+    (SHARED, "lost"): INVALID,
+    (EXCLUSIVE, "lost"): INVALID,
+    (MODIFIED, "lost"): INVALID,
+    (SHARED, "evict"): INVALID,
+    (EXCLUSIVE, "evict"): INVALID,
+    (MODIFIED, "evict"): INVALID,
 }
 
 

@@ -83,9 +83,25 @@ class NearCache:
         self.sends: list[tuple[int, ToHome]] = []
         self.answers: list[tuple[bytes, int, Result]] = []
         self.counters: dict[str, int] = dict.fromkeys(
-            ("hits", "misses_capacity", "misses_coherence", "local_writes", "remote_writes", "evictions",
-             "write_backs", "write_backs_refused", "recalls", "invalidations", "gaps", "epochs", "resyncs",
-             "lease_waits", "timeouts"), 0)
+            (
+                "hits",
+                "misses_capacity",
+                "misses_coherence",
+                "local_writes",
+                "remote_writes",
+                "evictions",
+                "write_backs",
+                "write_backs_refused",
+                "recalls",
+                "invalidations",
+                "gaps",
+                "epochs",
+                "resyncs",
+                "lease_waits",
+                "timeouts",
+            ),
+            0,
+        )
 
     def number_ops_from(self, op_base: int) -> None:
         """Op ids of this incarnation start here (a home may still hold an earlier one's)."""
@@ -93,8 +109,9 @@ class NearCache:
 
     # -- clients --------------------------------------------------------------------------
 
-    def on_client(self, route: bytes, client: str, request_id: int, acked: int, op: Any, raw: bytes,
-                  now_ms: int) -> None:
+    def on_client(
+        self, route: bytes, client: str, request_id: int, acked: int, op: Any, raw: bytes, now_ms: int
+    ) -> None:
         earlier = self._requests.earlier(client, request_id, acked)
         if earlier is not None:
             self.answers.append((route, request_id, earlier))
@@ -161,11 +178,16 @@ class NearCache:
         line = self.lines.get(op.key)
         # A compare-and-set always goes home: it is logged, so a retry (through any node) of one
         # that succeeded is answered, not applied again and failed.
-        if (op.policy == WRITE_BACK and op.ttl_ms is None and op.expected_version is None
-                and line is not None and not line.releasing
-                and (line.state == MODIFIED or (line.state == EXCLUSIVE and line.may_dirty))
-                and line.version % VERSION_STEP < VERSION_STEP - 1
-                and self.sessions[line.shard].lease_until_ms > now_ms):
+        if (
+            op.policy == WRITE_BACK
+            and op.ttl_ms is None
+            and op.expected_version is None
+            and line is not None
+            and not line.releasing
+            and (line.state == MODIFIED or (line.state == EXCLUSIVE and line.may_dirty))
+            and line.version % VERSION_STEP < VERSION_STEP - 1
+            and self.sessions[line.shard].lease_until_ms > now_ms
+        ):
             # The owner's write: nobody else holds the line, memory learns it on write-back.
             line.state = step(line.state, "write")
             line.value = bytes(op.value)
@@ -182,8 +204,15 @@ class NearCache:
     def _start(self, key: str, kind: str, message: Any, caller: Caller | None, now_ms: int) -> None:
         self._next_op += 1
         shard = shard_for_key(key, self.shard_count)
-        op = KeyOp(kind, shard, self._next_op, message(self._next_op), now_ms, now_ms,
-                   [caller] if caller is not None else [])
+        op = KeyOp(
+            kind,
+            shard,
+            self._next_op,
+            message(self._next_op),
+            now_ms,
+            now_ms,
+            [caller] if caller is not None else [],
+        )
         self.pending[key] = op
         self.sends.append((shard, op.message))
 
@@ -490,8 +519,14 @@ class NearCache:
     def stats(self) -> dict[str, Any]:
         c = self.counters
         reads = c["hits"] + c["misses_capacity"] + c["misses_coherence"]
-        return {**c, "hit_rate": c["hits"] / reads if reads else 0.0, "lines": len(self.lines),
-                "bytes": self.lines.bytes, "states": self.lines.counts(), "dirty": len(self.dirty)}
+        return {
+            **c,
+            "hit_rate": c["hits"] / reads if reads else 0.0,
+            "lines": len(self.lines),
+            "bytes": self.lines.bytes,
+            "states": self.lines.counts(),
+            "dirty": len(self.dirty),
+        }
 
 
 def _returned_version(message: CacheWriteBackReq | CacheRecalled) -> int:

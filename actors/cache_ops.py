@@ -145,8 +145,11 @@ def bad(field: str, message: str) -> Err:
 
 def check_key(key: object) -> Err | None:
     # A key of at most KEY_BYTES_MAX / 4 characters fits without encoding it (UTF-8: <= 4 each).
-    if not isinstance(key, str) or not key or (
-            len(key) > KEY_BYTES_MAX // 4 and len(key.encode()) > KEY_BYTES_MAX):
+    if (
+        not isinstance(key, str)
+        or not key
+        or (len(key) > KEY_BYTES_MAX // 4 and len(key.encode()) > KEY_BYTES_MAX)
+    ):
         return bad("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
     return None
 

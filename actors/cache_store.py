@@ -81,8 +81,9 @@ class CacheStore:
             case CacheDelete(key=key):
                 return Ok(self.data.pop(key, None) is not None)
             case CacheWriteBack(items=items):
-                return Ok([self._write_back(item.key, bytes(item.value), item.version, item.base)
-                           for item in items])
+                return Ok(
+                    [self._write_back(item.key, bytes(item.value), item.version, item.base) for item in items]
+                )
             case CacheBump(key=key):
                 stored = self.data.get(key)
                 if stored is None:

@@ -52,22 +52,39 @@ if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
 
 __all__ = [
-    "COMPATIBLE", "COVERS", "EXCLUSIVE", "MODES", "NAME_BYTES_MAX", "SHARED", "Acquire", "ExpireLocks",
-    "LockBatch", "LockInfo", "LockTable", "OwnerInfo", "Release", "ReleaseAll", "Renew",
+    "COMPATIBLE",
+    "COVERS",
+    "EXCLUSIVE",
+    "MODES",
+    "NAME_BYTES_MAX",
+    "SHARED",
+    "Acquire",
+    "ExpireLocks",
+    "LockBatch",
+    "LockInfo",
+    "LockTable",
+    "OwnerInfo",
+    "Release",
+    "ReleaseAll",
+    "Renew",
 ]
 
 SHARED, EXCLUSIVE = "shared", "exclusive"
 MODES = (SHARED, EXCLUSIVE)
 # (held by another owner, requested) -> both may be held at once.
 COMPATIBLE: dict[tuple[str, str], bool] = {
-    (SHARED, SHARED): True, (SHARED, EXCLUSIVE): False,
-    (EXCLUSIVE, SHARED): False, (EXCLUSIVE, EXCLUSIVE): False,
+    (SHARED, SHARED): True,
+    (SHARED, EXCLUSIVE): False,
+    (EXCLUSIVE, SHARED): False,
+    (EXCLUSIVE, EXCLUSIVE): False,
 }
 # (held by the asking owner, requested) -> that hold already grants the request (re-entrancy);
 # the one pair that does not is an upgrade.
 COVERS: dict[tuple[str, str], bool] = {
-    (SHARED, SHARED): True, (SHARED, EXCLUSIVE): False,
-    (EXCLUSIVE, SHARED): True, (EXCLUSIVE, EXCLUSIVE): True,
+    (SHARED, SHARED): True,
+    (SHARED, EXCLUSIVE): False,
+    (EXCLUSIVE, SHARED): True,
+    (EXCLUSIVE, EXCLUSIVE): True,
 }
 NAME_BYTES_MAX = 1024
 _COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
@@ -94,8 +111,9 @@ class LockTable:
         self.wait_ms_max = wait_ms_max  # deadlines must stay in the snapshot's 64-bit integers
         self.waiters_max = waiters_max  # per resource
         # Command -> (its validation, its application).
-        self._commands: dict[type, tuple[Callable[[Any], Err | None],
-                                         Callable[[ApplyContext, Any], Result | Waiting]]] = {
+        self._commands: dict[
+            type, tuple[Callable[[Any], Err | None], Callable[[ApplyContext, Any], Result | Waiting]]
+        ] = {
             Acquire: (self._check_acquire, self._acquire),
             Release: (self._check_release, self._release),
             ReleaseAll: (self._check_owner, self._release_all),
@@ -139,8 +157,10 @@ class LockTable:
         match op:
             case LockInfo(resource=r):
                 res = self._resources.get(r) or Resource()
-                holders = [{"owner": o, "mode": h.mode, "fencing_token": h.token}
-                           for o, h in sorted(res.holders.items())]
+                holders = [
+                    {"owner": o, "mode": h.mode, "fencing_token": h.token}
+                    for o, h in sorted(res.holders.items())
+                ]
                 waiters = [{"owner": w.owner, "mode": w.mode, "since_ms": w.since_ms} for w in res.queue]
                 return Ok({"resource": r, "holders": holders, "waiters": waiters})
             case OwnerInfo(owner=o):
@@ -148,13 +168,17 @@ class LockTable:
                 if rec is None:
                     return Err("not_found", f"no lease for owner {o!r}", {"owner": o})
                 holds = [(r, self._resources[r].holders[o]) for r in sorted(rec.held)]
-                return Ok({
-                    "owner": o,
-                    "lease_expires_at_ms": rec.lease_ms,
-                    "held": [{"resource": r, "mode": h.mode, "fencing_token": h.token} for r, h in holds],
-                    "waiting": [{"resource": r, "mode": rec.waits[r].mode, "since_ms": rec.waits[r].since_ms}
-                                for r in sorted(rec.waits)],
-                })
+                return Ok(
+                    {
+                        "owner": o,
+                        "lease_expires_at_ms": rec.lease_ms,
+                        "held": [{"resource": r, "mode": h.mode, "fencing_token": h.token} for r, h in holds],
+                        "waiting": [
+                            {"resource": r, "mode": rec.waits[r].mode, "since_ms": rec.waits[r].since_ms}
+                            for r in sorted(rec.waits)
+                        ],
+                    }
+                )
         raise TypeError(f"not a lock query: {op!r}")
 
     def local(self, now_ms: int, op: object) -> Result:
@@ -173,12 +197,16 @@ class LockTable:
 
     def snapshot(self) -> bytes:
         names = sorted(self._resources)
-        return _encode(LockImage(
-            self._tokens, self._arrivals, dict(self._stats),
-            sorted((o, rec.lease_ms) for o, rec in self._owners.items()),
-            [(r, o, h) for r in names for o, h in sorted(self._resources[r].holders.items())],
-            [w for r in names for w in self._resources[r].queue],
-        ))
+        return _encode(
+            LockImage(
+                self._tokens,
+                self._arrivals,
+                dict(self._stats),
+                sorted((o, rec.lease_ms) for o, rec in self._owners.items()),
+                [(r, o, h) for r in names for o, h in sorted(self._resources[r].holders.items())],
+                [w for r in names for w in self._resources[r].queue],
+            )
+        )
 
     def restore(self, data: bytes) -> None:
         image = _decode(data)
@@ -264,8 +292,18 @@ class LockTable:
         if len(res.queue) >= self.waiters_max:
             return Err("busy", f"{self.waiters_max} requests already wait for {r!r}", {"resource": r})
         self._arrivals += 1
-        w = Wait(r, o, mode, upgrade, now_ms, now_ms + op.wait_ms, op.ttl_ms, self._arrivals,
-                 ctx.client, ctx.request_id)
+        w = Wait(
+            r,
+            o,
+            mode,
+            upgrade,
+            now_ms,
+            now_ms + op.wait_ms,
+            op.ttl_ms,
+            self._arrivals,
+            ctx.client,
+            ctx.request_id,
+        )
         rec.waits[r] = self._waits[w.arrival] = w
         self._deadlines.wait(w)
         self._stats["waits"] += 1
@@ -438,8 +476,12 @@ class LockTable:
         while (cycle := self.graph.find_cycle(start)) is not None:
             n = len(cycle)
             victim = max(
-                (w for i, o in enumerate(cycle) for w in self._owners[o].waits.values()
-                 if cycle[(i + 1) % n] in w.blockers),
+                (
+                    w
+                    for i, o in enumerate(cycle)
+                    for w in self._owners[o].waits.values()
+                    if cycle[(i + 1) % n] in w.blockers
+                ),
                 key=lambda w: w.arrival,
             )
             k = cycle.index(victim.owner)

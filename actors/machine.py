@@ -58,8 +58,14 @@ class ApplyContext:
 
     # Written out: one is made per applied command, and the generated __init__ (with a
     # default_factory) took half as long again.
-    def __init__(self, index: int, now_ms: int, client: str = "", request_id: int = 0,
-                 notices: list[Notice] | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        now_ms: int,
+        client: str = "",
+        request_id: int = 0,
+        notices: list[Notice] | None = None,
+    ) -> None:
         self.index = index
         self.now_ms = now_ms
         self.client = client
@@ -137,7 +143,8 @@ class GroupMachine:
                 return recorded
         service = self._writes.get(type(op))
         result: Result | Waiting = (
-            service.apply(ctx, op) if service is not None
+            service.apply(ctx, op)
+            if service is not None
             else Err("bad_request", f"{type(op).__name__} is not a command of this group")
         )
         if request_id:

@@ -251,4 +251,3 @@ class CacheRecalled(msgspec.Struct, frozen=True, tag="cy", array_like=True):
     epoch: int
     key: str
     item: WriteBackItem | None
-

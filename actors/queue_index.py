@@ -84,7 +84,6 @@ class ExpirySchedule:
         return names
 
 
-
 DeadlineEntry = tuple[int, int, str, int]  # (wake_ms, lease_no, queue, seq)
 
 

@@ -200,9 +200,12 @@ def parse_ids(ids: object, shard: int, field: str = "message_ids") -> list[int] 
     seqs: dict[int, None] = {}
     for mid in ids:
         if not isinstance(mid, str) or not mid.startswith(prefix):
-            return Err("bad_request", f"{mid!r} is not a message id of shard {shard}",
-                       {"field": field, "message_id": mid})
-        tail = mid[len(prefix):]
+            return Err(
+                "bad_request",
+                f"{mid!r} is not a message id of shard {shard}",
+                {"field": field, "message_id": mid},
+            )
+        tail = mid[len(prefix) :]
         # isdigit alone admits non-ASCII digits and int() admits "_" and signs: only the
         # canonical spelling names a message.
         if not (tail.isascii() and tail.isdigit()) or str(int(tail)) != tail:

@@ -70,7 +70,6 @@ class Lease:
     proposed: bool = False  # due() proposed a Redeliver for it that has not been applied yet
 
 
-
 class QueueImage(msgspec.Struct, array_like=True):
     """One queue in a snapshot: what is replicated, no leases."""
 
@@ -177,4 +176,3 @@ class QueueState:
         self.inflight.clear()
         self._visible = list(self.messages)
         self._compact_at = max(_COMPACT_MIN, 2 * len(self._visible))
-

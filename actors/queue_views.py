@@ -11,8 +11,9 @@ import msgspec
 from syncfab.actors.queue_state import QueueCounters, QueueState
 
 
-def queue_stats(shard: int, name: str, q: QueueState | None, dlq: QueueState | None,
-                delivered: int) -> dict[str, Any]:
+def queue_stats(
+    shard: int, name: str, q: QueueState | None, dlq: QueueState | None, delivered: int
+) -> dict[str, Any]:
     """``delivered`` is leader memory (this node's deliveries while leading); the rest is replicated."""
     counters = q.counters if q is not None else QueueCounters()
     depth = q.depth if q is not None else 0
@@ -36,8 +37,7 @@ def queue_stats(shard: int, name: str, q: QueueState | None, dlq: QueueState | N
 def counters(queues: dict[str, QueueState]) -> dict[str, dict[str, int]]:
     """Depth and replicated counters per queue: the same on every replica."""
     return {
-        name: {"depth": q.depth, **msgspec.structs.asdict(q.counters)}
-        for name, q in sorted(queues.items())
+        name: {"depth": q.depth, **msgspec.structs.asdict(q.counters)} for name, q in sorted(queues.items())
     }
 
 
@@ -49,6 +49,8 @@ def browse(shard: int, q: QueueState | None) -> list[dict[str, Any]]:
     out = []
     for msg in q.messages.values():
         lease = q.inflight.get(msg.seq)
-        out.append(q.view(shard, msg, msg.delivery_count)
-                   | {"consumer": lease.consumer if lease is not None else None})
+        out.append(
+            q.view(shard, msg, msg.delivery_count)
+            | {"consumer": lease.consumer if lease is not None else None}
+        )
     return out

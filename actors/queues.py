@@ -70,9 +70,22 @@ if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
 
 __all__ = [
-    "Ack", "ConfigureQueue", "Consume", "ExpireMessages", "Nack", "NewMessage", "Produce", "ProduceBatch",
-    "QueueCommand", "QueueLocal", "QueuePartitions", "QueueQuery", "QueueSettings", "QueueStats",
-    "Redeliver", "Return",
+    "Ack",
+    "ConfigureQueue",
+    "Consume",
+    "ExpireMessages",
+    "Nack",
+    "NewMessage",
+    "Produce",
+    "ProduceBatch",
+    "QueueCommand",
+    "QueueLocal",
+    "QueuePartitions",
+    "QueueQuery",
+    "QueueSettings",
+    "QueueStats",
+    "Redeliver",
+    "Return",
 ]
 
 
@@ -83,8 +96,11 @@ _Appended = list[tuple[int, bool]]  # (seq, duplicate) per produced item
 
 
 def _full(queue: str, max_depth: int) -> Err:
-    return Err("queue_full", f"queue {queue!r} is at its max_depth of {max_depth}",
-               {"queue": queue, "max_depth": max_depth})
+    return Err(
+        "queue_full",
+        f"queue {queue!r} is at its max_depth of {max_depth}",
+        {"queue": queue, "max_depth": max_depth},
+    )
 
 
 class QueuePartitions:
@@ -116,11 +132,13 @@ class QueuePartitions:
         self._dedup = DedupWindow(dedup_ids_max)
         self._expiry = ExpirySchedule()  # derived, kept on every replica
         # Leader memory.
-        self._deadlines = LeaseDeadlines(lambda: (
-            (lease.wake_ms, lease.lease_no, name, seq)
-            for name, q in self._queues.items()
-            for seq, lease in q.inflight.items()
-        ))
+        self._deadlines = LeaseDeadlines(
+            lambda: (
+                (lease.wake_ms, lease.lease_no, name, seq)
+                for name, q in self._queues.items()
+                for seq, lease in q.inflight.items()
+            )
+        )
         self._lease_no = 0
         self._delivered: dict[str, int] = {}  # by this node while leader; not replicated
 
@@ -229,8 +247,11 @@ class QueuePartitions:
         if isinstance(result, Err):
             return result
         seq, duplicate = result[0]
-        return Ok({"message_id": message_id(self.shard, seq), "duplicate": True} if duplicate
-                  else {"message_id": message_id(self.shard, seq)})
+        return Ok(
+            {"message_id": message_id(self.shard, seq), "duplicate": True}
+            if duplicate
+            else {"message_id": message_id(self.shard, seq)}
+        )
 
     def _produce_batch(self, op: ProduceBatch) -> Result:
         if not isinstance(op.messages, list) or len(op.messages) > BATCH_MAX:
@@ -291,8 +312,9 @@ class QueuePartitions:
         q.counters.deduplicated += len(out) - fresh
         return out
 
-    def _append_new(self, name: str, q: QueueState | None,
-                    items: list[Produce] | list[NewMessage]) -> _Appended | Err:
+    def _append_new(
+        self, name: str, q: QueueState | None, items: list[Produce] | list[NewMessage]
+    ) -> _Appended | Err:
         """``_append`` without dedup ids: every item is a new message."""
         settings = q.settings if q is not None else DEFAULT_SETTINGS
         if settings.max_depth and (q.depth if q is not None else 0) + len(items) > settings.max_depth:
@@ -300,8 +322,12 @@ class QueuePartitions:
         q = q if q is not None else self._queue(name)
         now, first = self._now_ms, self._seq + 1
         self._seq += len(items)
-        q.extend([StoredMessage(seq, item.key, item.data, item.headers, now)
-                  for seq, item in enumerate(items, first)])
+        q.extend(
+            [
+                StoredMessage(seq, item.key, item.data, item.headers, now)
+                for seq, item in enumerate(items, first)
+            ]
+        )
         q.counters.produced += len(items)
         if settings.retention_ms and name not in self._expiry:
             self._expiry.at(name, now + settings.retention_ms)
@@ -456,7 +482,7 @@ class QueuePartitions:
         for name in sorted(found):
             items = sorted(found[name])
             for start in range(0, len(items), IDS_MAX):
-                chunk = items[start:start + IDS_MAX]
+                chunk = items[start : start + IDS_MAX]
                 ids = [message_id(self.shard, seq) for seq, _ in chunk]
                 ops.append(Redeliver(name, ids, [count for _, count in chunk]))
         return ops

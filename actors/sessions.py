@@ -101,10 +101,12 @@ class SessionTable:
             session.results[request_id] = result
 
     def snapshot(self) -> bytes:
-        return _encode([
-            _Image(c, s.floor, [(i, r) for i, r in s.results.items() if i >= s.floor])
-            for c, s in self._sessions.items()
-        ])
+        return _encode(
+            [
+                _Image(c, s.floor, [(i, r) for i, r in s.results.items() if i >= s.floor])
+                for c, s in self._sessions.items()
+            ]
+        )
 
     def restore(self, data: bytes) -> None:
         self._sessions = OrderedDict((i.client, Session(i.acked, dict(i.results))) for i in _decode(data))

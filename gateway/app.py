@@ -42,8 +42,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as e:
         # aiohttp's own refusals (404, 405, 413 ...) get our JSON shape too.
         code = "payload_too_large" if e.status == 413 else e.reason.lower().replace(" ", "_")
-        response = error_response(e.status, code, e.reason,
-                                  **({"field": "body"} if e.status == 413 else {}))
+        response = error_response(e.status, code, e.reason, **({"field": "body"} if e.status == 413 else {}))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")

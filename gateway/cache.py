@@ -60,12 +60,18 @@ class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
 class _CacheMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.read = Histogram(
-            "syncfab_cache_read_seconds", "A cache read at this node's gateway, hits (own line) apart",
-            ["hit"], buckets=LATENCY_BUCKETS_S, registry=registry,
+            "syncfab_cache_read_seconds",
+            "A cache read at this node's gateway, hits (own line) apart",
+            ["hit"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
         self.write = Histogram(
-            "syncfab_cache_write_seconds", "A cache write at this node's gateway, by policy",
-            ["policy"], buckets=LATENCY_BUCKETS_S, registry=registry,
+            "syncfab_cache_write_seconds",
+            "A cache write at this node's gateway, by policy",
+            ["policy"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
         )
         for hit in ("true", "false"):
             self.read.labels(hit)
@@ -133,8 +139,13 @@ async def read(request: web.Request) -> web.Response:
     value = found["value"]
     if isinstance(value, msgspec.Raw):
         value = _decode(value)
-    body = {"key": found["key"], "value": value, "version": found["version"],
-            "state": found["state"], "hit": hit}
+    body = {
+        "key": found["key"],
+        "value": value,
+        "version": found["version"],
+        "state": found["state"],
+        "hit": hit,
+    }
     try:
         return json_response(body)
     except (TypeError, msgspec.EncodeError):

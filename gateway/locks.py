@@ -34,8 +34,9 @@ class RenewBody(msgspec.Struct):
 def _http_names(result: Err) -> Err:
     """The lock table calls the owner ``owner``; over HTTP it is ``client_id``."""
     if isinstance(result.detail, dict) and result.detail.get("field") == "owner":
-        return Err(result.code, result.message.replace("owner", "client_id"),
-                   {**result.detail, "field": "client_id"})
+        return Err(
+            result.code, result.message.replace("owner", "client_id"), {**result.detail, "field": "client_id"}
+        )
     return result
 
 
@@ -92,4 +93,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/lock/renew", renew)
     app.router.add_get("/lock/{resource:.+}", info)
     app.router.add_get("/lock-owner/{owner:.+}", owner)
-

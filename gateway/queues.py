@@ -97,8 +97,9 @@ async def consume(request: web.Request) -> web.Response:
     if bad:
         return bad
     assert max_messages is not None and wait_ms is not None
-    result = await fanout.consume(request.app[RUNTIME].call, _shards(request), queue, consumer,
-                                  max_messages, visibility_ms, wait_ms)
+    result = await fanout.consume(
+        request.app[RUNTIME].call, _shards(request), queue, consumer, max_messages, visibility_ms, wait_ms
+    )
     return _answer(result)
 
 
@@ -130,8 +131,14 @@ async def configure(request: web.Request) -> web.Response:
     if bad:
         return bad
     assert body is not None
-    settings = ConfigureQueue(request.match_info["queue"], body.visibility_ms, body.max_deliveries,
-                              body.retention_ms, body.max_depth, body.dedup_window_ms)
+    settings = ConfigureQueue(
+        request.match_info["queue"],
+        body.visibility_ms,
+        body.max_deliveries,
+        body.retention_ms,
+        body.max_depth,
+        body.dedup_window_ms,
+    )
     return _answer(await fanout.configure(request.app[RUNTIME].call, _shards(request), settings))
 
 

@@ -86,8 +86,9 @@ def _field_of(message: str) -> str:
     return where or "body"
 
 
-def int_param(request: web.Request, name: str, default: int | None,
-              low: int = 0, high: int = 1 << 31) -> tuple[int | None, web.Response | None]:
+def int_param(
+    request: web.Request, name: str, default: int | None, low: int = 0, high: int = 1 << 31
+) -> tuple[int | None, web.Response | None]:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default, None

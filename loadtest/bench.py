@@ -28,8 +28,16 @@ from syncfab.fabric.client import AsyncClient
 from syncfab.fabric.server.local import LocalCluster
 
 
-def _worker(addresses: list[str], clients: int, warmup_s: float, seconds: float, seed: int,
-            workload: str, options: dict[str, Any], out: mp.Queue) -> None:
+def _worker(
+    addresses: list[str],
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    seed: int,
+    workload: str,
+    options: dict[str, Any],
+    out: mp.Queue,
+) -> None:
     import uvloop
 
     async def run() -> dict[str, Any]:
@@ -109,19 +117,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         addresses = cluster.addresses
         node_pids = cluster.pids()
     try:
-        options = {"read_ratio": args.read_ratio, "keys": args.keys, "hot": args.hot,
-                   "queue": args.queue, "batch": args.batch}
+        options = {
+            "read_ratio": args.read_ratio,
+            "keys": args.keys,
+            "hot": args.hot,
+            "queue": args.queue,
+            "batch": args.batch,
+        }
         if args.workload == "consume":
             prefill(addresses, args.queue, args.prefill)
-        per_proc = [args.clients // args.processes + (i < args.clients % args.processes)
-                    for i in range(args.processes)]
+        per_proc = [
+            args.clients // args.processes + (i < args.clients % args.processes)
+            for i in range(args.processes)
+        ]
         ctx = mp.get_context("spawn")
         queue: mp.Queue = ctx.Queue()
         cpu_before = {n: proc_cpu_s(p) for n, p in node_pids.items()}
         procs = [
-            ctx.Process(target=_worker, args=(addresses, c, args.warmup, args.seconds, i, args.workload,
-                                              options, queue))
-            for i, c in enumerate(per_proc) if c
+            ctx.Process(
+                target=_worker,
+                args=(addresses, c, args.warmup, args.seconds, i, args.workload, options, queue),
+            )
+            for i, c in enumerate(per_proc)
+            if c
         ]
         for p in procs:
             p.start()
@@ -173,8 +191,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_result(report: dict[str, Any], name: str, out: str | None) -> None:
     """The JSON result at ``out``, by default loadtest/results/<name>-<time>.json."""
-    out = out or os.path.join(os.path.dirname(__file__), "results",
-                              f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out = out or os.path.join(
+        os.path.dirname(__file__), "results", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
@@ -187,28 +206,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds before measuring (2; cache: at least 5, until hit rate is stable)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds before measuring (2; cache: at least 5, until hit rate is stable)",
+    )
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", choices=["on", "off"], default="on")
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--read-ratio", type=float, default=None,
-                        help="kv: share of linearizable reads (0); cache: share of reads (0.9)")
+    parser.add_argument(
+        "--read-ratio",
+        type=float,
+        default=None,
+        help="kv: share of linearizable reads (0); cache: share of reads (0.9)",
+    )
     parser.add_argument("--keys", type=int, default=None, help="kv: 10,000; cache: 100,000")
-    parser.add_argument("--hot", type=int, default=0,
-                        help="lock: number of hot resources (0 = each client its own resource)")
+    parser.add_argument(
+        "--hot", type=int, default=0, help="lock: number of hot resources (0 = each client its own resource)"
+    )
     parser.add_argument("--batch", type=int, default=1, help="produce/consume: messages per call")
     parser.add_argument("--queue", default="bench")
     parser.add_argument("--prefill", type=int, default=200_000, help="consume: messages produced first")
     parser.add_argument("--rounds", type=int, default=3, help="failover: leader kills")
     parser.add_argument("--zipf", type=float, default=0.99, help="cache: Zipf exponent of key popularity")
     parser.add_argument("--value-bytes", type=int, default=100, help="cache: bytes per value")
-    parser.add_argument("--cache-lines", type=int, default=25_000,
-                        help="cache: every node's --cache-lines, and the ideal LRUs' capacity")
-    parser.add_argument("--policy", choices=["write_through", "write_back"], default="write_through",
-                        help="cache: write policy")
-    parser.add_argument("--warmup-max", type=float, default=90.0,
-                        help="cache: longest warm-up waiting for a stable hit rate")
+    parser.add_argument(
+        "--cache-lines",
+        type=int,
+        default=25_000,
+        help="cache: every node's --cache-lines, and the ideal LRUs' capacity",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=["write_through", "write_back"],
+        default="write_through",
+        help="cache: write policy",
+    )
+    parser.add_argument(
+        "--warmup-max", type=float, default=90.0, help="cache: longest warm-up waiting for a stable hit rate"
+    )
     parser.add_argument("--seed", type=int, default=0, help="cache: client g's trace is Random(seed + g)")
     parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
     parser.add_argument("--metrics", help="cache with --target: comma-separated node HTTP URLs, same order")
@@ -230,10 +267,14 @@ def main(argv: list[str] | None = None) -> None:
         report = run(args)
         for kind, op in report["operations"].items():
             unit = f" = {op['units_per_s']:,} msg/s" if op["units_per_s"] != op["per_s"] else ""
-            print(f"{kind:>13}: {op['per_s']:>8,}/s{unit}  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
-                  f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
-        print(f"        total: {report['total_per_s']:,}/s, errors {report['errors']}, "
-              f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}")
+            print(
+                f"{kind:>13}: {op['per_s']:>8,}/s{unit}  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
+                f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)"
+            )
+        print(
+            f"        total: {report['total_per_s']:,}/s, errors {report['errors']}, "
+            f"cpu s nodes {report['cpu_s']['nodes']} clients {report['cpu_s']['clients']}"
+        )
     write_result(report, args.workload, args.out)
 
 

@@ -92,7 +92,7 @@ class Zipf:
             cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
             self._cdf: Any = cdf / cdf[-1]
         else:
-            acc = list(itertools.accumulate(r ** -s for r in range(1, n + 1)))
+            acc = list(itertools.accumulate(r**-s for r in range(1, n + 1)))
             self._cdf = [c / acc[-1] for c in acc]
 
     def ranks(self, uniforms: list[float]) -> list[int]:
@@ -160,8 +160,17 @@ def _error_name(e: Exception) -> str:
     return e.code if isinstance(e, SyncfabError) else type(e).__name__
 
 
-def worker(addresses: list[str], first: int, clients: int, index: int, workers: int, opts: dict[str, Any],
-           ctl: Any, counters: Any, out: mp.Queue) -> None:
+def worker(
+    addresses: list[str],
+    first: int,
+    clients: int,
+    index: int,
+    workers: int,
+    opts: dict[str, Any],
+    ctl: Any,
+    counters: Any,
+    out: mp.Queue,
+) -> None:
     """One client process: its share of the prefill, then ``clients`` clients (global numbers
     first, first + 1, ...) until the parent's window ends. ``counters[3 * index ...]``: reads,
     hits (both live, for the warm-up's verdict), prefill done."""
@@ -259,9 +268,18 @@ def worker(addresses: list[str], first: int, clients: int, index: int, workers: 
         watcher.cancel()
         for c in conns:
             await c.close()
-        return {"latencies": latencies, "errors": errors, "cpu_s": cpu[1] - cpu[0] if cpu[0] else 0.0,
-                "prefill_failed": prefill_failed, "t0": rec.t0, "t1": rec.t1, "node": rec.node,
-                "key": rec.key, "flags": rec.flags, "dropped": rec.dropped}
+        return {
+            "latencies": latencies,
+            "errors": errors,
+            "cpu_s": cpu[1] - cpu[0] if cpu[0] else 0.0,
+            "prefill_failed": prefill_failed,
+            "t0": rec.t0,
+            "t1": rec.t1,
+            "node": rec.node,
+            "key": rec.key,
+            "flags": rec.flags,
+            "dropped": rec.dropped,
+        }
 
     out.put(uvloop.run(run()))
 
@@ -278,8 +296,9 @@ def _lru_put(lru: OrderedDict[int, None], key: int, capacity: int) -> None:
             lru.popitem(last=False)
 
 
-def simulate(t0: array, t1: array, node: array, key: array, flags: array, nodes: int, capacity: int,
-             t_go: float) -> dict[str, Any]:
+def simulate(
+    t0: array, t1: array, node: array, key: array, flags: array, nodes: int, capacity: int, t_go: float
+) -> dict[str, Any]:
     """Both ideal caches on the recorded ops, counted per node over the measured reads, and a
     per-second timeline (from the warm-up's start) of the measured and coherent-ideal hit rates.
 
@@ -289,8 +308,11 @@ def simulate(t0: array, t1: array, node: array, key: array, flags: array, nodes:
     misses that joined a miss of the same key at the same node still in flight (the real
     cache answers them with the first one's fetch; an ideal cache has no fetch time)."""
     if np is not None:
-        when = np.where(np.frombuffer(flags, dtype=np.int8) & WRITE, np.frombuffer(t1, dtype=np.float64),
-                        np.frombuffer(t0, dtype=np.float64))
+        when = np.where(
+            np.frombuffer(flags, dtype=np.int8) & WRITE,
+            np.frombuffer(t1, dtype=np.float64),
+            np.frombuffer(t0, dtype=np.float64),
+        )
         order: Any = np.argsort(when, kind="stable").tolist()
     else:
         order = sorted(range(len(t0)), key=lambda i: t1[i] if flags[i] & WRITE else t0[i])
@@ -299,8 +321,17 @@ def simulate(t0: array, t1: array, node: array, key: array, flags: array, nodes:
     seen: list[set[int]] = [set() for _ in range(nodes)]
     invalidated: list[set[int]] = [set() for _ in range(nodes)]
     fetching: list[dict[int, float]] = [{} for _ in range(nodes)]  # key -> when its real miss ended
-    fields = ("reads", "writes", "hits", "joined", "lru_hits", "coherent_hits", "cold", "coherence",
-              "capacity")
+    fields = (
+        "reads",
+        "writes",
+        "hits",
+        "joined",
+        "lru_hits",
+        "coherent_hits",
+        "cold",
+        "coherence",
+        "capacity",
+    )
     per_node = [dict.fromkeys(fields, 0) for _ in range(nodes)]
     timeline: dict[int, list[int]] = {}
     others = [[o for o in range(nodes) if o != j] for j in range(nodes)]
@@ -356,8 +387,7 @@ def simulate(t0: array, t1: array, node: array, key: array, flags: array, nodes:
             row[0] += 1
             row[1] += f & HIT and 1
             row[2] += coherent_hit
-    return {"per_node": per_node,
-            "timeline": [(s, *timeline[s]) for s in sorted(timeline)]}
+    return {"per_node": per_node, "timeline": [(s, *timeline[s]) for s in sorted(timeline)]}
 
 
 # -- the nodes' /metrics ---------------------------------------------------------------------
@@ -416,8 +446,11 @@ def fanout(before: list[Sample | None], after: list[Sample | None]) -> dict[str,
             count += sum(_delta(b, a, name + "_count").values())
             total += sum(_delta(b, a, name + "_sum").values())
         buckets = [(le * to_ms, v) for le, v in sorted(by_le.items())]
-        result: dict[str, Any] = {"metric": name, "count": int(count),
-                                  "mean_ms": round(total * to_ms / count, 3) if count else None}
+        result: dict[str, Any] = {
+            "metric": name,
+            "count": int(count),
+            "mean_ms": round(total * to_ms / count, 3) if count else None,
+        }
         for label, q in (("p50", 0.50), ("p99", 0.99)):
             found = bucket_quantile(buckets, q)
             result[f"{label}_ms"] = round(found[0], 3) if found else None
@@ -440,8 +473,9 @@ def _stable(windows: list[tuple[int, int]], seconds: float) -> bool:
     rates = [hits / reads for reads, hits in last]
     xs = [WINDOW_S * i for i in range(len(rates))]
     x_mean, y_mean = sum(xs) / len(xs), sum(rates) / len(rates)
-    slope = (sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, rates, strict=True))
-             / sum((x - x_mean) ** 2 for x in xs))
+    slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, rates, strict=True)) / sum(
+        (x - x_mean) ** 2 for x in xs
+    )
     return abs(slope) * max(seconds, 10.0) <= STABLE_POINTS / 100
 
 
@@ -462,18 +496,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         addresses, names = cluster.addresses, list(cluster.ids)
         urls = [cluster.url(n) for n in cluster.ids]
         node_pids = cluster.pids()
-    opts = {"keys": args.keys, "zipf": args.zipf, "read_ratio": args.read_ratio,
-            "value_bytes": args.value_bytes, "policy": args.policy, "seed": args.seed}
-    per_proc = [args.clients // args.processes + (i < args.clients % args.processes)
-                for i in range(args.processes)]
+    opts = {
+        "keys": args.keys,
+        "zipf": args.zipf,
+        "read_ratio": args.read_ratio,
+        "value_bytes": args.value_bytes,
+        "policy": args.policy,
+        "seed": args.seed,
+    }
+    per_proc = [
+        args.clients // args.processes + (i < args.clients % args.processes) for i in range(args.processes)
+    ]
     firsts = [sum(per_proc[:i]) for i in range(len(per_proc))]
     shares = [(f, c) for f, c in zip(firsts, per_proc, strict=True) if c]
     ctx = mp.get_context("spawn")
     ctl = ctx.RawArray("d", 3)
     counters = ctx.RawArray("q", 3 * len(shares))
     queue: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(addresses, f, c, i, len(shares), opts, ctl, counters, queue))
-             for i, (f, c) in enumerate(shares)]
+    procs = [
+        ctx.Process(target=worker, args=(addresses, f, c, i, len(shares), opts, ctl, counters, queue))
+        for i, (f, c) in enumerate(shares)
+    ]
     min_warmup = args.warmup
     max_warmup = max(args.warmup_max, min_warmup)
     try:
@@ -497,8 +540,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while True:
             time.sleep(max(0.0, t_go + WINDOW_S * (len(windows) + 1) - time.perf_counter()))
             check()
-            now = (sum(counters[3 * i] for i in range(len(procs))),
-                   sum(counters[3 * i + 1] for i in range(len(procs))))
+            now = (
+                sum(counters[3 * i] for i in range(len(procs))),
+                sum(counters[3 * i + 1] for i in range(len(procs))),
+            )
             windows.append((now[0] - seen[0], now[1] - seen[1]))
             seen = now
             elapsed = time.perf_counter() - t_go
@@ -529,14 +574,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.terminate()
         if cluster is not None:
             cluster.stop()
-    return _report(args, names, results, {
-        "prefill_s": prefill_s, "warmup_s": warmup_s, "windows": windows, "t_go": t_go,
-        "cpu_before": cpu_before, "cpu_after": cpu_after, "first": first, "last": last,
-    }, percentile)
+    return _report(
+        args,
+        names,
+        results,
+        {
+            "prefill_s": prefill_s,
+            "warmup_s": warmup_s,
+            "windows": windows,
+            "t_go": t_go,
+            "cpu_before": cpu_before,
+            "cpu_after": cpu_after,
+            "first": first,
+            "last": last,
+        },
+        percentile,
+    )
 
 
-def _report(args: argparse.Namespace, names: list[str], results: list[dict[str, Any]],
-            run: dict[str, Any], percentile: Any) -> dict[str, Any]:
+def _report(
+    args: argparse.Namespace,
+    names: list[str],
+    results: list[dict[str, Any]],
+    run: dict[str, Any],
+    percentile: Any,
+) -> dict[str, Any]:
     nodes = len(names)
     by_kind: dict[str, list[float]] = {k: [] for k in KINDS}
     errors: dict[str, int] = {}
@@ -562,15 +624,29 @@ def _report(args: argparse.Namespace, names: list[str], results: list[dict[str, 
         "seconds": args.seconds,
         "fsync": args.fsync,
         "shards": args.shards,
-        "options": {"keys": args.keys, "zipf": args.zipf, "read_ratio": args.read_ratio,
-                    "value_bytes": args.value_bytes, "cache_lines": args.cache_lines, "policy": args.policy,
-                    "seed": args.seed, "warmup_min_s": args.warmup, "warmup_max_s": args.warmup_max},
-        "prefill": {"keys": args.keys, "seconds": round(run["prefill_s"], 1),
-                    "failed": sum(r["prefill_failed"] for r in results)},
-        "warmup": {"seconds": round(run["warmup_s"], 1), "window_s": WINDOW_S,
-                   "hit_rates": [round(h / r, 4) if r else None for r, h in run["windows"]],
-                   "stable": run["warmup_s"] < max(args.warmup_max, args.warmup) - 0.01
-                   or _stable(run["windows"], args.seconds)},
+        "options": {
+            "keys": args.keys,
+            "zipf": args.zipf,
+            "read_ratio": args.read_ratio,
+            "value_bytes": args.value_bytes,
+            "cache_lines": args.cache_lines,
+            "policy": args.policy,
+            "seed": args.seed,
+            "warmup_min_s": args.warmup,
+            "warmup_max_s": args.warmup_max,
+        },
+        "prefill": {
+            "keys": args.keys,
+            "seconds": round(run["prefill_s"], 1),
+            "failed": sum(r["prefill_failed"] for r in results),
+        },
+        "warmup": {
+            "seconds": round(run["warmup_s"], 1),
+            "window_s": WINDOW_S,
+            "hit_rates": [round(h / r, 4) if r else None for r, h in run["windows"]],
+            "stable": run["warmup_s"] < max(args.warmup_max, args.warmup) - 0.01
+            or _stable(run["windows"], args.seconds),
+        },
         "errors": sum(errors.values()),
         "errors_by_kind": errors,
         "operations": {},
@@ -598,30 +674,38 @@ def _report(args: argparse.Namespace, names: list[str], results: list[dict[str, 
             "joined_in_flight_miss": round(s["joined"] / reads, 4) if reads else None,
             "ideal_lru": round(s["lru_hits"] / reads, 4) if reads else None,
             "coherent_lru": round(s["coherent_hits"] / reads, 4) if reads else None,
-            "coherent_lru_misses": {m: round(s[m] / misses, 4) if misses else 0.0
-                                    for m in ("cold", "capacity", "coherence")},
+            "coherent_lru_misses": {
+                m: round(s[m] / misses, 4) if misses else 0.0 for m in ("cold", "capacity", "coherence")
+            },
         }
 
     summed = {f: sum(s[f] for s in sim["per_node"]) for f in sim["per_node"][0]}
     report["hit_rate"] = {
         **rates(summed),
         "per_node": {names[j]: rates(s) for j, s in enumerate(sim["per_node"])},
-        "trace_ops": len(t0), "trace_dropped": dropped,
+        "trace_ops": len(t0),
+        "trace_dropped": dropped,
         "zipf_mass_of_top_lines": round(Zipf(args.keys, args.zipf).mass(args.cache_lines), 4),
     }
     report["hit_rate_timeline"] = [
         {"second": s, "reads": r, "measured": round(h / r, 4), "coherent_lru": round(c / r, 4)}
-        for s, r, h, c in sim["timeline"] if r
+        for s, r, h, c in sim["timeline"]
+        if r
     ]
     report["fanout"] = fanout(run["first"], run["last"]) if run["last"] else None
     report["node_cache_events"] = {
-        names[j]: {dict(labels).get("event", ""): int(v)
-                   for labels, v in sorted(_delta(b, a, "syncfab_cache_events_total").items())}
+        names[j]: {
+            dict(labels).get("event", ""): int(v)
+            for labels, v in sorted(_delta(b, a, "syncfab_cache_events_total").items())
+        }
         for j, (b, a) in enumerate(zip(run["first"], run["last"], strict=True))
     }
     cpu_nodes = {n: round(run["cpu_after"][n] - run["cpu_before"][n], 2) for n in run["cpu_before"]}
-    report["cpu_s"] = {"nodes": cpu_nodes, "clients": round(sum(r["cpu_s"] for r in results), 2),
-                       "window": "measured"}
+    report["cpu_s"] = {
+        "nodes": cpu_nodes,
+        "clients": round(sum(r["cpu_s"] for r in results), 2),
+        "window": "measured",
+    }
     if total and cpu_nodes:
         report["cpu_s"]["nodes_us_per_op"] = round(sum(cpu_nodes.values()) / total * 1e6, 1)
     return report
@@ -629,56 +713,89 @@ def _report(args: argparse.Namespace, names: list[str], results: list[dict[str, 
 
 def print_report(report: dict[str, Any]) -> None:
     o = report["options"]
-    print(f"cache: {o['keys']:,} keys, zipf {o['zipf']}, {o['read_ratio']:.0%} reads, "
-          f"{o['value_bytes']} B values, {o['cache_lines']:,} lines per node, {o['policy']}, "
-          f"{report['clients']} clients")
+    print(
+        f"cache: {o['keys']:,} keys, zipf {o['zipf']}, {o['read_ratio']:.0%} reads, "
+        f"{o['value_bytes']} B values, {o['cache_lines']:,} lines per node, {o['policy']}, "
+        f"{report['clients']} clients"
+    )
     p, w = report["prefill"], report["warmup"]
     shown = [("-" if r is None else f"{r:.1%}") for r in w["hit_rates"]]
     rates = ", ".join(shown if len(shown) <= 10 else [*shown[:2], "...", *shown[-STABLE_WINDOWS:]])
-    print(f"      prefill: {p['keys']:,} keys in {p['seconds']} s ({p['failed']} failed); warm-up "
-          f"{w['seconds']} s, {'stable' if w['stable'] else 'NOT stable (hit --warmup-max)'}; "
-          f"hit rate per {w['window_s']:g} s: {rates}")
+    print(
+        f"      prefill: {p['keys']:,} keys in {p['seconds']} s ({p['failed']} failed); warm-up "
+        f"{w['seconds']} s, {'stable' if w['stable'] else 'NOT stable (hit --warmup-max)'}; "
+        f"hit rate per {w['window_s']:g} s: {rates}"
+    )
     for kind, op in report["operations"].items():
-        print(f"{kind:>13}: {op['per_s']:>8,}/s  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
-              f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)")
+        print(
+            f"{kind:>13}: {op['per_s']:>8,}/s  p50 {op['p50_ms']} ms  p95 {op['p95_ms']} ms  "
+            f"p99 {op['p99_ms']} ms  ({op['count']:,} ops)"
+        )
     cpu = report["cpu_s"]
     per_op = f" ({cpu['nodes_us_per_op']} us/op)" if "nodes_us_per_op" in cpu else ""
     errors = report["errors_by_kind"]
-    print(f"        total: {report['total_per_s']:,}/s, errors {report['errors']}"
-          f"{' ' + str(errors) if errors else ''}, cpu s nodes {cpu['nodes']}{per_op} "
-          f"clients {cpu['clients']}")
+    print(
+        f"        total: {report['total_per_s']:,}/s, errors {report['errors']}"
+        f"{' ' + str(errors) if errors else ''}, cpu s nodes {cpu['nodes']}{per_op} "
+        f"clients {cpu['clients']}"
+    )
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1%}"
 
     h = report["hit_rate"]
     m = h["coherent_lru_misses"]
-    print(f"     hit rate: {pct(h['measured'])} measured (hits/reads)  ideal LRU {pct(h['ideal_lru'])}  "
-          f"coherent LRU {pct(h['coherent_lru'])}  (its misses: cold {m['cold']:.0%}, capacity "
-          f"{m['capacity']:.0%}, coherence {m['coherence']:.0%}; top {o['cache_lines']:,} keys draw "
-          f"{h['zipf_mass_of_top_lines']:.1%})")
-    print(f"               {pct(h['joined_in_flight_miss'])} of reads were misses that joined a fetch in "
-          "flight at their node")
-    print("     per node: " + ", ".join(
-        f"{n} {pct(r['measured'])} / {pct(r['ideal_lru'])} / {pct(r['coherent_lru'])}"
-        for n, r in h["per_node"].items()) + "  (measured / LRU / coherent LRU)")
+    print(
+        f"     hit rate: {pct(h['measured'])} measured (hits/reads)  ideal LRU {pct(h['ideal_lru'])}  "
+        f"coherent LRU {pct(h['coherent_lru'])}  (its misses: cold {m['cold']:.0%}, capacity "
+        f"{m['capacity']:.0%}, coherence {m['coherence']:.0%}; top {o['cache_lines']:,} keys draw "
+        f"{h['zipf_mass_of_top_lines']:.1%})"
+    )
+    print(
+        f"               {pct(h['joined_in_flight_miss'])} of reads were misses that joined a fetch in "
+        "flight at their node"
+    )
+    print(
+        "     per node: "
+        + ", ".join(
+            f"{n} {pct(r['measured'])} / {pct(r['ideal_lru'])} / {pct(r['coherent_lru'])}"
+            for n, r in h["per_node"].items()
+        )
+        + "  (measured / LRU / coherent LRU)"
+    )
     if h["trace_dropped"]:
-        print(f"      WARNING: {h['trace_dropped']:,} ops not recorded (RECORD_MAX): "
-              "the ideal figures are off")
+        print(
+            f"      WARNING: {h['trace_dropped']:,} ops not recorded (RECORD_MAX): the ideal figures are off"
+        )
     events = report["node_cache_events"]
     if any(events.values()):
         parts = []
         for n, e in events.items():
             reads = e.get("hits", 0) + e.get("misses_capacity", 0) + e.get("misses_coherence", 0)
             parts.append(f"{n} {e.get('hits', 0) / reads:.1%}" if reads else f"{n} -")
-        print("  node counters: hit rate " + ", ".join(parts) + "; " + ", ".join(
-            f"{k} {sum(e.get(k, 0) for e in events.values()):,}"
-            for k in ("misses_coherence", "evictions", "invalidations", "lease_waits", "timeouts",
-                      "local_writes", "write_backs")))
+        print(
+            "  node counters: hit rate "
+            + ", ".join(parts)
+            + "; "
+            + ", ".join(
+                f"{k} {sum(e.get(k, 0) for e in events.values()):,}"
+                for k in (
+                    "misses_coherence",
+                    "evictions",
+                    "invalidations",
+                    "lease_waits",
+                    "timeouts",
+                    "local_writes",
+                    "write_backs",
+                )
+            )
+        )
     f = report["fanout"]
     if f is None or not f["count"]:
         print("       fanout: n/a" + (f" ({f['metric']}: no samples)" if f else ""))
     else:
-        print(f"       fanout: p50 {f['p50_ms']} ms (bucket <= {f['p50_bucket_ms']:g})  "
-              f"p99 {f['p99_ms']} ms (bucket <= {f['p99_bucket_ms']:g})  mean {f['mean_ms']} ms  "
-              f"({f['count']:,} writes, {f['metric']})")
+        print(
+            f"       fanout: p50 {f['p50_ms']} ms (bucket <= {f['p50_bucket_ms']:g})  "
+            f"p99 {f['p99_ms']} ms (bucket <= {f['p99_bucket_ms']:g})  mean {f['mean_ms']} ms  "
+            f"({f['count']:,} writes, {f['metric']})"
+        )

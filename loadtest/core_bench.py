@@ -64,8 +64,9 @@ def build_entries(workload: str, entries: int, owners: int, clients: int) -> lis
     for e in range(entries):
         requests = []
         if workload == "lock_batch":
-            requests = [_lock_batch(client_ids[c], next_id, c, range(c, owners, clients), e)
-                        for c in range(clients)]
+            requests = [
+                _lock_batch(client_ids[c], next_id, c, range(c, owners, clients), e) for c in range(clients)
+            ]
             log.append(encode_batch(1_000_000 + e, requests))
             continue
         for o in range(owners):
@@ -78,8 +79,11 @@ def build_entries(workload: str, entries: int, owners: int, clients: int) -> lis
             if workload == "lock":
                 owner = f"{client_ids[c]}/{o}"
                 resource = f"res-{owner}"
-                op = (Acquire(resource, "exclusive", owner, 10_000, 30_000) if e % 2 == 0
-                      else Release(resource, owner))
+                op = (
+                    Acquire(resource, "exclusive", owner, 10_000, 30_000)
+                    if e % 2 == 0
+                    else Release(resource, owner)
+                )
             elif workload == "produce":
                 op = Produce("bench", PAYLOAD)
             else:
@@ -95,15 +99,19 @@ def _lock_batch(client: str, next_id: list[int], c: int, owners: range, entry: i
     for o in owners:
         owner = f"{client}/{o}"
         resource = f"res-{owner}"
-        ops.append(Acquire(resource, "exclusive", owner, 10_000, 30_000) if entry % 2 == 0
-                   else Release(resource, owner))
+        ops.append(
+            Acquire(resource, "exclusive", owner, 10_000, 30_000)
+            if entry % 2 == 0
+            else Release(resource, owner)
+        )
     rid = next_id[c]
     next_id[c] += len(ops) + 1
     return encode(Request(client, rid, rid, LockBatch(ops)))
 
 
-def apply_entry(machine: GroupMachine, index: int, now_ms: int, requests: list[Request],
-                results: list[Any] | None) -> int:
+def apply_entry(
+    machine: GroupMachine, index: int, now_ms: int, requests: list[Request], results: list[Any] | None
+) -> int:
     """fabric/core/node.py ``_apply_entry``, less the answering of waiters; the results and notices
     go to ``results`` when given. Returns how many requests were left waiting."""
     waiting = 0
@@ -179,15 +187,23 @@ def profile(workload: str, log: list[bytes], top: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.core_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.core_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("workload", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--entries", type=int, default=2_000, help="log entries per round")
     parser.add_argument("--owners", type=int, default=64, help="requests per entry, one per owner")
     parser.add_argument("--clients", type=int, default=2, help="client ids the owners share")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also run one round under cProfile and print its top N functions")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run one round under cProfile and print its top N functions",
+    )
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
     workloads = args.workload or list(WORKLOADS)
@@ -204,9 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     for workload in workloads:
         result = report["workloads"][workload] = run_workload(workload, args)
         us = result["us_per_op"]
-        print(f"{workload:>8}: {us['total']:.2f} µs/op (decode {us['decode']:.2f} + apply "
-              f"{us['apply']:.2f}), {result['ops']:,} ops, errors {result['errors']}, "
-              f"results {result['results_sha256'][:16]}")
+        print(
+            f"{workload:>8}: {us['total']:.2f} µs/op (decode {us['decode']:.2f} + apply "
+            f"{us['apply']:.2f}), {result['ops']:,} ops, errors {result['errors']}, "
+            f"results {result['results_sha256'][:16]}"
+        )
     write_result(report, "core-" + "-".join(workloads), args.out)
 
 

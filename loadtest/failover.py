@@ -70,15 +70,20 @@ async def _rounds(cluster: LocalCluster, rounds: int) -> list[dict[str, Any]]:
                 around = [t for t in times if killed_at - 5 <= t <= killed_at + 30]
                 gaps = [b - a for a, b in itertools.pairwise(around) if b > killed_at]
                 stalls[shard] = max(gaps, default=0.0)
-            results.append({
-                "victim": victim,
-                "election_s": round(elected_at - killed_at, 3),
-                "max_write_stall_s": round(max(stalls.values()), 3),
-                "median_write_stall_s": round(statistics.median(stalls.values()), 3),
-            })
+            results.append(
+                {
+                    "victim": victim,
+                    "election_s": round(elected_at - killed_at, 3),
+                    "max_write_stall_s": round(max(stalls.values()), 3),
+                    "median_write_stall_s": round(statistics.median(stalls.values()), 3),
+                }
+            )
             last = results[-1]
-            print(f"round {len(results)}: killed {victim}; new control leader after "
-                  f"{last['election_s']} s; writes stalled at most {last['max_write_stall_s']} s", flush=True)
+            print(
+                f"round {len(results)}: killed {victim}; new control leader after "
+                f"{last['election_s']} s; writes stalled at most {last['max_write_stall_s']} s",
+                flush=True,
+            )
             await asyncio.to_thread(cluster.start, victim)
             await asyncio.to_thread(cluster.wait_ready)
         stop.set()

@@ -136,12 +136,12 @@ def _cycles(sock: zmq.Socket, clients: int, seconds: float) -> tuple[float, list
     while (now := time.perf_counter()) < end:
         answers = sock.recv()
         for offset in range(0, len(answers), REQUEST_BYTES):
-            caller = int.from_bytes(answers[offset:offset + 4], "big")
+            caller = int.from_bytes(answers[offset : offset + 4], "big")
             if second[caller]:
                 latencies.append(now - started[caller])
                 started[caller] = now
             second[caller] = not second[caller]
-            sock.send(answers[offset:offset + REQUEST_BYTES])
+            sock.send(answers[offset : offset + REQUEST_BYTES])
     return time.perf_counter() - began, latencies
 
 
@@ -151,8 +151,10 @@ def run(workload: str, fsync: bool, count: int, clients: int, seconds: float) ->
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="syncfab-floor-") as tmp:
         procs = [ctx.Process(target=_leader, args=(client_address, follower_address))]
-        procs += [ctx.Process(target=_follower, args=(follower_address, os.path.join(tmp, f"f{i}"), fsync))
-                  for i in (1, 2)]
+        procs += [
+            ctx.Process(target=_follower, args=(follower_address, os.path.join(tmp, f"f{i}"), fsync))
+            for i in (1, 2)
+        ]
         for p in procs:
             p.start()
         sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -184,8 +186,11 @@ def run(workload: str, fsync: bool, count: int, clients: int, seconds: float) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.floor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("workload", choices=["handoff", "cycles"])
     parser.add_argument("--fsync", choices=["on", "off"], default="on")
     parser.add_argument("--count", type=int, default=5_000, help="handoff: handoffs measured")
@@ -195,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     report = run(args.workload, args.fsync == "on", args.count, args.clients, args.seconds)
     unit = "handoffs" if args.workload == "handoff" else "cycles"
-    print(f"floor {args.workload} (fsync {report['fsync']}, {report['clients']} callers): "
-          f"{report['per_s']:,} {unit}/s  p50 {report['p50_ms']} ms  p95 {report['p95_ms']} ms  "
-          f"p99 {report['p99_ms']} ms  ({report['count']:,} {unit})")
+    print(
+        f"floor {args.workload} (fsync {report['fsync']}, {report['clients']} callers): "
+        f"{report['per_s']:,} {unit}/s  p50 {report['p50_ms']} ms  p95 {report['p95_ms']} ms  "
+        f"p99 {report['p99_ms']} ms  ({report['count']:,} {unit})"
+    )
     write_result(report, f"floor-{args.workload}", args.out)
 
 

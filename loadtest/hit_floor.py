@@ -68,8 +68,9 @@ def _server(address: str) -> None:
             sock.send_multipart([route, encode(answers)])
 
 
-def _callers(addresses: list[str], first: int, count: int, warmup_s: float, seconds: float,
-             out: mp.Queue) -> None:
+def _callers(
+    addresses: list[str], first: int, count: int, warmup_s: float, seconds: float, out: mp.Queue
+) -> None:
     import uvloop
 
     async def run() -> tuple[list[float], float]:
@@ -151,8 +152,11 @@ def run(clients: int, processes: int, warmup_s: float, seconds: float) -> dict[s
         s.start()
     per_proc = [clients // processes + (i < clients % processes) for i in range(processes)]
     queue: mp.Queue = ctx.Queue()
-    callers = [ctx.Process(target=_callers, args=(addresses, sum(per_proc[:i]), n, warmup_s, seconds, queue))
-               for i, n in enumerate(per_proc) if n]
+    callers = [
+        ctx.Process(target=_callers, args=(addresses, sum(per_proc[:i]), n, warmup_s, seconds, queue))
+        for i, n in enumerate(per_proc)
+        if n
+    ]
     try:
         for c in callers:
             c.start()
@@ -192,8 +196,11 @@ def run(clients: int, processes: int, warmup_s: float, seconds: float) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.hit_floor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.hit_floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--clients", type=int, default=64, help="closed-loop callers")
     parser.add_argument("--processes", type=int, default=2, help="client processes, as bench.py's")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -201,10 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
     report = run(args.clients, args.processes, args.warmup, args.seconds)
-    print(f"hit floor ({report['clients']} callers in {report['processes']} processes): "
-          f"{report['per_s']:,} reads/s  p50 {report['p50_ms']} ms  p95 {report['p95_ms']} ms  "
-          f"p99 {report['p99_ms']} ms  servers {report['server_cpu_s']} s CPU "
-          f"({report['server_cpu_us_per_op']} us/op), callers {report['caller_cpu_s']} s")
+    print(
+        f"hit floor ({report['clients']} callers in {report['processes']} processes): "
+        f"{report['per_s']:,} reads/s  p50 {report['p50_ms']} ms  p95 {report['p95_ms']} ms  "
+        f"p99 {report['p99_ms']} ms  servers {report['server_cpu_s']} s CPU "
+        f"({report['server_cpu_us_per_op']} us/op), callers {report['caller_cpu_s']} s"
+    )
     write_result(report, "hit_floor", args.out)
 
 

@@ -27,8 +27,9 @@ class KvUser(FastHttpUser):
 
     @task(2)
     def read(self) -> None:
-        with self.client.get(f"/kv/load-{random.randrange(10_000)}", name="/kv/{key} GET",
-                             catch_response=True) as response:
+        with self.client.get(
+            f"/kv/load-{random.randrange(10_000)}", name="/kv/{key} GET", catch_response=True
+        ) as response:
             if response.status_code in (200, 404):
                 response.success()
 
@@ -42,11 +43,17 @@ class LockUser(FastHttpUser):
     @task
     def cycle(self) -> None:
         resource = f"load-res-{self.owner}"
-        body = {"resource": resource, "mode": "exclusive", "client_id": self.owner, "wait_ms": 1000,
-                "ttl_ms": 30_000}
+        body = {
+            "resource": resource,
+            "mode": "exclusive",
+            "client_id": self.owner,
+            "wait_ms": 1000,
+            "ttl_ms": 30_000,
+        }
         self.client.post("/lock/acquire", json=body, name="/lock/acquire")
-        self.client.post("/lock/release", json={"resource": resource, "client_id": self.owner},
-                         name="/lock/release")
+        self.client.post(
+            "/lock/release", json={"resource": resource, "client_id": self.owner}, name="/lock/release"
+        )
 
 
 class QueueUser(FastHttpUser):
@@ -61,8 +68,9 @@ class QueueUser(FastHttpUser):
 
     @task(1)
     def consume_and_ack(self) -> None:
-        response = self.client.get(f"/queue/consume?queue=load&consumer={self.consumer}&max=10",
-                                   name="/queue/consume")
+        response = self.client.get(
+            f"/queue/consume?queue=load&consumer={self.consumer}&max=10", name="/queue/consume"
+        )
         if response.status_code != 200:
             return
         ids = [m["message_id"] for m in response.json()["messages"]]

@@ -43,8 +43,18 @@ def main(argv: list[str]) -> None:
     cluster.wait_ready(balanced=True)
     try:
         bench = subprocess.Popen(
-            [sys.executable, "-m", "loadtest.bench", *argv, "--target", ",".join(cluster.addresses),
-             "--seconds", "8", "--warmup", "1"],
+            [
+                sys.executable,
+                "-m",
+                "loadtest.bench",
+                *argv,
+                "--target",
+                ",".join(cluster.addresses),
+                "--seconds",
+                "8",
+                "--warmup",
+                "1",
+            ],
         )
         time.sleep(3)  # past the warm-up and the clients' start
         pids = cluster.pids()

@@ -219,8 +219,9 @@ class LmdbLogStore:
         }
         self._folded_seq = _index(folded) if folded is not None else 0
         self._fold_legacy_wal()
-        self._wal = WalFile(os.path.join(path, _WAL_DIR), after_seq=self._folded_seq, fsync=fsync,
-                            segment_bytes=segment_bytes)
+        self._wal = WalFile(
+            os.path.join(path, _WAL_DIR), after_seq=self._folded_seq, fsync=fsync, segment_bytes=segment_bytes
+        )
         # Whatever a previous run left is folded (and synced) before the old segments go.
         self._fold(0, [record for _, record in self._wal.recovered])
         self._wal.recovered = []
@@ -384,8 +385,9 @@ class LmdbLogStore:
             txn.drop(legacy, delete=True)
         self._logs.update(opened)
 
-    def _fold_into(self, txn: lmdb.Transaction, records: Iterable[bytes],
-                   opened: dict[int, lmdb._Database]) -> None:
+    def _fold_into(
+        self, txn: lmdb.Transaction, records: Iterable[bytes], opened: dict[int, lmdb._Database]
+    ) -> None:
         """Inside ``txn``: apply ``records`` to the group databases, in order."""
         logs: dict[int, _DbLog] = {}
         for record in records:

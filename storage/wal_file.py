@@ -89,8 +89,9 @@ def _segments_in(directory: str) -> list[tuple[int, str]]:
 
 
 class WalFile:
-    def __init__(self, directory: str, *, after_seq: int, fsync: bool = True,
-                 segment_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self, directory: str, *, after_seq: int, fsync: bool = True, segment_bytes: int = 16 << 20
+    ) -> None:
         """Open the log in ``directory``, reading every record past ``after_seq`` (the last one
         the caller has folded elsewhere) into ``recovered``. Nothing is written until ``start``."""
         os.makedirs(directory, exist_ok=True)
@@ -149,9 +150,7 @@ class WalFile:
         for seq, payload in records:
             checked = _CHECKED.pack(len(payload), segment.number, seq)
             frame_bytes = _HEADER.size + len(payload)
-            if segment.offset + chunk_bytes + frame_bytes > segment.capacity and (
-                chunk or segment.offset
-            ):
+            if segment.offset + chunk_bytes + frame_bytes > segment.capacity and (chunk or segment.offset):
                 self._write(segment, chunk, chunk_bytes, touched)
                 segment = self._roll(frame_bytes)
                 chunk, chunk_bytes = [], 0

@@ -16,9 +16,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Modules that do I/O, read a clock, or draw unseeded randomness.
 IMPURE = {
-    "aiohttp", "asyncio", "lmdb", "os", "prometheus_client", "select", "selectors", "signal",
-    "socket", "subprocess", "sys", "threading", "time", "urllib", "uvloop", "zmq", "datetime",
-    "multiprocessing", "shutil", "tempfile", "pathlib", "io",
+    "aiohttp",
+    "asyncio",
+    "lmdb",
+    "os",
+    "prometheus_client",
+    "select",
+    "selectors",
+    "signal",
+    "socket",
+    "subprocess",
+    "sys",
+    "threading",
+    "time",
+    "urllib",
+    "uvloop",
+    "zmq",
+    "datetime",
+    "multiprocessing",
+    "shutil",
+    "tempfile",
+    "pathlib",
+    "io",
 }
 # `random` is allowed only to name and build seeded generators: random.Random(seed).
 RANDOM_ALLOWED = {"Random"}
@@ -79,7 +98,10 @@ ALLOWED = {
     "fabric/core": ("syncfab.actors", "syncfab.fabric.core"),
     "fabric/client": ("syncfab.actors", "syncfab.fabric.core", "syncfab.fabric.client"),
     "fabric/server": (
-        "syncfab.actors", "syncfab.fabric.core", "syncfab.fabric.client", "syncfab.fabric.server",
+        "syncfab.actors",
+        "syncfab.fabric.core",
+        "syncfab.fabric.client",
+        "syncfab.fabric.server",
         "syncfab.storage",
     ),
     "storage": ("syncfab.actors", "syncfab.storage"),
@@ -91,9 +113,12 @@ def ours(path: Path) -> list[str]:
     skip = type_checking_lines(path)
     found = [m for m, n in imports(path) if m.startswith("syncfab") and n not in skip]
     # `from syncfab.fabric import x` imports the module syncfab.fabric.x
-    found += [f"{node.module}.{a.name}" for node in ast.walk(ast.parse(path.read_text()))
-              if isinstance(node, ast.ImportFrom) and node.module in ("syncfab", "syncfab.fabric")
-              for a in node.names]
+    found += [
+        f"{node.module}.{a.name}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module in ("syncfab", "syncfab.fabric")
+        for a in node.names
+    ]
     return found
 
 
@@ -102,6 +127,9 @@ def test_each_folder_imports_only_the_layers_below(folder: str) -> None:
     bad = []
     for path in sorted((ROOT / folder).glob("*.py")):
         allowed = ALLOWED[folder] + (("syncfab.gateway",) if path == COMPOSITION_ROOT else ())
-        bad += [f"{path.relative_to(ROOT)}: {m}" for m in ours(path)
-                if m not in ("syncfab", "syncfab.fabric") and not m.startswith(allowed)]
+        bad += [
+            f"{path.relative_to(ROOT)}: {m}"
+            for m in ours(path)
+            if m not in ("syncfab", "syncfab.fabric") and not m.startswith(allowed)
+        ]
     assert not bad, bad

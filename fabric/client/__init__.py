@@ -14,5 +14,15 @@ from syncfab.fabric.client.zmq_client import (
     VersionMismatch,
 )
 
-__all__ = ["AsyncClient", "CacheWriteResult", "CachedValue", "Client", "Deadlock", "Grant", "LockTimeout",
-           "NotFound", "SyncfabError", "VersionMismatch"]
+__all__ = [
+    "AsyncClient",
+    "CacheWriteResult",
+    "CachedValue",
+    "Client",
+    "Deadlock",
+    "Grant",
+    "LockTimeout",
+    "NotFound",
+    "SyncfabError",
+    "VersionMismatch",
+]

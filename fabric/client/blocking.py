@@ -57,8 +57,9 @@ class Client:
         return _Blocking(self._async.cache, self._run)
 
     @contextlib.contextmanager
-    def lock(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
-             ttl_ms: int | None = None) -> Iterator[Grant]:
+    def lock(
+        self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0, ttl_ms: int | None = None
+    ) -> Iterator[Grant]:
         grant = self._run(self._async.acquire(resource, mode, wait_ms=wait_ms, ttl_ms=ttl_ms))
         try:
             yield grant

@@ -58,8 +58,15 @@ class ClientCache:
         found = self._client._value(await self._client.call_at(self.node, CacheRead(key)))
         return CachedValue(found["key"], found["value"], found["version"], found["state"], found["hit"])
 
-    async def write(self, key: str, value: Any, *, policy: str = WRITE_THROUGH, ttl_ms: int | None = None,
-                    expected_version: int | None = None) -> CacheWriteResult:
+    async def write(
+        self,
+        key: str,
+        value: Any,
+        *,
+        policy: str = WRITE_THROUGH,
+        ttl_ms: int | None = None,
+        expected_version: int | None = None,
+    ) -> CacheWriteResult:
         """``expected_version`` makes it a compare-and-set (0: the key must not exist); raises
         VersionMismatch (``.detail["version"]``) if memory moved on."""
         op = CacheWrite(key, msgspec.Raw(_encode(value)), policy, ttl_ms, expected_version)

@@ -69,9 +69,9 @@ async def produce_batch(call: Call, shard_count: int, queue: str, messages: list
             shard = spread[n % shard_count]
         by_shard.setdefault(shard, []).append(n)
     shards = sorted(by_shard)
-    results = await asyncio.gather(*(
-        call(OnShard(s, ProduceBatch(queue, [messages[n] for n in by_shard[s]]))) for s in shards
-    ))
+    results = await asyncio.gather(
+        *(call(OnShard(s, ProduceBatch(queue, [messages[n] for n in by_shard[s]]))) for s in shards)
+    )
     ids: list[str | None] = [None] * len(messages)
     for shard, result in zip(shards, results, strict=True):
         if isinstance(result, Err):
@@ -81,8 +81,15 @@ async def produce_batch(call: Call, shard_count: int, queue: str, messages: list
     return Ok({"message_ids": ids})
 
 
-async def consume(call: Call, shard_count: int, queue: str, consumer: str, max_messages: int,
-                  visibility_ms: int | None, wait_ms: int) -> Result:
+async def consume(
+    call: Call,
+    shard_count: int,
+    queue: str,
+    consumer: str,
+    max_messages: int,
+    visibility_ms: int | None,
+    wait_ms: int,
+) -> Result:
     """Up to ``max_messages`` from the shards in rotating order; if all are empty and
     ``wait_ms`` > 0, long-poll every shard and take the first that has something."""
     order = shard_order(shard_count)
@@ -144,8 +151,18 @@ async def settle(call: Call, queue: str, message_ids: list[str], nack: bool = Fa
     return Ok(total)
 
 
-_SUMMED = ("depth", "visible", "in_flight", "dlq_depth", "produced", "delivered", "acked",
-           "redelivered", "dead_lettered", "expired")
+_SUMMED = (
+    "depth",
+    "visible",
+    "in_flight",
+    "dlq_depth",
+    "produced",
+    "delivered",
+    "acked",
+    "redelivered",
+    "dead_lettered",
+    "expired",
+)
 
 
 async def stats(call: Call, shard_count: int, queue: str) -> Result:
@@ -168,4 +185,3 @@ async def configure(call: Call, shard_count: int, settings: ConfigureQueue) -> R
         if isinstance(result, Err):
             return result
     return results[0]
-

@@ -41,9 +41,15 @@ def _op_bytes(item: tuple[Acquire | Release, asyncio.Future[Any]]) -> int:
 class RequestSlots:
     """What the batcher needs of a client: request ids, and futures for replies to them."""
 
-    def __init__(self, call: Callable[[Any, int], Awaitable[Any]], reserve: Callable[[int], int],
-                 expect: Callable[[int], asyncio.Future[Any]], forget: Callable[[int], None],
-                 wake: Callable[[], None], attempt_timeout_s: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        call: Callable[[Any, int], Awaitable[Any]],
+        reserve: Callable[[int], int],
+        expect: Callable[[int], asyncio.Future[Any]],
+        forget: Callable[[int], None],
+        wake: Callable[[], None],
+        attempt_timeout_s: Callable[[], float],
+    ) -> None:
         # (op, request id) -> its result, with the client's retries; the request is queued at
         # once, so a batch leaves with the client's next send, not a loop iteration later.
         self.call = call
@@ -110,7 +116,8 @@ class LockBatcher:
             waits.reply.cancel()
 
         timer = asyncio.get_running_loop().call_later(
-            getattr(waits.op, "wait_ms", 0) / 1000 + slots.attempt_timeout_s(), give_up)
+            getattr(waits.op, "wait_ms", 0) / 1000 + slots.attempt_timeout_s(), give_up
+        )
         try:
             result = await waits.reply
         except asyncio.CancelledError:
@@ -162,8 +169,13 @@ class LockBatcher:
         answer = slots.call(LockBatch([op for op, _ in batch]), first)
         self._spawn(self._answer(batch, first, replies, answer))
 
-    async def _answer(self, batch: list[tuple[Acquire | Release, asyncio.Future[Any]]], first: int,
-                      replies: list[asyncio.Future[Any]], call: Awaitable[Any]) -> None:
+    async def _answer(
+        self,
+        batch: list[tuple[Acquire | Release, asyncio.Future[Any]]],
+        first: int,
+        replies: list[asyncio.Future[Any]],
+        call: Awaitable[Any],
+    ) -> None:
         slots = self._slots
         try:
             result = await call
@@ -177,8 +189,11 @@ class LockBatcher:
             for k, (_, caller) in enumerate(batch):
                 slots.forget(first + 1 + k)
                 if not caller.done():
-                    caller.set_result(result if isinstance(result, Err) else
-                                      Err("bad_reply", f"a batch of {len(batch)} answered {result!r}"))
+                    caller.set_result(
+                        result
+                        if isinstance(result, Err)
+                        else Err("bad_reply", f"a batch of {len(batch)} answered {result!r}")
+                    )
             return
         for k, ((op, caller), answer) in enumerate(zip(batch, result.results, strict=True)):
             rid = first + 1 + k

@@ -135,8 +135,9 @@ class LockSession:
 class HeldLock:
     """``async with client.lock(resource) as grant`` — released on the way out."""
 
-    def __init__(self, session: LockSession, resource: str, mode: str, wait_ms: int,
-                 ttl_ms: int | None) -> None:
+    def __init__(
+        self, session: LockSession, resource: str, mode: str, wait_ms: int, ttl_ms: int | None
+    ) -> None:
         self._session, self._args = session, (resource, mode, wait_ms, ttl_ms)
         self.grant: Grant | None = None
 

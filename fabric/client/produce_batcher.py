@@ -130,8 +130,11 @@ class ProduceBatcher:
         duplicates = set(result.value.get("duplicates", ()))
         for n, (p, message_id) in enumerate(zip(batch, ids, strict=True)):
             if not p.future.done():
-                value = {"message_id": message_id, "duplicate": True} if n in duplicates \
+                value = (
+                    {"message_id": message_id, "duplicate": True}
+                    if n in duplicates
                     else {"message_id": message_id}
+                )
                 p.future.set_result(Ok(value))
 
 

@@ -44,8 +44,17 @@ from syncfab.fabric.client.produce_batcher import ProduceBatcher
 from syncfab.fabric.core.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
 from syncfab.fabric.core.routing import group_for, wait_of
 
-__all__ = ["AsyncClient", "CacheWriteResult", "CachedValue", "Deadlock", "Grant", "LockTimeout",
-           "NotFound", "SyncfabError", "VersionMismatch"]
+__all__ = [
+    "AsyncClient",
+    "CacheWriteResult",
+    "CachedValue",
+    "Deadlock",
+    "Grant",
+    "LockTimeout",
+    "NotFound",
+    "SyncfabError",
+    "VersionMismatch",
+]
 
 _MISSING: Any = object()
 # Plain ints: pyzmq's enum members cost a conversion on every call.
@@ -128,10 +137,16 @@ class AsyncClient:
         # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
         self.cache = ClientCache(self, cache_node or self.seeds[0])
         self._produces = ProduceBatcher(self.call, self._shards)
-        self._lock_ops = LockBatcher(RequestSlots(
-            self._call_as, self.ids.reserve, self._expect, self._forget, self._schedule_flush,
-            lambda: self.attempt_timeout_s,
-        ))
+        self._lock_ops = LockBatcher(
+            RequestSlots(
+                self._call_as,
+                self.ids.reserve,
+                self._expect,
+                self._forget,
+                self._schedule_flush,
+                lambda: self.attempt_timeout_s,
+            )
+        )
         self._rotation = itertools.count()
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,8 +211,9 @@ class AsyncClient:
 
     # -- locks (group 0); a lease session keeps this client's locks alive -------------------
 
-    async def acquire(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
-                      ttl_ms: int | None = None) -> Grant:
+    async def acquire(
+        self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0, ttl_ms: int | None = None
+    ) -> Grant:
         """Take a lock; raises LockTimeout, Deadlock (``.detail["cycle"]``) or SyncfabError."""
         return await self.locks.acquire(resource, mode, wait_ms, ttl_ms)
 
@@ -208,8 +224,9 @@ class AsyncClient:
         """Extend this client's lease now; returns when it expires (cluster wall clock, ms)."""
         return await self.locks.renew(ttl_ms)
 
-    def lock(self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0,
-             ttl_ms: int | None = None) -> HeldLock:
+    def lock(
+        self, resource: str, mode: str = "exclusive", *, wait_ms: int = 0, ttl_ms: int | None = None
+    ) -> HeldLock:
         """``async with client.lock("orders/42", wait_ms=5000) as grant: ...grant.fencing_token``"""
         return HeldLock(self.locks, resource, mode, wait_ms, ttl_ms)
 
@@ -218,8 +235,15 @@ class AsyncClient:
 
     # -- queues (every shard holds a slice of every queue) ---------------------------------
 
-    async def produce(self, queue: str, data: Any, *, key: str | None = None,
-                      headers: dict[str, str] | None = None, dedup_id: str | None = None) -> str:
+    async def produce(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        dedup_id: str | None = None,
+    ) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
         Concurrent calls share requests on the wire (fabric/client/produce_batcher.py)."""
         result = await self._produces.submit(queue, NewMessage(data, key, headers, dedup_id))
@@ -230,19 +254,34 @@ class AsyncClient:
         result = await fanout.produce_batch(self.call, self._shards(), queue, batch)
         return self._value(result)["message_ids"]
 
-    async def consume(self, queue: str, consumer: str | None = None, *, max: int = 1,
-                      visibility_ms: int | None = None, wait_ms: int = 0) -> list[dict[str, Any]]:
-        result = await fanout.consume(self.call, self._shards(), queue, consumer or self.client_id,
-                                      max, visibility_ms, wait_ms)
+    async def consume(
+        self,
+        queue: str,
+        consumer: str | None = None,
+        *,
+        max: int = 1,
+        visibility_ms: int | None = None,
+        wait_ms: int = 0,
+    ) -> list[dict[str, Any]]:
+        result = await fanout.consume(
+            self.call, self._shards(), queue, consumer or self.client_id, max, visibility_ms, wait_ms
+        )
         return self._value(result)["messages"]
 
-    async def messages(self, queue: str, consumer: str | None = None, *, max: int = 16,
-                       visibility_ms: int | None = None,
-                       wait_ms: int = 1_000) -> AsyncIterator[dict[str, Any]]:
+    async def messages(
+        self,
+        queue: str,
+        consumer: str | None = None,
+        *,
+        max: int = 16,
+        visibility_ms: int | None = None,
+        wait_ms: int = 1_000,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Every message, as it comes (long polling); ack each one you are done with."""
         while True:
-            for message in await self.consume(queue, consumer, max=max, visibility_ms=visibility_ms,
-                                              wait_ms=wait_ms):
+            for message in await self.consume(
+                queue, consumer, max=max, visibility_ms=visibility_ms, wait_ms=wait_ms
+            ):
                 yield message
 
     async def ack(self, queue: str, message_ids: Sequence[str]) -> int:
@@ -302,8 +341,9 @@ class AsyncClient:
         fut = self._attempt(rid, raw, target, deadline, attempt_timeout_s)
         return self._answer(rid, raw, group, target, fut, deadline, attempt_timeout_s)
 
-    def _attempt(self, rid: int, raw: bytes, target: str, deadline: float,
-                 attempt_timeout_s: float) -> asyncio.Future[Any]:
+    def _attempt(
+        self, rid: int, raw: bytes, target: str, deadline: float, attempt_timeout_s: float
+    ) -> asyncio.Future[Any]:
         loop = self._loop
         assert loop is not None
         fut: asyncio.Future[Any] = loop.create_future()
@@ -314,8 +354,16 @@ class AsyncClient:
         self._schedule_sweep()
         return fut
 
-    async def _answer(self, rid: int, raw: bytes, group: int | None, target: str,
-                      fut: asyncio.Future[Any], deadline: float, attempt_timeout_s: float) -> Any:
+    async def _answer(
+        self,
+        rid: int,
+        raw: bytes,
+        group: int | None,
+        target: str,
+        fut: asyncio.Future[Any],
+        deadline: float,
+        attempt_timeout_s: float,
+    ) -> Any:
         """Until answered with something other than a retryable error, the deadline passes, or
         tries run out; ``fut`` is the first attempt's."""
         loop = self._loop

@@ -70,8 +70,19 @@ ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete | CacheSha
 LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo | LockBatch
 # The cache ops a node's near cache serves itself (CacheWrite and CacheDelete are logged too).
 NearOp = CacheRead | CacheInvalidate | CacheStats
-Op = (Put | Get | Delete | ClusterInfo | OnShard | LockOp | QueueCommand | QueueQuery | QueueLocal
-      | CacheShardOp | NearOp)
+Op = (
+    Put
+    | Get
+    | Delete
+    | ClusterInfo
+    | OnShard
+    | LockOp
+    | QueueCommand
+    | QueueQuery
+    | QueueLocal
+    | CacheShardOp
+    | NearOp
+)
 
 
 class Request(msgspec.Struct, frozen=True, tag="rq", array_like=True):
@@ -110,10 +121,18 @@ class _DecodedReplies(msgspec.Struct, frozen=True, tag="rps", array_like=True):
     items: list[Reply]
 
 
-CacheMessage = (CacheStream | CacheFetch | CacheWriteReq | CacheDropReq | CacheWriteBackReq | CacheAck
-                | CacheRecalled)
-CACHE_MESSAGES = (CacheStream, CacheFetch, CacheWriteReq, CacheDropReq, CacheWriteBackReq, CacheAck,
-                  CacheRecalled)
+CacheMessage = (
+    CacheStream | CacheFetch | CacheWriteReq | CacheDropReq | CacheWriteBackReq | CacheAck | CacheRecalled
+)
+CACHE_MESSAGES = (
+    CacheStream,
+    CacheFetch,
+    CacheWriteReq,
+    CacheDropReq,
+    CacheWriteBackReq,
+    CacheAck,
+    CacheRecalled,
+)
 PeerMessage = RaftMessage | Beat | Forward | ForwardReply | CacheMessage
 
 

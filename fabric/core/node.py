@@ -104,8 +104,11 @@ class NodeCore:
         for gid in self.placement.groups_of(node_id):
             disk = stored.get(gid)
             raft = RaftCore(
-                node_id, self.placement.replicas(gid), rng=random.Random(rng.getrandbits(64)),
-                now_ms=now_ms, config=cfg.raft,
+                node_id,
+                self.placement.replicas(gid),
+                rng=random.Random(rng.getrandbits(64)),
+                now_ms=now_ms,
+                config=cfg.raft,
                 hard_state=disk.hard_state if disk else None,
                 snapshot=disk.snapshot if disk else None,
                 entries=disk.entries if disk else (),
@@ -129,8 +132,15 @@ class NodeCore:
         self._next_balance = now_ms + cfg.balance_interval_ms
         self._read_context = 0
         self.counters: dict[str, int] = dict.fromkeys(
-            ("forwarded", "rejected_busy", "bad_peer_messages", "snapshots_taken", "snapshots_installed",
-             "leader_transfers"), 0
+            (
+                "forwarded",
+                "rejected_busy",
+                "bad_peer_messages",
+                "snapshots_taken",
+                "snapshots_installed",
+                "leader_transfers",
+            ),
+            0,
         )
 
     def _machine_for(self, group: int) -> GroupMachine:
@@ -439,8 +449,9 @@ class NodeCore:
         known = self._remote_leaders.get(gid)
         return known[1] if known else None
 
-    def _reply(self, origin: str | None, route: bytes, request_id: int, result: Result | Answers,
-               leader: str | None) -> None:
+    def _reply(
+        self, origin: str | None, route: bytes, request_id: int, result: Result | Answers, leader: str | None
+    ) -> None:
         data = encode(Reply(request_id, result, leader))
         if origin is None:
             self._flush.replies.append((route, data))
@@ -526,7 +537,8 @@ class NodeCore:
         return group_status(self)
 
 
-def _route(out: dict[str, list[tuple[int, PeerMessage]]], gid: int,
-           messages: list[tuple[str, RaftMessage]]) -> None:
+def _route(
+    out: dict[str, list[tuple[int, PeerMessage]]], gid: int, messages: list[tuple[str, RaftMessage]]
+) -> None:
     for peer, msg in messages:
         out.setdefault(peer, []).append((gid, msg))

@@ -31,6 +31,7 @@ def cluster_view(core: NodeCore) -> dict[str, Any]:
         ],
     }
 
+
 def group_status(core: NodeCore) -> list[dict[str, Any]]:
     return [
         {

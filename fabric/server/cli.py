@@ -27,17 +27,25 @@ def main(argv: list[str] | None = None) -> int:
 
     node = sub.add_parser("node", help="run one node")
     add_node_arguments(node)
-    node.add_argument("--bind", default=os.environ.get("SYNCFAB_BIND"),
-                      help="interface to bind instead of the --peers host, e.g. 0.0.0.0 (env SYNCFAB_BIND)")
+    node.add_argument(
+        "--bind",
+        default=os.environ.get("SYNCFAB_BIND"),
+        help="interface to bind instead of the --peers host, e.g. 0.0.0.0 (env SYNCFAB_BIND)",
+    )
 
     cluster = sub.add_parser("cluster", help="run a local cluster of child processes")
     cluster.add_argument("--nodes", type=int, default=3)
     cluster.add_argument("--data-dir", default="syncfab-data")
     cluster.add_argument("--host", default="127.0.0.1")
-    cluster.add_argument("--base-port", type=int, default=7101,
-                         help="node i's ROUTER is base + 100*(i-1); its PUB the port after")
-    cluster.add_argument("--http-base-port", type=int, default=8101,
-                         help="node i's gateway listens on this + 100*(i-1)")
+    cluster.add_argument(
+        "--base-port",
+        type=int,
+        default=7101,
+        help="node i's ROUTER is base + 100*(i-1); its PUB the port after",
+    )
+    cluster.add_argument(
+        "--http-base-port", type=int, default=8101, help="node i's gateway listens on this + 100*(i-1)"
+    )
     cluster.add_argument("--fsync", choices=["on", "off"], default="on")
     cluster.add_argument("--shards", type=int, default=8)
 
@@ -138,8 +146,13 @@ def run_cluster(args: argparse.Namespace) -> int:
     if len(set(used)) != len(used):
         raise ConfigError("--base-port and --http-base-port give overlapping ports")
     cluster = LocalCluster(
-        size=n, data_dir=args.data_dir, host=args.host, peer_ports=peer_ports, http_ports=http_ports,
-        extra_args=["--fsync", args.fsync, "--shards", str(args.shards)], log_to_files=False,
+        size=n,
+        data_dir=args.data_dir,
+        host=args.host,
+        peer_ports=peer_ports,
+        http_ports=http_ports,
+        extra_args=["--fsync", args.fsync, "--shards", str(args.shards)],
+        log_to_files=False,
         log_level="info",
     )
     stopping = False
@@ -159,8 +172,10 @@ def run_cluster(args: argparse.Namespace) -> int:
     if not stopping:
         for m in ids:
             print(f"{m}: {cluster.url(m)}  (data {os.path.join(args.data_dir, m)})", flush=True)
-        print(f"syncfab cluster of {n} up. Try: curl -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
-              flush=True)
+        print(
+            f"syncfab cluster of {n} up. Try: curl -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
+            flush=True,
+        )
         if pending:
             print(f"warning: not answering yet: {', '.join(sorted(pending))}", flush=True)
     reported: set[str] = set()

@@ -87,38 +87,70 @@ _CACHE = CacheConfig()
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--id", default=env(_ENV["id"]), help="this node's id (env SYNCFAB_ID)")
-    parser.add_argument("--peers", default=env(_ENV["peers"]),
-                        help="every member as id=host:port, this node included (env SYNCFAB_PEERS)")
-    parser.add_argument("--http", default=env(_ENV["http"]),
-                        help="host:port of the HTTP gateway; omit for none (env SYNCFAB_HTTP)")
-    parser.add_argument("--data-dir", default=env(_ENV["data_dir"]),
-                        help="where the write-ahead log and the LMDB store live (env SYNCFAB_DATA_DIR)")
-    parser.add_argument("--fsync", choices=["on", "off"], default=env(_ENV["fsync"], "on"),
-                        help="off risks losing acknowledged writes on power loss (env SYNCFAB_FSYNC)")
-    parser.add_argument("--shards", type=int, default=int(env(_ENV["shards"], "8")),
-                        help="shard groups; fixed when the cluster is created (env SYNCFAB_SHARDS)")
-    parser.add_argument("--election-timeout-ms", type=int,
-                        default=int(env(_ENV["election_timeout_ms"], "500")))
+    parser.add_argument(
+        "--peers",
+        default=env(_ENV["peers"]),
+        help="every member as id=host:port, this node included (env SYNCFAB_PEERS)",
+    )
+    parser.add_argument(
+        "--http",
+        default=env(_ENV["http"]),
+        help="host:port of the HTTP gateway; omit for none (env SYNCFAB_HTTP)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env(_ENV["data_dir"]),
+        help="where the write-ahead log and the LMDB store live (env SYNCFAB_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["on", "off"],
+        default=env(_ENV["fsync"], "on"),
+        help="off risks losing acknowledged writes on power loss (env SYNCFAB_FSYNC)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=int(env(_ENV["shards"], "8")),
+        help="shard groups; fixed when the cluster is created (env SYNCFAB_SHARDS)",
+    )
+    parser.add_argument(
+        "--election-timeout-ms", type=int, default=int(env(_ENV["election_timeout_ms"], "500"))
+    )
     parser.add_argument("--heartbeat-ms", type=int, default=int(env(_ENV["heartbeat_ms"], "100")))
-    parser.add_argument("--snapshot-entries", type=int,
-                        default=int(env(_ENV["snapshot_entries"], "20000")),
-                        help="entries applied between snapshots (env SYNCFAB_SNAPSHOT_ENTRIES)")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=int(env(_ENV["snapshot_entries"], "20000")),
+        help="entries applied between snapshots (env SYNCFAB_SNAPSHOT_ENTRIES)",
+    )
     parser.add_argument("--log-level", default=env(_ENV["log_level"], "info"))
-    parser.add_argument("--cache-lines", type=int,
-                        default=int(env(_ENV["cache_lines"], str(_CACHE.lines_max))),
-                        help="lines this node's cache holds at most (env SYNCFAB_CACHE_LINES)")
-    parser.add_argument("--cache-bytes", type=int,
-                        default=int(env(_ENV["cache_bytes"], str(_CACHE.bytes_max))),
-                        help="bytes of keys and values this node's cache holds at most "
-                             "(env SYNCFAB_CACHE_BYTES)")
-    parser.add_argument("--cache-lease-ms", type=int,
-                        default=int(env(_ENV["cache_lease_ms"], str(_CACHE.lease_ms))),
-                        help="how long a node serves cached lines without word from their home; a new "
-                             "home waits this long before it serves (env SYNCFAB_CACHE_LEASE_MS)")
-    parser.add_argument("--cache-flush-ms", type=int,
-                        default=int(env(_ENV["cache_flush_ms"], str(_CACHE.flush_ms))),
-                        help="a write_back line goes home at most this long after it was written "
-                             "(env SYNCFAB_CACHE_FLUSH_MS)")
+    parser.add_argument(
+        "--cache-lines",
+        type=int,
+        default=int(env(_ENV["cache_lines"], str(_CACHE.lines_max))),
+        help="lines this node's cache holds at most (env SYNCFAB_CACHE_LINES)",
+    )
+    parser.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=int(env(_ENV["cache_bytes"], str(_CACHE.bytes_max))),
+        help="bytes of keys and values this node's cache holds at most (env SYNCFAB_CACHE_BYTES)",
+    )
+    parser.add_argument(
+        "--cache-lease-ms",
+        type=int,
+        default=int(env(_ENV["cache_lease_ms"], str(_CACHE.lease_ms))),
+        help="how long a node serves cached lines without word from their home; a new "
+        "home waits this long before it serves (env SYNCFAB_CACHE_LEASE_MS)",
+    )
+    parser.add_argument(
+        "--cache-flush-ms",
+        type=int,
+        default=int(env(_ENV["cache_flush_ms"], str(_CACHE.flush_ms))),
+        help="a write_back line goes home at most this long after it was written "
+        "(env SYNCFAB_CACHE_FLUSH_MS)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -140,10 +172,19 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     for flag in ("cache_lines", "cache_bytes", "cache_lease_ms", "cache_flush_ms"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-    cache = CacheConfig(lines_max=args.cache_lines, bytes_max=args.cache_bytes, lease_ms=args.cache_lease_ms,
-                        flush_ms=args.cache_flush_ms)
-    core = NodeConfig(shard_count=args.shards, raft=raft, snapshot_entries=max(args.snapshot_entries, 1),
-                      snapshot_keep_entries=keep, cache=cache)
+    cache = CacheConfig(
+        lines_max=args.cache_lines,
+        bytes_max=args.cache_bytes,
+        lease_ms=args.cache_lease_ms,
+        flush_ms=args.cache_flush_ms,
+    )
+    core = NodeConfig(
+        shard_count=args.shards,
+        raft=raft,
+        snapshot_entries=max(args.snapshot_entries, 1),
+        snapshot_keep_entries=keep,
+        cache=cache,
+    )
     return NodeSettings(
         node_id=args.id,
         peers=peers,

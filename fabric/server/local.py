@@ -79,9 +79,20 @@ class LocalCluster:
         for n in [node] if node else self.ids:
             assert self.data_dir is not None
             cmd = [
-                sys.executable, "-m", "syncfab.fabric.server.cli", "node", "--id", n, "--peers", self.peers,
-                "--http", f"{self.host}:{self.http_ports[n]}",
-                "--data-dir", os.path.join(self.data_dir, n), "--log-level", self.log_level,
+                sys.executable,
+                "-m",
+                "syncfab.fabric.server.cli",
+                "node",
+                "--id",
+                n,
+                "--peers",
+                self.peers,
+                "--http",
+                f"{self.host}:{self.http_ports[n]}",
+                "--data-dir",
+                os.path.join(self.data_dir, n),
+                "--log-level",
+                self.log_level,
                 *self.extra_args,
             ]
             os.makedirs(self.data_dir, exist_ok=True)
@@ -125,8 +136,9 @@ class LocalCluster:
         with urllib.request.urlopen(self.url(node) + path, timeout=timeout_s) as response:
             return json.loads(response.read())
 
-    def wait_ready(self, timeout_s: float = 30.0, nodes: list[str] | None = None, *,
-                   balanced: bool = False) -> None:
+    def wait_ready(
+        self, timeout_s: float = 30.0, nodes: list[str] | None = None, *, balanced: bool = False
+    ) -> None:
         """Until every node answers and every group has a leader every node agrees on (and,
         if ``balanced``, every shard is led by its preferred leader, as benchmarks want)."""
         deadline = time.monotonic() + timeout_s
@@ -137,10 +149,12 @@ class LocalCluster:
                 views = [self.get_json(n, "/cluster") for n in nodes]
                 leaders = [(v["leader"], tuple(s["leader"] for s in v["shards"])) for v in views]
                 live = set(nodes)
-                if all(
-                    lead in live and all(s in live for s in shards) for lead, shards in leaders
-                ) and len(set(leaders)) == 1 and (
-                    not balanced or all(s["leader"] == s["preferred_leader"] for s in views[0]["shards"])
+                if (
+                    all(lead in live and all(s in live for s in shards) for lead, shards in leaders)
+                    and len(set(leaders)) == 1
+                    and (
+                        not balanced or all(s["leader"] == s["preferred_leader"] for s in views[0]["shards"])
+                    )
                 ):
                     return
             except OSError as e:

@@ -26,30 +26,41 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
-            "syncfab_http_requests", "HTTP requests by endpoint and status",
-            ["endpoint", "method", "status"], registry=r,
+            "syncfab_http_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "method", "status"],
+            registry=r,
         )
         self.http_latency = Histogram(
-            "syncfab_http_request_seconds", "HTTP request latency", ["endpoint", "method"],
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            "syncfab_http_request_seconds",
+            "HTTP request latency",
+            ["endpoint", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.bad_frames = Counter(
             "syncfab_bad_frames", "Frames on a ZeroMQ socket that were not our protocol", registry=r
         )
         self.disk_write_seconds = Histogram(
-            "syncfab_disk_write_seconds", "One turn's group-commit write, fsync included",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            "syncfab_disk_write_seconds",
+            "One turn's group-commit write, fsync included",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.wal_fold_seconds = Histogram(
-            "syncfab_wal_fold_seconds", "One fold of the WAL into the LMDB store (its own thread)",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            "syncfab_wal_fold_seconds",
+            "One fold of the WAL into the LMDB store (its own thread)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         # Fed at scrape time from what the homes measured (fabric/core/node_cache.py), so it is not
         # in the registry: the core collector yields it after draining them.
         self.cache_fanout_seconds = Histogram(
             "syncfab_cache_fanout_seconds",
             "A cache write accepted at its home until the last holder acknowledged its invalidation "
-            "(milliseconds resolution)", buckets=LATENCY_BUCKETS_S, registry=None,
+            "(milliseconds resolution)",
+            buckets=LATENCY_BUCKETS_S,
+            registry=None,
         )
         r.register(_CoreCollector(runtime))
 
@@ -61,8 +72,7 @@ class _CoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
         # Counted in a plain int: a prometheus Counter takes a lock on every turn.
-        yield CounterMetricFamily("syncfab_turns", "Runtime loop turns", value=rt.turns,
-                                  created=rt.created_s)
+        yield CounterMetricFamily("syncfab_turns", "Runtime loop turns", value=rt.turns, created=rt.created_s)
         core = getattr(rt, "core", None)
         if core is None:
             return
@@ -71,11 +81,13 @@ class _CoreCollector(Collector):
         applied = GaugeMetricFamily("syncfab_raft_applied_index", "Raft applied index", labels=["group"])
         last = GaugeMetricFamily("syncfab_raft_last_index", "Last log index", labels=["group"])
         leader = GaugeMetricFamily(
-            "syncfab_raft_leader", "1 for the node this node believes leads the group",
+            "syncfab_raft_leader",
+            "1 for the node this node believes leads the group",
             labels=["group", "leader"],
         )
-        is_leader = GaugeMetricFamily("syncfab_raft_is_leader", "1 if this node leads the group",
-                                      labels=["group"])
+        is_leader = GaugeMetricFamily(
+            "syncfab_raft_is_leader", "1 if this node leads the group", labels=["group"]
+        )
         for g in core.group_status():
             gid = str(g["group"])
             term.add_metric([gid], g["term"])
@@ -86,8 +98,7 @@ class _CoreCollector(Collector):
             is_leader.add_metric([gid], 1 if g["role"] == "leader" else 0)
         yield from (term, commit, applied, last, leader, is_leader)
 
-        alive = GaugeMetricFamily("syncfab_member_alive", "Phi-accrual verdict per member",
-                                  labels=["member"])
+        alive = GaugeMetricFamily("syncfab_member_alive", "Phi-accrual verdict per member", labels=["member"])
         for member in core.cluster_view()["members"]:
             alive.add_metric([member["id"]], 1 if member["alive"] else 0)
         yield alive
@@ -103,14 +114,19 @@ class _CoreCollector(Collector):
         yield from _queue_metrics(core)
         yield from _cache_metrics(core, rt.metrics.cache_fanout_seconds)
 
-        size = GaugeMetricFamily("syncfab_storage_bytes",
-                                 "bytes of durable log in use: LMDB pages plus unfolded WAL records")
+        size = GaugeMetricFamily(
+            "syncfab_storage_bytes", "bytes of durable log in use: LMDB pages plus unfolded WAL records"
+        )
         size.add_metric([], rt.store.size_bytes())
         yield size
-        yield GaugeMetricFamily("syncfab_wal_records", "WAL records not folded into the LMDB store yet",
-                                value=rt.store.wal_records())
-        yield GaugeMetricFamily("syncfab_wal_bytes", "Bytes of WAL records not folded yet",
-                                value=rt.store.wal_bytes())
+        yield GaugeMetricFamily(
+            "syncfab_wal_records",
+            "WAL records not folded into the LMDB store yet",
+            value=rt.store.wal_records(),
+        )
+        yield GaugeMetricFamily(
+            "syncfab_wal_bytes", "Bytes of WAL records not folded yet", value=rt.store.wal_bytes()
+        )
 
 
 _LOCK_COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
@@ -144,8 +160,9 @@ def _queue_metrics(core: Any) -> Iterator[Metric]:
                 total[k] += stats.get(k, 0)
         for queue, count in partitions.delivered().items():
             delivered[queue] = delivered.get(queue, 0) + count
-    depth = GaugeMetricFamily("syncfab_queue_depth", "Messages stored (visible or in flight)",
-                              labels=["queue"])
+    depth = GaugeMetricFamily(
+        "syncfab_queue_depth", "Messages stored (visible or in flight)", labels=["queue"]
+    )
     counters = {
         name: CounterMetricFamily(f"syncfab_queue_{name}", f"Queue messages {name}", labels=["queue"])
         for name in _QUEUE_COUNTERS
@@ -155,8 +172,9 @@ def _queue_metrics(core: Any) -> Iterator[Metric]:
         for name, family in counters.items():
             family.add_metric([queue], totals[queue][name])
     # Consumes are not replicated: each node counts what it handed out while leading a shard.
-    handed = CounterMetricFamily("syncfab_queue_delivered", "Messages this node delivered as a shard leader",
-                                 labels=["queue"])
+    handed = CounterMetricFamily(
+        "syncfab_queue_delivered", "Messages this node delivered as a shard leader", labels=["queue"]
+    )
     for queue in sorted(delivered):
         handed.add_metric([queue], delivered[queue])
     yield depth
@@ -173,16 +191,19 @@ def _cache_metrics(core: Any, fanout: Histogram) -> Iterator[Metric]:
         events.add_metric([name], value)
     events.add_metric(["undeliverable"], core.cache.undeliverable)  # no known leader for the shard
     yield events
-    lines = GaugeMetricFamily("syncfab_cache_lines", "Cache lines on this node by MESI state",
-                              labels=["state"])
+    lines = GaugeMetricFamily(
+        "syncfab_cache_lines", "Cache lines on this node by MESI state", labels=["state"]
+    )
     for state, count in sorted(stats["states"].items()):
         lines.add_metric([state], count)
     yield lines
-    yield GaugeMetricFamily("syncfab_cache_bytes", "Bytes of keys and values in this node's cache lines",
-                            value=stats["bytes"])
+    yield GaugeMetricFamily(
+        "syncfab_cache_bytes", "Bytes of keys and values in this node's cache lines", value=stats["bytes"]
+    )
     yield GaugeMetricFamily("syncfab_cache_dirty_lines", "M lines not yet written back", value=stats["dirty"])
-    home_events = CounterMetricFamily("syncfab_cache_home_events",
-                                      "Directory events at the homes this node has been", labels=["event"])
+    home_events = CounterMetricFamily(
+        "syncfab_cache_home_events", "Directory events at the homes this node has been", labels=["event"]
+    )
     totals: dict[str, int] = {}
     entries = 0
     for gid in sorted(core.groups):
@@ -198,6 +219,7 @@ def _cache_metrics(core: Any, fanout: Histogram) -> Iterator[Metric]:
     for name, value in sorted(totals.items()):
         home_events.add_metric([name], value)
     yield home_events
-    yield GaugeMetricFamily("syncfab_cache_directory_entries", "Directory entries at this node's homes",
-                            value=entries)
+    yield GaugeMetricFamily(
+        "syncfab_cache_directory_entries", "Directory entries at this node's homes", value=entries
+    )
     yield from fanout.collect()

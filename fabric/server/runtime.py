@@ -105,22 +105,36 @@ class NodeRuntime:
         sys.setswitchinterval(0.0005)
         stored = {g: self.store.load(g) for g in self.store.groups()}
         self.core = NodeCore(
-            s.node_id, s.peers, stored=stored, rng=random.Random(self.epoch),
-            now_ms=monotonic_ms(), config=s.core,
+            s.node_id,
+            s.peers,
+            stored=stored,
+            rng=random.Random(self.epoch),
+            now_ms=monotonic_ms(),
+            config=s.core,
         )
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
         self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers, name="/disk")
-        self.writer = DiskWriter(self.store, self._loop, self._on_written, self._on_write_failed,
-                                 self.metrics.wal_fold_seconds.observe,  # thread-safe
-                                 self._send_durable)
+        self.writer = DiskWriter(
+            self.store,
+            self._loop,
+            self._on_written,
+            self._on_write_failed,
+            self.metrics.wal_fold_seconds.observe,  # thread-safe
+            self._send_durable,
+        )
         self._loop.add_reader(self.transport.router.getsockopt(zmq.FD), self._router_ready)
         self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._sub_ready)
         self._tick()
-        log.info("node %s up: router %s, %d groups, fsync %s", s.node_id, s.address,
-                 len(self.core.groups), "on" if s.fsync else "off")
+        log.info(
+            "node %s up: router %s, %d groups, fsync %s",
+            s.node_id,
+            s.address,
+            len(self.core.groups),
+            "on" if s.fsync else "off",
+        )
 
     async def write_back_cache(self, timeout_s: float = 2.0) -> int:
         """Clean shutdown: send every dirty (write_back) line home and wait, up to ``timeout_s``,
@@ -238,8 +252,9 @@ class NodeRuntime:
     def dropped_sends(self) -> int:
         return self.transport.dropped_sends + self._durable_links.dropped
 
-    def _send_peers(self, sends: dict[str, list[Any]],
-                    send: Callable[[str, bytes], None] | None = None) -> None:
+    def _send_peers(
+        self, sends: dict[str, list[Any]], send: Callable[[str, bytes], None] | None = None
+    ) -> None:
         """One PeerBatch per peer, on the loop's sockets unless ``send`` names others."""
         send = send or self.transport.send_peer
         me = self.settings.node_id
@@ -327,8 +342,14 @@ class NodeRuntime:
         if len(data) > REQUEST_BYTES_MAX:
             # The native protocol's 413: a request becomes a log entry on three disks.
             self.metrics.bad_frames.inc()
-            self.transport.reply(route, [error_reply(request.id, "payload_too_large",
-                                                     f"a request is at most {REQUEST_BYTES_MAX} bytes")])
+            self.transport.reply(
+                route,
+                [
+                    error_reply(
+                        request.id, "payload_too_large", f"a request is at most {REQUEST_BYTES_MAX} bytes"
+                    )
+                ],
+            )
         else:
             hit = self.core.cache.hit(request.op, monotonic_ms())
             if hit is not None:

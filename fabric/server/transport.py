@@ -174,8 +174,15 @@ class PeerLinks:
     """One DEALER per peer, for one thread's sends. The receiving node knows the sender by
     the batch's ``src``, not by the socket, so a node may have several."""
 
-    def __init__(self, ctx: zmq.Context, node_id: str, peers: dict[str, str], *,
-                 hwm_messages: int = 50_000, name: str = "") -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        node_id: str,
+        peers: dict[str, str],
+        *,
+        hwm_messages: int = 50_000,
+        name: str = "",
+    ) -> None:
         self.dropped = 0
         self.dealers: dict[str, zmq.Socket] = {}
         for peer, address in peers.items():

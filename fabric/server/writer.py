@@ -58,9 +58,15 @@ SendDurable = Callable[[list[Flush]], None]  # called on the writer thread once 
 
 
 class DiskWriter:
-    def __init__(self, store: WalStore, loop: asyncio.AbstractEventLoop, on_done: Done,
-                 on_failed: Failed, on_folded: Folded | None = None,
-                 send_durable: SendDurable | None = None) -> None:
+    def __init__(
+        self,
+        store: WalStore,
+        loop: asyncio.AbstractEventLoop,
+        on_done: Done,
+        on_failed: Failed,
+        on_folded: Folded | None = None,
+        send_durable: SendDurable | None = None,
+    ) -> None:
         self._store = store
         self._send_durable = send_durable
         self._on_folded = on_folded

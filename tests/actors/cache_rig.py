@@ -36,8 +36,9 @@ ROUTE = b"client"
 
 
 class Rig:
-    def __init__(self, nodes: tuple[str, ...] = ("n1", "n2", "n3"), home: str = "n1",
-                 config: CacheConfig | None = None) -> None:
+    def __init__(
+        self, nodes: tuple[str, ...] = ("n1", "n2", "n3"), home: str = "n1", config: CacheConfig | None = None
+    ) -> None:
         self.config = cfg = config or CacheConfig(lease_ms=1_000, flush_ms=100, op_retry_ms=200)
         self.now = 0
         self.index = 0
@@ -177,4 +178,3 @@ class Rig:
     def memory(self, key: str) -> tuple[Any, int]:
         stored = self.store.peek(key)
         return (None, 0) if stored is None else (msgspec.msgpack.decode(stored.value), stored.version)
-

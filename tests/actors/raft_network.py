@@ -85,8 +85,14 @@ class Network:
     def _boot(self, node_id: str, n: int) -> RaftCore:
         disk = self.disks[node_id]
         return RaftCore(
-            node_id, self.ids, rng=random.Random(self.seed * 1000 + n), now_ms=self.now,
-            config=self.config, hard_state=disk.hard_state, snapshot=disk.snapshot, entries=disk.log(),
+            node_id,
+            self.ids,
+            rng=random.Random(self.seed * 1000 + n),
+            now_ms=self.now,
+            config=self.config,
+            hard_state=disk.hard_state,
+            snapshot=disk.snapshot,
+            entries=disk.log(),
         )
 
     # -- faults ---------------------------------------------------------------------------
@@ -231,13 +237,10 @@ class Network:
     def data_applied(self, node_id: str) -> list[bytes]:
         return [e.data for e in self.applied[node_id] if e.data]
 
-    def count(
-        self, kind: type | tuple[type, ...], src: str | None = None, dst: str | None = None
-    ) -> int:
+    def count(self, kind: type | tuple[type, ...], src: str | None = None, dst: str | None = None) -> int:
         """How many messages of ``kind`` were sent (delivered or not), optionally by/to a node."""
         return sum(
-            1 for s, d, m in self.sent
-            if isinstance(m, kind) and src in (None, s) and dst in (None, d)
+            1 for s, d, m in self.sent if isinstance(m, kind) and src in (None, s) and dst in (None, d)
         )
 
     def check_safety(self) -> None:

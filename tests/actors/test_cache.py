@@ -30,15 +30,22 @@ STATES = (MODIFIED, EXCLUSIVE, SHARED, INVALID)
 
 # Every (state, event) pair a node's line has, and where it goes; anything else is a bug.
 NODE_SIDE = {
-    (SHARED, "inval"): INVALID, (INVALID, "inval"): INVALID,
-    (EXCLUSIVE, "write"): MODIFIED, (MODIFIED, "write"): MODIFIED,
-    (EXCLUSIVE, "recall_shared"): SHARED, (MODIFIED, "recall_shared"): SHARED,
-    (EXCLUSIVE, "recall"): INVALID, (MODIFIED, "recall"): INVALID, (SHARED, "recall"): INVALID,
+    (SHARED, "inval"): INVALID,
+    (INVALID, "inval"): INVALID,
+    (EXCLUSIVE, "write"): MODIFIED,
+    (MODIFIED, "write"): MODIFIED,
+    (EXCLUSIVE, "recall_shared"): SHARED,
+    (MODIFIED, "recall_shared"): SHARED,
+    (EXCLUSIVE, "recall"): INVALID,
+    (MODIFIED, "recall"): INVALID,
+    (SHARED, "recall"): INVALID,
     (MODIFIED, "flushed"): EXCLUSIVE,
     **{(s, "lost"): INVALID for s in (MODIFIED, EXCLUSIVE, SHARED)},
     **{(s, "evict"): INVALID for s in (MODIFIED, EXCLUSIVE, SHARED)},
     **{(s, f"grant_{g}"): g for s in (INVALID, SHARED, EXCLUSIVE) for g in STATES},
-    (MODIFIED, "grant_M"): MODIFIED, (MODIFIED, "grant_E"): EXCLUSIVE, (MODIFIED, "grant_I"): INVALID,
+    (MODIFIED, "grant_M"): MODIFIED,
+    (MODIFIED, "grant_E"): EXCLUSIVE,
+    (MODIFIED, "grant_I"): INVALID,
 }
 EVENTS = sorted({e for _, e in NODE_SIDE})
 

@@ -86,11 +86,14 @@ def test_a_release_later_in_the_same_batch_decides_an_earlier_wait() -> None:
     assert (client, request_id) == ("c", 3) and token(result)
 
 
-@pytest.mark.parametrize(("client", "request_id", "ops", "problem"), [
-    ("c", 1, [], "1..1024 ops"),
-    ("c", 1, [Release("x", "a")] * (BATCH_OPS_MAX + 1), "1..1024 ops"),
-    ("", 0, [Release("x", "a")], "from a client"),
-])
+@pytest.mark.parametrize(
+    ("client", "request_id", "ops", "problem"),
+    [
+        ("c", 1, [], "1..1024 ops"),
+        ("c", 1, [Release("x", "a")] * (BATCH_OPS_MAX + 1), "1..1024 ops"),
+        ("", 0, [Release("x", "a")], "from a client"),
+    ],
+)
 def test_bad_batches_are_refused_whole(client: str, request_id: int, ops: list[Any], problem: str) -> None:
     result, _ = Replica().apply(client, request_id, LockBatch(ops))
     assert isinstance(result, Err) and result.code == "bad_request" and problem in result.message
@@ -98,8 +101,13 @@ def test_bad_batches_are_refused_whole(client: str, request_id: int, ops: list[A
 
 def test_a_bad_op_fails_alone() -> None:
     r = Replica()
-    answers, _ = r.apply("c", 1, LockBatch([Acquire("x", "sideways", "a", 0, LONG_MS), acquire("b", "y"),
-                                             LockBatch([acquire("a", "z")])]))  # type: ignore[list-item]
+    answers, _ = r.apply(
+        "c",
+        1,
+        LockBatch(
+            [Acquire("x", "sideways", "a", 0, LONG_MS), acquire("b", "y"), LockBatch([acquire("a", "z")])]  # type: ignore[list-item]
+        ),
+    )
     assert isinstance(answers, Answers)
     bad, good, nested = answers.results
     assert isinstance(bad, Err) and bad.detail == {"field": "mode"}

@@ -128,7 +128,10 @@ def test_mode_pairs_for_one_owner(held: str, asked: str, mode_after: str, same_t
     _, result = log.acquire("a", "r", asked, wait_ms=0)
     assert isinstance(result, Ok)
     assert result.value == {
-        "granted": True, "fencing_token": result.value["fencing_token"], "resource": "r", "mode": mode_after,
+        "granted": True,
+        "fencing_token": result.value["fencing_token"],
+        "resource": "r",
+        "mode": mode_after,
     }
     # Re-entrant: the same grant. Upgrade (sole holder): a new grant, so a new token.
     assert (result.value["fencing_token"] == first) == same_token
@@ -269,8 +272,9 @@ def test_a_cycle_aborts_the_request_that_closed_it(length: int) -> None:
     rids = [log.waits(o, f"r{i + 1}") for i, o in enumerate(owners[:-1])]  # o_i waits for o_i+1
     _, result = log.acquire(owners[-1], "r0")
     cycle = [owners[-1], *owners[:-1]]
-    assert result == Err("deadlock", "aborted to break the cycle " + " -> ".join(cycle),
-                         {"cycle": cycle, "resource": "r0"})
+    assert result == Err(
+        "deadlock", "aborted to break the cycle " + " -> ".join(cycle), {"cycle": cycle, "resource": "r0"}
+    )
     assert log.table.graph.is_acyclic()
     assert all(log.answer(rid) is None for rid in rids)
     assert log.table.stats()["deadlocks"] == 1
@@ -486,7 +490,7 @@ def test_release_all_releases_holds_cancels_waits_and_drops_the_lease() -> None:
     [
         (Acquire("", X, "a", 0, 1_000), "resource"),
         (Acquire("é" * 513, X, "a", 0, 1_000), "resource"),  # 1026 bytes, 513 characters
-        (Acquire("r", X, "\U0001F512" * 257, 0, 1_000), "owner"),  # 1028 bytes, 257 characters
+        (Acquire("r", X, "\U0001f512" * 257, 0, 1_000), "owner"),  # 1028 bytes, 257 characters
         (Acquire("r", "write", "a", 0, 1_000), "mode"),
         (Acquire("r", X, "", 0, 1_000), "owner"),
         (Acquire("r", X, "a" * 1_025, 0, 1_000), "owner"),
@@ -529,7 +533,7 @@ def test_the_first_bad_field_in_declaration_order_is_the_one_named(op: Any, mess
 def test_names_up_to_the_limit_are_fine() -> None:
     log = Log()
     log.granted("a" * 1_024, "é" * 512)
-    log.granted("\U0001F512" * 256, "b")  # 1024 bytes in 256 characters
+    log.granted("\U0001f512" * 256, "b")  # 1024 bytes in 256 characters
 
 
 def test_queries_describe_holders_waiters_and_owners() -> None:
@@ -543,16 +547,19 @@ def test_queries_describe_holders_waiters_and_owners() -> None:
     assert log.info("r") == {
         "resource": "r",
         "holders": [
-            {"owner": "a", "mode": S, "fencing_token": t_a}, {"owner": "b", "mode": S, "fencing_token": t_b},
+            {"owner": "a", "mode": S, "fencing_token": t_a},
+            {"owner": "b", "mode": S, "fencing_token": t_b},
         ],
         "waiters": [{"owner": "a", "mode": X, "since_ms": 20}, {"owner": "c", "mode": X, "since_ms": 20}],
     }
-    assert log.table.query(OwnerInfo("a")) == Ok({
-        "owner": "a",
-        "lease_expires_at_ms": 60_020,
-        "held": [{"resource": "r", "mode": S, "fencing_token": t_a}],
-        "waiting": [{"resource": "r", "mode": X, "since_ms": 20}],
-    })
+    assert log.table.query(OwnerInfo("a")) == Ok(
+        {
+            "owner": "a",
+            "lease_expires_at_ms": 60_020,
+            "held": [{"resource": "r", "mode": S, "fencing_token": t_a}],
+            "waiting": [{"resource": "r", "mode": X, "since_ms": 20}],
+        }
+    )
     assert log.info("nothing") == {"resource": "nothing", "holders": [], "waiters": []}
 
 
@@ -565,8 +572,15 @@ def test_stats_count_what_happened() -> None:
     log.expire(10)  # b times out
     log.apply(Release("r", "a"))
     assert log.table.stats() == {
-        "grants": 2, "waits": 1, "timeouts": 2, "deadlocks": 0, "expiries": 0, "releases": 1,
-        "locks_held": 1, "waiters": 0, "owners": 3,
+        "grants": 2,
+        "waits": 1,
+        "timeouts": 2,
+        "deadlocks": 0,
+        "expiries": 0,
+        "releases": 1,
+        "locks_held": 1,
+        "waiters": 0,
+        "owners": 3,
     }
 
 
@@ -580,8 +594,15 @@ def test_the_service_protocol() -> None:
     with pytest.raises(TypeError):
         table.query(Release("r", "a"))
     table.reset_local()
-    ops = [Acquire("r", X, "a", 5, 10), Release("r", "a"), ReleaseAll("a"), Renew("a", 5), ExpireLocks(),
-           LockInfo("r"), OwnerInfo("a")]
+    ops = [
+        Acquire("r", X, "a", 5, 10),
+        Release("r", "a"),
+        ReleaseAll("a"),
+        Renew("a", 5),
+        ExpireLocks(),
+        LockInfo("r"),
+        OwnerInfo("a"),
+    ]
     tags = [msgspec.msgpack.decode(msgspec.msgpack.encode(op))[0] for op in ops]
     assert all(t.startswith("lk") for t in tags) and len(set(tags)) == len(tags)
 

@@ -100,8 +100,15 @@ def test_consume_hands_out_oldest_first_and_keeps_per_key_order() -> None:
     for key in ("k0", "k1", "k2"):
         assert [m["data"] for m in got if m["key"] == key] == [d for k, d in produced if k == key]
     first = got[0]
-    assert first == {"message_id": "2:1", "queue": "q", "key": "k0", "data": 0, "headers": {},
-                     "enqueued_at": 1_000, "delivery_count": 1}
+    assert first == {
+        "message_id": "2:1",
+        "queue": "q",
+        "key": "k0",
+        "data": 0,
+        "headers": {},
+        "enqueued_at": 1_000,
+        "delivery_count": 1,
+    }
 
 
 def test_in_flight_messages_are_not_handed_out_twice() -> None:
@@ -244,8 +251,12 @@ def test_max_deliveries_moves_a_message_to_the_dead_letter_queue() -> None:
     (dead,) = s.consume("q.dlq")
     assert dead["message_id"] != mid and dead["queue"] == "q.dlq"
     assert (dead["data"], dead["key"], dead["delivery_count"]) == ({"order": 7}, "k", 1)
-    assert dead["headers"] == {"trace": "t1", "x-dead-letter-reason": "max_deliveries",
-                               "x-original-message-id": mid, "x-original-enqueued-at": "1000"}
+    assert dead["headers"] == {
+        "trace": "t1",
+        "x-dead-letter-reason": "max_deliveries",
+        "x-original-message-id": mid,
+        "x-original-enqueued-at": "1000",
+    }
     assert s.ok(Ack("q.dlq", [dead["message_id"]])) == {"acked": 1}
     assert s.ok(Ack("q", [mid])) == {"acked": 0}  # the old id is gone with the move
 
@@ -320,10 +331,15 @@ def test_a_batch_is_stored_whole_or_not_at_all() -> None:
     bad_headers = ProduceBatch("q", [NewMessage(1, headers={"h": 5})])  # type: ignore[dict-item]
     assert field_of(s.apply(bad_headers)) == "messages[0].headers"
     assert s.stats()["depth"] == 1
-    batch = ProduceBatch("q", [
-        NewMessage(1, dedup_id="x"), NewMessage(2, key="k", headers={"h": "v"}),
-        NewMessage(3, dedup_id="x"), NewMessage(4, dedup_id="old"),
-    ])
+    batch = ProduceBatch(
+        "q",
+        [
+            NewMessage(1, dedup_id="x"),
+            NewMessage(2, key="k", headers={"h": "v"}),
+            NewMessage(3, dedup_id="x"),
+            NewMessage(4, dedup_id="old"),
+        ],
+    )
     assert s.ok(batch) == {"message_ids": ["2:2", "2:3", "2:2", "2:1"], "duplicates": [2, 3]}
     assert datas(s.consume(max=10)) == [0, 1, 2]
     huge = ProduceBatch("big", [NewMessage(i) for i in range(1_001)])
@@ -337,8 +353,12 @@ def test_a_batch_is_stored_whole_or_not_at_all() -> None:
 def test_configure_replaces_the_settings_and_returns_them() -> None:
     s = Shard()
     assert s.ok(ConfigureQueue("q")) == {
-        "queue": "q", "visibility_ms": 30_000, "max_deliveries": 10, "retention_ms": 0,
-        "max_depth": 0, "dedup_window_ms": 300_000,
+        "queue": "q",
+        "visibility_ms": 30_000,
+        "max_deliveries": 10,
+        "retention_ms": 0,
+        "max_depth": 0,
+        "dedup_window_ms": 300_000,
     }
     assert s.ok(ConfigureQueue("q", visibility_ms=5_000))["visibility_ms"] == 5_000
     mid = s.produce(1)
@@ -373,8 +393,15 @@ def test_retention_expires_old_messages_through_due() -> None:
     # Offered again (it never applied), and no Redeliver: "old"'s lease went with "old".
     assert s.p.due(40_000) == [ExpireMessages("q")]
     assert datas(s.consume()) == ["young"]
-    assert s.p.stats()["q"] == {"depth": 1, "produced": 2, "acked": 0, "redelivered": 0,
-                                "dead_lettered": 0, "expired": 1, "deduplicated": 0}
+    assert s.p.stats()["q"] == {
+        "depth": 1,
+        "produced": 2,
+        "acked": 0,
+        "redelivered": 0,
+        "dead_lettered": 0,
+        "expired": 1,
+        "deduplicated": 0,
+    }
 
 
 def test_retention_set_later_and_queues_without_retention() -> None:
@@ -458,9 +485,16 @@ def test_snapshot_restore_continues_identically_without_leases() -> None:
     assert all(m["consumer"] is None for m in b.p.browse("r"))
     a.p.reset_local()  # what a restored replica has: nothing in flight
     script: list[Any] = [
-        Produce("q", "dup", dedup_id="d3"), Produce("q", "new", dedup_id="d9"),
-        ("consume", "q", 3), ("consume", "q.dlq", 5), ("consume", "r", 10), ("due", 60_000),
-        Nack("r", ["2:9"]), Ack("q.dlq", ["2:13"]), ("due", 200_000), ("consume", "q", 10),
+        Produce("q", "dup", dedup_id="d3"),
+        Produce("q", "new", dedup_id="d9"),
+        ("consume", "q", 3),
+        ("consume", "q.dlq", 5),
+        ("consume", "r", 10),
+        ("due", 60_000),
+        Nack("r", ["2:9"]),
+        Ack("q.dlq", ["2:13"]),
+        ("due", 200_000),
+        ("consume", "q", 10),
     ]
     for step in script:
         outs = []

@@ -55,8 +55,14 @@ def core(
     snapshot: Snapshot | None = None,
 ) -> RaftCore:
     return RaftCore(
-        node_id, voters, rng=random.Random(7), now_ms=0, config=config,
-        hard_state=hard_state, snapshot=snapshot, entries=entries or [],
+        node_id,
+        voters,
+        rng=random.Random(7),
+        now_ms=0,
+        config=config,
+        hard_state=hard_state,
+        snapshot=snapshot,
+        entries=entries or [],
     )
 
 
@@ -84,11 +90,11 @@ def log_terms(node: RaftCore) -> list[int]:
     return [e.term for e in node.log.entries]
 
 
-def messages_since(net: Network, start: int, kind: type, src: str | None = None, dst: str | None = None
-                   ) -> list[RaftMessage]:
+def messages_since(
+    net: Network, start: int, kind: type, src: str | None = None, dst: str | None = None
+) -> list[RaftMessage]:
     return [
-        m for s, d, m in net.sent[start:]
-        if isinstance(m, kind) and src in (None, s) and dst in (None, d)
+        m for s, d, m in net.sent[start:] if isinstance(m, kind) and src in (None, s) and dst in (None, d)
     ]
 
 
@@ -220,7 +226,10 @@ def test_a_split_vote_is_resolved_by_randomized_timeouts(seed: int) -> None:
     net.settle()
     assert net.leaders() == []  # a voted for b, d for c: two votes each, three needed
     assert [(n.role, n.term, n.vote) for n in net.nodes.values()] == [
-        (Role.FOLLOWER, 1, "b"), (Role.CANDIDATE, 1, "b"), (Role.CANDIDATE, 1, "c"), (Role.FOLLOWER, 1, "c"),
+        (Role.FOLLOWER, 1, "b"),
+        (Role.CANDIDATE, 1, "b"),
+        (Role.CANDIDATE, 1, "c"),
+        (Role.FOLLOWER, 1, "c"),
     ]
     net.recover()
     tick_until(net, lambda: bool(net.leaders()), 3 * ELECTION_MS)
@@ -508,10 +517,12 @@ def test_figure_8_a_leader_never_commits_an_older_term_entry_by_counting_replica
     net.crash("s5")
     # (c) s1 restarts and wins term 3; it brings x to s3 and s4 but its own no-op reaches nobody.
     net.restart("s1")
-    net.hook = lambda src, dst, msg: not (
-        isinstance(msg, AppendEntries)
-        and any(e.index >= 3 for e in msg.entries)
-        and net.nodes[dst].log.last_index >= 2
+    net.hook = lambda src, dst, msg: (
+        not (
+            isinstance(msg, AppendEntries)
+            and any(e.index >= 3 for e in msg.entries)
+            and net.nodes[dst].log.last_index >= 2
+        )
     )
     s1 = net.nodes["s1"]
     s1.campaign()
@@ -691,7 +702,8 @@ def test_appends_of_successive_turns_do_not_wait_for_acks() -> None:
     a.propose(b"q")
     net.process("a")
     assert [[e.data for e in m.entries] for m in messages_since(net, start, AppendEntries, "a", "b")] == [
-        [b"p"], [b"q"],
+        [b"p"],
+        [b"q"],
     ]
 
 
@@ -946,8 +958,9 @@ def test_a_far_behind_follower_installs_a_snapshot_then_replicates() -> None:
     c = net.nodes["c"]
     # The leader's pipeline to c stalled while c was down; it restarts it with a probe, and
     # the probe finds the entries gone.
-    tick_until(net, lambda: c.log.last_index == a.log.last_index,
-               (CONFIG.stalled_heartbeats_max + 2) * HEARTBEAT_MS)
+    tick_until(
+        net, lambda: c.log.last_index == a.log.last_index, (CONFIG.stalled_heartbeats_max + 2) * HEARTBEAT_MS
+    )
     assert (net.count(InstallSnapshot, dst="c"), net.count(InstallSnapshot, dst="b")) == (1, 0)
     assert net.restored["c"] == [snap]
     assert (c.log.base_index, c.commit_index, net.disks["c"].snapshot) == (7, 7, snap)
@@ -1241,8 +1254,9 @@ def test_nemesis_run_is_safe_then_converges(seed: int, disk_lag: int) -> None:
     every step), then heal: one leader, every log equal."""
     rng = random.Random(seed)
     ids = ["a", "b", "c", "d", "e"]
-    net = Network(ids, seed=seed, disk_lag=disk_lag,
-                  config=RaftConfig(append_entries_max=3, inflight_messages_max=2))
+    net = Network(
+        ids, seed=seed, disk_lag=disk_lag, config=RaftConfig(append_entries_max=3, inflight_messages_max=2)
+    )
     proposed = 0
     for step in range(300):
         live = [i for i in ids if i not in net.down]

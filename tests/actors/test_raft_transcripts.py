@@ -210,8 +210,10 @@ class TracedNetwork(Network):
         self._applied_seen[node_id] = 0
         node = self.nodes[node_id]
         self._roles[node_id] = fmt_role(node)
-        self.say(f"* {node_id} restarted: {fmt_role(node)} vote={node.vote} commit={node.commit_index} "
-                 f"log={fmt_span(node)}")
+        self.say(
+            f"* {node_id} restarted: {fmt_role(node)} vote={node.vote} commit={node.commit_index} "
+            f"log={fmt_span(node)}"
+        )
 
     def note_roles(self) -> None:
         for i in self.ids:
@@ -224,24 +226,24 @@ class TracedNetwork(Network):
 
     def note_outputs(self) -> None:
         for i in self.ids:
-            restored = self.restored[i][self._restored_seen[i]:]
+            restored = self.restored[i][self._restored_seen[i] :]
             self._restored_seen[i] = len(self.restored[i])
             for s in restored:
                 self.say(f"* {i} restored snapshot {s.index}@{s.term} {fmt_data(s.data)}")
             applied = self.applied[i]
             if self._applied_seen[i] > len(applied):  # a restore trimmed what was applied
                 self._applied_seen[i] = len(applied)
-            new = applied[self._applied_seen[i]:]
+            new = applied[self._applied_seen[i] :]
             self._applied_seen[i] = len(applied)
             if new:
                 self.say(f"* {i} applied {fmt_entries(new)}")
-            reads = self.reads[i][self._reads_seen[i]:]
+            reads = self.reads[i][self._reads_seen[i] :]
             self._reads_seen[i] = len(self.reads[i])
             for context, index in reads:
                 self.say(f"* {i} read {context} ready at index {index}")
 
     def note_deliveries(self) -> None:
-        for d in self.deliveries[self._deliveries_seen:]:
+        for d in self.deliveries[self._deliveries_seen :]:
             self.say(fmt_delivery(d))
         self._deliveries_seen = len(self.deliveries)
 
@@ -373,8 +375,10 @@ class Scenario:
                 out.append(f"{i}: down")
                 continue
             n = net.nodes[i]
-            out.append(f"{i}: {fmt_role(n)} vote={n.vote} commit={n.commit_index} "
-                       f"applied={n.applied_index} log={fmt_span(n)}")
+            out.append(
+                f"{i}: {fmt_role(n)} vote={n.vote} commit={n.commit_index} "
+                f"applied={n.applied_index} log={fmt_span(n)}"
+            )
             for peer, pr in sorted(n.progress.items()):
                 out.append(f"  {peer}: match={pr.match} next={pr.next} {pr.flow.value}")
         return out
@@ -383,9 +387,11 @@ class Scenario:
         n = net.nodes[node]
         log = n.log
         snap = n.snapshot
-        out = [f"{node}: base={log.base_index}@{log.base_term} committed={log.committed} "
-               f"applied={log.applied} stable={log.stable}"
-               + (f" snapshot={snap.index}@{snap.term} {fmt_data(snap.data)}" if snap else "")]
+        out = [
+            f"{node}: base={log.base_index}@{log.base_term} committed={log.committed} "
+            f"applied={log.applied} stable={log.stable}"
+            + (f" snapshot={snap.index}@{snap.term} {fmt_data(snap.data)}" if snap else "")
+        ]
         out += [f"  {fmt_entry(e)}" for e in log.entries]
         return out
 

@@ -35,8 +35,9 @@ class Cluster:
 
     def attach(self, attempt_timeout_s: float = 1.0) -> LockBatcher:
         """A batcher whose ``wake`` has the loop flush it soon, as the client's send does."""
-        slots = RequestSlots(self.call, self.reserve, self.expect, self.forget, self.wake,
-                             lambda: attempt_timeout_s)
+        slots = RequestSlots(
+            self.call, self.reserve, self.expect, self.forget, self.wake, lambda: attempt_timeout_s
+        )
         self.batcher = LockBatcher(slots)
         return self.batcher
 
@@ -80,8 +81,9 @@ def acquire(owner: str, wait_ms: int = 5_000) -> Acquire:
     return Acquire(f"res-{owner}", EXCLUSIVE, owner, wait_ms, 30_000)
 
 
-def run(cluster: Cluster, ops: list[Any], attempt_timeout_s: float = 1.0,
-        during: Callable[[], Any] | None = None) -> list[Any]:
+def run(
+    cluster: Cluster, ops: list[Any], attempt_timeout_s: float = 1.0, during: Callable[[], Any] | None = None
+) -> list[Any]:
     async def go() -> list[Any]:
         batcher = cluster.attach(attempt_timeout_s)
         futures = [asyncio.ensure_future(batcher.call(op)) for op in ops]

@@ -96,8 +96,15 @@ def test_queues_are_batched_apart() -> None:
 
 def test_a_bad_message_fails_alone() -> None:
     shards = Shards()
-    results = run(shards, [("q", NewMessage("ok")), ("q", NewMessage("bad", key="")),
-                           ("", NewMessage("no queue")), ("q", NewMessage("ok too"))])
+    results = run(
+        shards,
+        [
+            ("q", NewMessage("ok")),
+            ("q", NewMessage("bad", key="")),
+            ("", NewMessage("no queue")),
+            ("q", NewMessage("ok too")),
+        ],
+    )
     assert isinstance(results[1], Err) and results[1].detail == {"field": "key"}
     assert isinstance(results[2], Err) and results[2].detail == {"field": "queue"}
     assert isinstance(results[0], Ok) and isinstance(results[3], Ok)

@@ -14,13 +14,22 @@ from syncfab.fabric.server.local import LocalCluster
 _NO_BODY: Any = object()
 
 
-def http(c: LocalCluster, node: str, method: str, path: str, body: Any = _NO_BODY, *,
-         raw: bytes | None = None, timeout_s: float = 30.0) -> tuple[int, Any]:
+def http(
+    c: LocalCluster,
+    node: str,
+    method: str,
+    path: str,
+    body: Any = _NO_BODY,
+    *,
+    raw: bytes | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[int, Any]:
     """One request to ``node``'s gateway: ``body`` is sent as JSON, ``raw`` as is. Returns
     (status, decoded JSON body) whatever the status."""
     data = raw if raw is not None else None if body is _NO_BODY else json.dumps(body).encode()
-    req = urllib.request.Request(c.url(node) + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        c.url(node) + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             payload, status = r.read(), r.status

@@ -84,7 +84,9 @@ def test_a_write_that_waits_out_a_new_home_is_applied_once(cluster: LocalCluster
     for shard, (key, answered, took_s) in enumerate(WARM, 1):
         assert answered["state"] == "M" and took_s < 5
         assert read(cluster, "n1", key) == (
-            200, {"key": key, "value": shard, "version": answered["version"], "state": "M", "hit": True})
+            200,
+            {"key": key, "value": shard, "version": answered["version"], "state": "M", "hit": True},
+        )
         written(cluster, "n1", key, -shard, expected_version=answered["version"])
 
 
@@ -93,7 +95,9 @@ def test_a_read_hits_at_the_writer_and_misses_once_elsewhere(cluster: LocalClust
     w = written(cluster, "n1", "user/7", value)
     assert w["state"] == "E"
     assert read(cluster, "n1", "user/7") == (
-        200, {"key": "user/7", "value": value, "version": w["version"], "state": "E", "hit": True})
+        200,
+        {"key": "user/7", "value": value, "version": w["version"], "state": "E", "hit": True},
+    )
     status, first = read(cluster, "n2", "user/7")
     assert status == 200 and first["hit"] is False and first["state"] == "S"
     assert first["value"] == value and first["version"] == w["version"]
@@ -117,7 +121,11 @@ def test_a_write_invalidates_every_other_copy_before_it_returns(cluster: LocalCl
         status, got = read(cluster, node, key)
         assert status == 200, got
         assert (got["hit"], got["value"], got["version"], got["state"]) == (
-            False, "a string now", new["version"], "S")
+            False,
+            "a string now",
+            new["version"],
+            "S",
+        )
     assert stats(cluster, "n1")["misses_coherence"] == coherence_before + 1
     assert holders(cluster, key) == {"n1": "S", "n2": "S", "n3": "S"}
 
@@ -130,7 +138,9 @@ def test_write_back_makes_the_line_m_and_others_still_read_the_newest(cluster: L
     local = written(cluster, "n3", key, 2.5, policy="write_back")  # n3 owns it: stays on n3
     assert (local["state"], local["version"]) == ("M", first["version"] + 1)
     assert read(cluster, "n3", key) == (
-        200, {"key": key, "value": 2.5, "version": local["version"], "state": "M", "hit": True})
+        200,
+        {"key": key, "value": 2.5, "version": local["version"], "state": "M", "hit": True},
+    )
     status, got = read(cluster, "n1", key)  # the owner is recalled: its value goes home first
     assert status == 200 and (got["value"], got["version"], got["hit"]) == (2.5, local["version"], False)
     assert holders(cluster, key) == {"n1": "S", "n3": "S"}
@@ -182,12 +192,16 @@ def test_invalidate_drops_every_copy_and_memory_keeps_the_value(cluster: LocalCl
         assert read(cluster, node, key)[0] == 200
     assert set(holders(cluster, key)) == {"n1", "n2", "n3"}
     assert http(cluster, "n2", "POST", "/cache/invalidate", {"key": key}) == (
-        200, {"key": key, "invalidated": 3})
+        200,
+        {"key": key, "invalidated": 3},
+    )
     assert holders(cluster, key) == {}
     status, got = read(cluster, "n3", key)
     assert status == 200 and (got["value"], got["version"], got["hit"]) == (42, version, False)
     assert http(cluster, "n2", "POST", "/cache/invalidate", {"key": "nobody-has-it"}) == (
-        200, {"key": "nobody-has-it", "invalidated": 0})
+        200,
+        {"key": "nobody-has-it", "invalidated": 0},
+    )
 
 
 def test_stats_and_latency_histograms_move(cluster: LocalCluster) -> None:
@@ -206,8 +220,11 @@ def test_stats_and_latency_histograms_move(cluster: LocalCluster) -> None:
     written(cluster, "n2", "timed", 1, policy="write_back")
     status, text = http(cluster, "n2", "GET", "/metrics")
     assert status == 200
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("syncfab_cache_read_seconds_count", (("hit", "true"),))] >= 3
     assert samples[("syncfab_cache_read_seconds_count", (("hit", "false"),))] >= 1
     assert samples[("syncfab_cache_write_seconds_count", (("policy", "write_back"),))] >= 1
@@ -258,8 +275,9 @@ WIDE = b'{"key": "wide", "value": [' + b",".join([b"0.5"] * 150_000) + b"]}"
         ("POST", "/cache/invalidate", {"key": "k" * 1025}, 400, "key"),
     ],
 )
-def test_bad_input_is_a_4xx_naming_the_field(cluster: LocalCluster, method: str, path: str, body: Any,
-                                             status: int, field: str) -> None:
+def test_bad_input_is_a_4xx_naming_the_field(
+    cluster: LocalCluster, method: str, path: str, body: Any, status: int, field: str
+) -> None:
     raw = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
     got_status, got = http(cluster, "n1", method, path, raw=raw)
     assert got_status == status, got

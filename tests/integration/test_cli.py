@@ -17,8 +17,18 @@ from syncfab.fabric.server.local import free_ports
 def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
     # Node i uses base + 100*(i-1) (and the next port for its PUB): all of them must be free.
     peer_base, http_base = _free_bases(2)
-    cmd = [sys.executable, "-m", "syncfab.fabric.server.cli", "cluster", "--data-dir", str(tmp_path / "data"),
-           "--base-port", str(peer_base), "--http-base-port", str(http_base)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "syncfab.fabric.server.cli",
+        "cluster",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--base-port",
+        str(peer_base),
+        "--http-base-port",
+        str(http_base),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
@@ -48,7 +58,10 @@ def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
         assert got == {"key": "hello", "value": "world"}
         status = subprocess.run(
             [sys.executable, "-m", "syncfab.fabric.server.cli", "status", "--http", urls[1]],
-            capture_output=True, text=True, timeout=30)
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert status.returncode == 0
         assert "control group leader" in status.stdout and status.stdout.count("alive") == 3
     finally:
@@ -77,6 +90,10 @@ def _free_bases(count: int) -> list[int]:
 
 def test_status_reports_an_unreachable_node() -> None:
     (port,) = free_ports(1)
-    out = subprocess.run([sys.executable, "-m", "syncfab.fabric.server.cli", "status", "--http",
-                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "syncfab.fabric.server.cli", "status", "--http", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 1 and "no answer" in out.stderr

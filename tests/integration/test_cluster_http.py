@@ -46,7 +46,8 @@ def test_kv_through_any_node(cluster: LocalCluster) -> None:
     assert status == 200 and body["key"] == "orders/42" and body["index"] > 0
     for node in cluster.ids:
         assert http(cluster, node, "GET", "/kv/orders/42") == (
-            200, {"key": "orders/42", "value": {"qty": 3, "tags": ["a"]}}
+            200,
+            {"key": "orders/42", "value": {"qty": 3, "tags": ["a"]}},
         )
     assert http(cluster, "n3", "PUT", "/kv/orders/42", raw=b"null")[0] == 200
     assert http(cluster, "n2", "GET", "/kv/orders/42")[1]["value"] is None
@@ -67,9 +68,15 @@ def test_kv_through_any_node(cluster: LocalCluster) -> None:
         ("POST", "/kv/k", b"1", 405, "method_not_allowed", None),
     ],
 )
-def test_bad_http_input_gets_a_json_error(cluster: LocalCluster, method: str, path: str,
-                                          body: bytes | None, status: int, error: str,
-                                          field: str | None) -> None:
+def test_bad_http_input_gets_a_json_error(
+    cluster: LocalCluster,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    error: str,
+    field: str | None,
+) -> None:
     got_status, got = http(cluster, "n1", method, path, raw=body)
     assert got_status == status
     assert got["error"] == error
@@ -97,8 +104,11 @@ def test_several_requests_in_one_frame_get_their_replies(cluster: LocalCluster) 
     frame unreadable, and it is refused whole, with one error reply), and the replies come
     back in as few frames as the node's turns allow."""
     with raw_dealer(cluster, "n1") as dealer:
-        items = [encode(Request("packer", 1, 1, Put("packed-a", 1))), encode({"not": "a request"}),
-                 encode(Request("packer", 2, 1, Put("packed-b", 2)))]
+        items = [
+            encode(Request("packer", 1, 1, Put("packed-a", 1))),
+            encode({"not": "a request"}),
+            encode(Request("packer", 2, 1, Put("packed-b", 2))),
+        ]
         dealer.send(frame_of(Requests, items))
         replies: dict[int, Any] = {}
         while len(replies) < 3:
@@ -136,8 +146,13 @@ def test_garbage_on_the_router_socket_gets_an_error_reply(cluster: LocalCluster)
     finally:
         req.close()
     metrics = http(cluster, "n2", "GET", "/metrics")[1]
-    bad = [s.value for f in text_string_to_metric_families(metrics) if f.name == "syncfab_bad_frames"
-           for s in f.samples if s.name == "syncfab_bad_frames_total"]
+    bad = [
+        s.value
+        for f in text_string_to_metric_families(metrics)
+        if f.name == "syncfab_bad_frames"
+        for s in f.samples
+        if s.name == "syncfab_bad_frames_total"
+    ]
     assert bad and bad[0] >= 3
 
 
@@ -156,8 +171,11 @@ def test_metrics_are_prometheus_text(cluster: LocalCluster) -> None:
     assert {s.labels["group"] for s in families["syncfab_raft_commit_index"].samples} == set(terms)
     leaders = {s.labels["group"]: s.labels["leader"] for s in families["syncfab_raft_leader"].samples}
     assert set(leaders.values()) <= set(cluster.ids)
-    puts = [s for s in families["syncfab_http_requests"].samples
-            if s.labels.get("endpoint") == "/kv/{key}" and s.labels.get("method") == "PUT"]
+    puts = [
+        s
+        for s in families["syncfab_http_requests"].samples
+        if s.labels.get("endpoint") == "/kv/{key}" and s.labels.get("method") == "PUT"
+    ]
     assert puts and puts[0].value >= 1
     assert "syncfab_http_request_seconds" in families
     assert "syncfab_disk_write_seconds" in families

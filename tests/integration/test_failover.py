@@ -61,8 +61,9 @@ def test_kill_the_leader_loses_no_acknowledged_write() -> None:
         survivors = [n for n in c.ids if n != victim]
         # Writes during the failover: the client retries across nodes with the same ids.
         during = asyncio.run(write_keys([c.address(n) for n in survivors], "during", 300))
-        new_leader = wait_for("a new control leader",
-                              lambda: (lead := control_leader(c, survivors[0])) in survivors and lead)
+        new_leader = wait_for(
+            "a new control leader", lambda: (lead := control_leader(c, survivors[0])) in survivors and lead
+        )
         assert new_leader != victim
         c.wait_ready(nodes=survivors)
         values = asyncio.run(read_keys([c.address(n) for n in survivors], before | during))
@@ -98,12 +99,17 @@ def test_a_node_behind_the_compaction_point_catches_up_by_snapshot() -> None:
         assert taken > 0, "the survivors never compacted: the test would not exercise InstallSnapshot"
         c.start(victim)
         c.wait_ready()
-        wait_for("an InstallSnapshot on the restarted node",
-                 lambda: status(c, victim)["counters"]["snapshots_installed"] > 0)
+        wait_for(
+            "an InstallSnapshot on the restarted node",
+            lambda: status(c, victim)["counters"]["snapshots_installed"] > 0,
+        )
         leader_commits = {g["group"]: g["commit_index"] for g in status(c, "n1")["groups"]}
-        wait_for(f"{victim} to catch up", lambda: all(
-            g["applied_index"] >= leader_commits[g["group"]] for g in status(c, victim)["groups"]
-        ))
+        wait_for(
+            f"{victim} to catch up",
+            lambda: all(
+                g["applied_index"] >= leader_commits[g["group"]] for g in status(c, victim)["groups"]
+            ),
+        )
         # Make the restored node serve: stop another so it must be part of every majority.
         c.kill("n2")
         c.wait_ready(nodes=["n1", victim])
@@ -131,6 +137,7 @@ def test_kill_9_of_every_node_mid_write_loses_no_acknowledged_write() -> None:
 
         async def write_until_stopped() -> None:
             async with AsyncClient(c.addresses, timeout_s=3) as client:
+
                 async def one(worker: int) -> None:
                     i = 0
                     while not stop.is_set():
@@ -183,8 +190,12 @@ def test_node_configured_from_environment(tmp_path: Any) -> None:
         "SYNCFAB_DATA_DIR": str(tmp_path / "solo"),
         "SYNCFAB_SHARDS": "2",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "syncfab.fabric.server.cli", "node"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncfab.fabric.server.cli", "node"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{http}"
         wait_for("the solo node", lambda: json.loads(urllib.request.urlopen(url + "/health").read()))
@@ -199,6 +210,10 @@ def test_node_configured_from_environment(tmp_path: Any) -> None:
 
 
 def test_bad_configuration_is_refused_with_a_message() -> None:
-    out = subprocess.run([sys.executable, "-m", "syncfab.fabric.server.cli", "node", "--id", "x",
-                          "--peers", "a=127.0.0.1:1"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "syncfab.fabric.server.cli", "node", "--id", "x", "--peers", "a=127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "not one of --peers" in out.stderr

@@ -24,10 +24,12 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
-def acquire(c: LocalCluster, node: str, resource: str, owner: str, mode: str = "exclusive",
-            **extra: Any) -> tuple[int, Any]:
-    return http(c, node, "POST", "/lock/acquire",
-                {"resource": resource, "mode": mode, "client_id": owner, **extra})
+def acquire(
+    c: LocalCluster, node: str, resource: str, owner: str, mode: str = "exclusive", **extra: Any
+) -> tuple[int, Any]:
+    return http(
+        c, node, "POST", "/lock/acquire", {"resource": resource, "mode": mode, "client_id": owner, **extra}
+    )
 
 
 def release(c: LocalCluster, node: str, resource: str, owner: str) -> tuple[int, Any]:
@@ -50,14 +52,19 @@ def waiters(c: LocalCluster, resource: str) -> list[str]:
 def test_acquire_and_release_through_any_node(cluster: LocalCluster) -> None:
     status, grant = acquire(cluster, "n1", "happy/r", "alice")
     assert status == 200
-    assert grant == {"granted": True, "fencing_token": grant["fencing_token"], "resource": "happy/r",
-                     "mode": "exclusive"}
+    assert grant == {
+        "granted": True,
+        "fencing_token": grant["fencing_token"],
+        "resource": "happy/r",
+        "mode": "exclusive",
+    }
     assert isinstance(grant["fencing_token"], int) and grant["fencing_token"] > 0
     # Re-entrant: the holder asking again gets its own hold back, not a new token.
     assert acquire(cluster, "n3", "happy/r", "alice") == (200, grant)
     for node in cluster.ids:
         assert info(cluster, node, "happy/r") == {
-            "resource": "happy/r", "waiters": [],
+            "resource": "happy/r",
+            "waiters": [],
             "holders": [{"owner": "alice", "mode": "exclusive", "fencing_token": grant["fencing_token"]}],
         }
     assert release(cluster, "n2", "happy/r", "alice") == (200, {"released": True})
@@ -118,8 +125,9 @@ def test_a_waiter_is_granted_when_the_holder_releases(cluster: LocalCluster) -> 
         waiting = pool.submit(acquire, cluster, "n2", r, "waiter", "exclusive", wait_ms=20_000)
         wait_for("the waiter to queue", lambda: waiters(cluster, r) == ["waiter"])
         seen = info(cluster, "n3", r)
-        assert seen["holders"] == [{"owner": "holder", "mode": "exclusive",
-                                    "fencing_token": first["fencing_token"]}]
+        assert seen["holders"] == [
+            {"owner": "holder", "mode": "exclusive", "fencing_token": first["fencing_token"]}
+        ]
         assert [(w["owner"], w["mode"]) for w in seen["waiters"]] == [("waiter", "exclusive")]
         assert isinstance(seen["waiters"][0]["since_ms"], int)
         assert not waiting.done()
@@ -127,8 +135,11 @@ def test_a_waiter_is_granted_when_the_holder_releases(cluster: LocalCluster) -> 
         status, second = waiting.result(timeout=30)
     assert status == 200 and second["granted"] is True and second["mode"] == "exclusive"
     assert second["fencing_token"] > first["fencing_token"]
-    assert info(cluster, "n1", r) == {"resource": r, "waiters": [], "holders": [
-        {"owner": "waiter", "mode": "exclusive", "fencing_token": second["fencing_token"]}]}
+    assert info(cluster, "n1", r) == {
+        "resource": r,
+        "waiters": [],
+        "holders": [{"owner": "waiter", "mode": "exclusive", "fencing_token": second["fencing_token"]}],
+    }
     assert release(cluster, "n1", r, "waiter")[0] == 200
 
 
@@ -152,8 +163,9 @@ def test_deadlock_between_two_http_clients(cluster: LocalCluster) -> None:
         futures = {}
         for owner, node in (("dl-a", "n2"), ("dl-b", "n3")):
             futures[owner] = pool.submit(acquire, cluster, node, wants[owner], owner, wait_ms=20_000)
-            wait_for(f"{owner} to wait", lambda o=owner: waiters(cluster, wants[o]) == [o]
-                     or futures[o].done())
+            wait_for(
+                f"{owner} to wait", lambda o=owner: waiters(cluster, wants[o]) == [o] or futures[o].done()
+            )
         done, _ = wait(futures.values(), timeout=30, return_when=FIRST_COMPLETED)
         assert len(done) == 1, "the cycle was not broken"
         (victim,) = [o for o, f in futures.items() if f in done]
@@ -243,12 +255,16 @@ def test_bad_lock_input_names_the_field(cluster: LocalCluster, path: str, body: 
         (b'{"resource": "bad/r", "mode": ', 400, "bad_request"),
         (b"not json at all", 400, "bad_request"),
         (b"", 400, "bad_request"),
-        (b'{"resource": "' + b"r" * (1 << 20) + b'", "mode": "shared", "client_id": "x"}', 413,
-         "payload_too_large"),
+        (
+            b'{"resource": "' + b"r" * (1 << 20) + b'", "mode": "shared", "client_id": "x"}',
+            413,
+            "payload_too_large",
+        ),
     ],
 )
-def test_malformed_or_oversized_lock_bodies(cluster: LocalCluster, raw: bytes, status: int,
-                                            error: str) -> None:
+def test_malformed_or_oversized_lock_bodies(
+    cluster: LocalCluster, raw: bytes, status: int, error: str
+) -> None:
     got_status, got = http(cluster, "n1", "POST", "/lock/acquire", raw=raw)
     assert (got_status, got["error"], got["field"]) == (status, error, "body")
     assert info(cluster, "n1", "bad/r")["holders"] == []  # nothing was taken on the way
@@ -265,8 +281,9 @@ def test_lock_context_manager_gives_increasing_fencing_tokens(cluster: LocalClus
                 assert grant.resource == "native/ctx" and grant.mode == "exclusive"
                 tokens.append(grant.fencing_token)
                 holders = (await two.lock_info("native/ctx"))["holders"]
-                assert holders == [{"owner": one.client_id, "mode": "exclusive",
-                                    "fencing_token": grant.fencing_token}]
+                assert holders == [
+                    {"owner": one.client_id, "mode": "exclusive", "fencing_token": grant.fencing_token}
+                ]
                 with pytest.raises(LockTimeout):
                     await two.acquire("native/ctx")
                 # A waiter behind the block is granted as soon as it ends.
@@ -293,8 +310,9 @@ def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(clu
     async def run() -> None:
         async with AsyncClient(cluster.addresses) as client:
             owners = [f"batch-owner-{i}" for i in range(40)]
-            grants = await asyncio.gather(*(client.call(Acquire(f"batch/{o}", "exclusive", o, 0, 30_000))
-                                            for o in owners))
+            grants = await asyncio.gather(
+                *(client.call(Acquire(f"batch/{o}", "exclusive", o, 0, 30_000)) for o in owners)
+            )
             tokens = [g.value["fencing_token"] for g in grants if isinstance(g, Ok)]
             assert len(set(tokens)) == len(owners), grants
             sent_before = client.ids.acked
@@ -308,7 +326,8 @@ def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(clu
             assert client.ids.acked >= sent_before + 3  # a batch id and one per op
             # A wait decided by a later batch: its answer comes on its own.
             later = asyncio.ensure_future(
-                client.call(Acquire(f"batch/{owners[1]}", "exclusive", "batch-late", 10_000, 30_000)))
+                client.call(Acquire(f"batch/{owners[1]}", "exclusive", "batch-late", 10_000, 30_000))
+            )
             while not (await client.lock_info(f"batch/{owners[1]}"))["waiters"]:
                 await asyncio.sleep(0.02)
             results = await asyncio.gather(*(client.call(Release(f"batch/{o}", o)) for o in owners[1:]))
@@ -338,8 +357,9 @@ def test_two_readers_upgrading_one_lock_deadlock(cluster: LocalCluster) -> None:
             upgraded = await asyncio.wait_for(first, 30)
             assert upgraded.mode == "exclusive"
             holders = (await two.lock_info("native/upgrade"))["holders"]
-            assert holders == [{"owner": one.client_id, "mode": "exclusive",
-                                "fencing_token": upgraded.fencing_token}]
+            assert holders == [
+                {"owner": one.client_id, "mode": "exclusive", "fencing_token": upgraded.fencing_token}
+            ]
             assert await one.release("native/upgrade") is True
 
     asyncio.run(run())
@@ -360,8 +380,9 @@ def test_a_lock_survives_kill_9_of_the_control_leader() -> None:
             assert status == 200
 
             c.kill(victim)
-            wait_for("a new control leader", lambda: all(
-                control_leader(c, n) in survivors for n in survivors))
+            wait_for(
+                "a new control leader", lambda: all(control_leader(c, n) in survivors for n in survivors)
+            )
 
             token = grant.fencing_token
             expected = [{"owner": "survivor-holder", "mode": "exclusive", "fencing_token": token}]

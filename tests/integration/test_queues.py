@@ -83,7 +83,11 @@ def test_produce_consume_ack_through_different_nodes(cluster: LocalCluster) -> N
     (msg,) = consume(cluster, "n2", q, max=10)
     assert msg["message_id"] == mid and msg["queue"] == q
     assert (msg["data"], msg["key"], msg["headers"], msg["delivery_count"]) == (
-        {"order": 42}, "customer-7", {"trace": "t-1"}, 1)
+        {"order": 42},
+        "customer-7",
+        {"trace": "t-1"},
+        1,
+    )
     assert consume(cluster, "n3", q) == []  # in flight: nobody else gets it
     assert settle(cluster, "n3", "ack", q, [mid]) == {"acked": 1}
     assert settle(cluster, "n1", "ack", q, [mid]) == {"acked": 0}  # acking twice is harmless
@@ -215,8 +219,13 @@ def test_max_depth_pushes_back_with_429_and_drops_nothing(cluster: LocalCluster)
 
 def test_queue_stats_count_depth_in_flight_and_shards(cluster: LocalCluster) -> None:
     q = "counted"
-    status, body = http(cluster, "n1", "POST", "/queue/produce_batch",
-                        {"queue": q, "messages": [{"data": i} for i in range(10)]})
+    status, body = http(
+        cluster,
+        "n1",
+        "POST",
+        "/queue/produce_batch",
+        {"queue": q, "messages": [{"data": i} for i in range(10)]},
+    )
     assert status == 200
     ids = body["message_ids"]
     taken = consume(cluster, "n2", q, max=4, visibility_ms=60_000)
@@ -224,8 +233,15 @@ def test_queue_stats_count_depth_in_flight_and_shards(cluster: LocalCluster) -> 
     acked = taken[0]["message_id"]
     settle(cluster, "n3", "ack", q, [acked])
     view = stats(cluster, "n3", q)
-    expected = {"queue": q, "depth": 9, "in_flight": 3, "visible": 6, "produced": 10, "acked": 1,
-                "dlq_depth": 0}
+    expected = {
+        "queue": q,
+        "depth": 9,
+        "in_flight": 3,
+        "visible": 6,
+        "produced": 10,
+        "acked": 1,
+        "dlq_depth": 0,
+    }
     assert {k: view[k] for k in expected} == expected
     shards = {s["shard"]: s for s in view["shards"]}
     assert sorted(shards) == list(range(1, 9))
@@ -273,10 +289,18 @@ def test_a_long_poll_returns_the_message_produced_while_it_waits(cluster: LocalC
         ("POST", "/queue/produce", {"queue": "q", "data": 1, "dedup_id": ""}, "dedup_id"),
         ("POST", "/queue/produce", ["q", 1], "body"),
         ("POST", "/queue/produce_batch", {"queue": "q", "messages": []}, "messages"),
-        ("POST", "/queue/produce_batch", {"queue": "q", "messages": [{"data": 1, "key": 5}]},
-         "messages[0].key"),
-        ("POST", "/queue/produce_batch", {"queue": "q", "messages": [{"data": 2, "key": ""}]},
-         "messages[0].key"),
+        (
+            "POST",
+            "/queue/produce_batch",
+            {"queue": "q", "messages": [{"data": 1, "key": 5}]},
+            "messages[0].key",
+        ),
+        (
+            "POST",
+            "/queue/produce_batch",
+            {"queue": "q", "messages": [{"data": 2, "key": ""}]},
+            "messages[0].key",
+        ),
         ("POST", "/queue/produce_batch", {"queue": "q", "messages": "m"}, "messages"),
         ("POST", "/queue/ack", {"queue": "q", "message_ids": []}, "message_ids"),
         ("POST", "/queue/ack", {"queue": "q", "message_ids": "1:1"}, "message_ids"),
@@ -290,8 +314,9 @@ def test_a_long_poll_returns_the_message_produced_while_it_waits(cluster: LocalC
         ("PUT", "/queue/q", {"max_depth": -1}, "max_depth"),
     ],
 )
-def test_bad_queue_input_names_the_field(cluster: LocalCluster, method: str, path: str, body: Any,
-                                         field: str) -> None:
+def test_bad_queue_input_names_the_field(
+    cluster: LocalCluster, method: str, path: str, body: Any, field: str
+) -> None:
     if body is None:
         status, got = http(cluster, "n3", method, path)
     else:
@@ -345,8 +370,9 @@ def test_concurrent_native_produces_are_coalesced_and_answered_one_by_one(cluste
 # ---- failures (their own cluster) -----------------------------------------------------------
 
 
-async def produce_while_killing(c: LocalCluster, victim: str, queue: str, count: int,
-                                kill_after: int) -> tuple[dict[str, int], int, int]:
+async def produce_while_killing(
+    c: LocalCluster, victim: str, queue: str, count: int, kill_after: int
+) -> tuple[dict[str, int], int, int]:
     """Produce ``count`` messages concurrently; ``kill -9`` ``victim`` once ``kill_after`` are
     acknowledged. Returns {message id: i} of the acknowledged ones, how many failed, and how
     many were acknowledged when the kill happened."""

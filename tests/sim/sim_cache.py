@@ -72,8 +72,9 @@ class _Op:
 
 
 class CacheClient:
-    def __init__(self, index: int, sim: Simulation, rng: random.Random, keys: list[str],
-                 write_back_keys: set[str]) -> None:
+    def __init__(
+        self, index: int, sim: Simulation, rng: random.Random, keys: list[str], write_back_keys: set[str]
+    ) -> None:
         self.index = 1000 + index  # apart from the KV clients' in a shared history
         self.name = f"cache-{index}"
         self.route = self.name.encode()
@@ -191,7 +192,7 @@ class CacheClient:
             case "get", Err(code="not_found"):
                 self.seen[op.key] = 0
                 self._finish(op, now, None)
-            case ("put" | "cas"), Ok(value=written):
+            case (("put" | "cas"), Ok(value=written)):
                 self.seen[op.key] = written["version"]
                 self.versions.append((op.key, written["version"], op.value))
                 self._finish(op, now, None)
@@ -200,7 +201,7 @@ class CacheClient:
                 self.seen[op.key] = detail["version"]
                 self.current = None  # it changed nothing: not in the history
                 self.sim.after(self.rng.randint(0, 40), self._next)
-            case ("delete" | "invalidate"), Ok():
+            case (("delete" | "invalidate"), Ok()):
                 self._finish(op, now, None)
             case _:
                 self.sim.fail("cache client", f"{self.name} {op.kind} {op.key!r} got {result}")
@@ -223,8 +224,9 @@ class CacheClient:
         op = self.current
         if op is None:
             return f"{self.name}: idle"
-        return (f"{self.name}: {op.kind} {op.key!r} id={op.request.id} since {op.call_ms} ms "
-                f"({op.attempt} tries)")
+        return (
+            f"{self.name}: {op.kind} {op.key!r} id={op.request.id} since {op.call_ms} ms ({op.attempt} tries)"
+        )
 
 
 class CacheChecker:
@@ -266,13 +268,16 @@ class CacheChecker:
                 entry = home.directory.get(key)
                 listed = entry is not None and (entry.owner == node or node in entry.sharers)
                 if not listed:
-                    sim.fail("cache directory coverage",
-                             f"{node} serves {key!r} in {state} (epoch {epoch}) but home {home.node_id}'s "
-                             f"directory has {entry}")
+                    sim.fail(
+                        "cache directory coverage",
+                        f"{node} serves {key!r} in {state} (epoch {epoch}) but home {home.node_id}'s "
+                        f"directory has {entry}",
+                    )
                 if state != SHARED and entry is not None and entry.owner != node:
                     # (S where the home still says owner is a downgrade whose answer is on its way.)
-                    sim.fail("cache directory coverage",
-                             f"{node} holds {key!r} {state}, the home says {entry}")
+                    sim.fail(
+                        "cache directory coverage", f"{node} holds {key!r} {state}, the home says {entry}"
+                    )
 
 
 def check_final(sim: Simulation, clients: list[CacheClient], write_back_keys: set[str]) -> None:

@@ -175,8 +175,11 @@ class SimClient:
             case Ok(value=value):
                 self._finish(op, self._host.now, value if op.kind == "get" else None)
             case Err() as err:
-                self._host.fail("client protocol", f"{self.name} request {op.request.id} ({op.kind} "
-                                f"{op.key!r}) failed with a non-retryable error: {err}")
+                self._host.fail(
+                    "client protocol",
+                    f"{self.name} request {op.request.id} ({op.kind} "
+                    f"{op.key!r}) failed with a non-retryable error: {err}",
+                )
 
     def _finish(self, op: _Op, ret_ms: int | None, output: object) -> None:
         self.history.append(Operation(self.index, op.call_ms, ret_ms, op.kind, op.key, op.value, output))
@@ -189,5 +192,7 @@ class SimClient:
         op = self.current
         if op is None:
             return f"{self.name}: idle"
-        return (f"{self.name}: {op.kind} {op.key!r} id={op.request.id} called at {op.call_ms} ms, "
-                f"{op.attempt} attempts, last to {op.node}")
+        return (
+            f"{self.name}: {op.kind} {op.key!r} id={op.request.id} called at {op.call_ms} ms, "
+            f"{op.attempt} attempts, last to {op.node}"
+        )

@@ -50,8 +50,11 @@ class SimClock:
             if when == self.now:
                 same_time += 1
                 if same_time > SAME_TIME_EVENTS_MAX:
-                    self.fail("progress", f"over {SAME_TIME_EVENTS_MAX} events at one instant "
-                              f"(the last: {getattr(fn, '__name__', fn)}): a busy loop")
+                    self.fail(
+                        "progress",
+                        f"over {SAME_TIME_EVENTS_MAX} events at one instant "
+                        f"(the last: {getattr(fn, '__name__', fn)}): a busy loop",
+                    )
             else:
                 same_time = 0
             self.now = when

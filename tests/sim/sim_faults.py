@@ -79,8 +79,9 @@ class Nemesis:
             if rng.random() >= cfg.majority_loss_probability:
                 return
             self.majority_losses += 1
-            down_ms = rng.randint(cfg.restart_delay_ms_min, max(cfg.restart_delay_ms_min,
-                                                                cfg.majority_loss_restart_ms_max))
+            down_ms = rng.randint(
+                cfg.restart_delay_ms_min, max(cfg.restart_delay_ms_min, cfg.majority_loss_restart_ms_max)
+            )
         else:
             down_ms = rng.randint(cfg.restart_delay_ms_min, cfg.restart_delay_ms_max)
         self.crashes += 1

@@ -94,19 +94,25 @@ class InvariantChecker:
             if ready.restore is not None:
                 snap = ready.restore
                 if snap.index < applied:
-                    self._fail("applied index monotonic",
-                               f"{node} group {gid} installed a snapshot at {snap.index} < applied {applied}")
+                    self._fail(
+                        "applied index monotonic",
+                        f"{node} group {gid} installed a snapshot at {snap.index} < applied {applied}",
+                    )
                 applied = snap.index
                 self.snapshots_installed[node] = self.snapshots_installed.get(node, 0) + 1
             for e in ready.committed:
                 if e.index != applied + 1:
-                    self._fail("applied index monotonic",
-                               f"{node} group {gid} applied {e.index} right after {applied}")
+                    self._fail(
+                        "applied index monotonic",
+                        f"{node} group {gid} applied {e.index} right after {applied}",
+                    )
                 applied = e.index
                 self._check_applied(node, gid, raft, e.index, e.term, e.data)
             if raft.commit_index < commit:
-                self._fail("commit index monotonic",
-                           f"{node} group {gid} commit index {raft.commit_index} < {commit}")
+                self._fail(
+                    "commit index monotonic",
+                    f"{node} group {gid} commit index {raft.commit_index} < {commit}",
+                )
             if raft.term < term:
                 self._fail("term monotonic", f"{node} group {gid} term {raft.term} < {term}")
             self._marks[(node, gid)] = (applied, raft.commit_index, raft.term)
@@ -124,8 +130,9 @@ class InvariantChecker:
             return  # the same leadership as last turn
         holder = self._leaders.setdefault((gid, raft.term), node)
         if holder != node:
-            self._fail("election safety",
-                       f"group {gid} term {raft.term} has two leaders: {holder} and {node}")
+            self._fail(
+                "election safety", f"group {gid} term {raft.term} has two leaders: {holder} and {node}"
+            )
         current[node] = (raft, raft.term)
         # A new leader must hold every entry applied in an earlier term.
         for index in self._applied_order.get(gid, ()):
@@ -133,8 +140,9 @@ class InvariantChecker:
             if a.observer_term < raft.term:
                 self._check_leader_holds(node, gid, raft, index, a)
 
-    def _check_log_entry(self, node: str, gid: int, raft: RaftCore, index: int, term: int,
-                         data: bytes) -> None:
+    def _check_log_entry(
+        self, node: str, gid: int, raft: RaftCore, index: int, term: int, data: bytes
+    ) -> None:
         prev_term = raft.log.term(index - 1)
         key = (gid, index, term)
         seen = self._log.get(key)
@@ -143,11 +151,15 @@ class InvariantChecker:
             return
         seen_data, seen_prev = seen
         if seen_data != data:
-            self._fail("log matching",
-                       f"{node} group {gid} holds a different entry at index {index} term {term}")
+            self._fail(
+                "log matching", f"{node} group {gid} holds a different entry at index {index} term {term}"
+            )
         if prev_term is not None and seen_prev is not None and prev_term != seen_prev:
-            self._fail("log matching", f"{node} group {gid} entry {index}/{term} follows term {prev_term}, "
-                                       f"elsewhere term {seen_prev}")
+            self._fail(
+                "log matching",
+                f"{node} group {gid} entry {index}/{term} follows term {prev_term}, "
+                f"elsewhere term {seen_prev}",
+            )
         if seen_prev is None and prev_term is not None:
             self._log[key] = (data, prev_term)
 
@@ -158,8 +170,10 @@ class InvariantChecker:
             a = self._applied[(gid, index)] = _Applied(term, data, node, raft.term)
             self._applied_order.setdefault(gid, []).append(index)
         elif a.term != term or a.data != data:
-            self._fail("state machine safety",
-                       f"group {gid} index {index}: {node} applied term {term}, {a.first_node} term {a.term}")
+            self._fail(
+                "state machine safety",
+                f"group {gid} index {index}: {node} applied term {term}, {a.first_node} term {a.term}",
+            )
         elif raft.term < a.observer_term:
             a.observer_term = raft.term
         else:
@@ -182,10 +196,13 @@ class InvariantChecker:
     def _check_snapshot(self, node: str, gid: int, snap: Snapshot) -> None:
         seen = self._snapshots.setdefault((gid, snap.index), snap)
         if seen.term != snap.term or seen.data != snap.data:
-            self._fail("state machine safety",
-                       f"{node} group {gid} snapshot at {snap.index} differs from an earlier one")
+            self._fail(
+                "state machine safety",
+                f"{node} group {gid} snapshot at {snap.index} differs from an earlier one",
+            )
         a = self._applied.get((gid, snap.index))
         if a is not None and a.term != snap.term:
-            self._fail("state machine safety",
-                       f"{node} group {gid} snapshot at {snap.index} has term {snap.term}, applied {a.term}")
-
+            self._fail(
+                "state machine safety",
+                f"{node} group {gid} snapshot at {snap.index} has term {snap.term}, applied {a.term}",
+            )

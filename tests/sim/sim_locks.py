@@ -74,9 +74,12 @@ class FencedResource:
             if other.client == client or (mode == SHARED and other.mode == SHARED):
                 continue
             if other.token >= token:
-                host.fail("fenced resource", f"{self.name}: {client} (token {token}, {mode}) used it while "
-                          f"{other.client} (token {other.token}, {other.mode}) was using it since "
-                          f"{other.since_ms} ms")
+                host.fail(
+                    "fenced resource",
+                    f"{self.name}: {client} (token {token}, {mode}) used it while "
+                    f"{other.client} (token {other.token}, {other.mode}) was using it since "
+                    f"{other.since_ms} ms",
+                )
         # A higher token fences every conflicting older use off: their next operation is refused.
         for other in [u for u in self._active.values() if u.client != client]:
             if mode == EXCLUSIVE or other.mode == EXCLUSIVE:
@@ -112,16 +115,21 @@ class LockLedger:
         host = self._host
         seen = self._tokens.setdefault(token, (owner, resource))
         if seen != (owner, resource):
-            host.fail("fencing tokens", f"token {token} granted to {owner} for {resource} and to "
-                      f"{seen[0]} for {seen[1]}")
+            host.fail(
+                "fencing tokens",
+                f"token {token} granted to {owner} for {resource} and to {seen[0]} for {seen[1]}",
+            )
         # Re-entrant: a hold this owner already had (a late duplicate re-acquired it) keeps its token.
         if (owner, resource, token) in self._owned:
             self.stats["reentrant"] += 1
         else:
             floor = floors[0] if mode == EXCLUSIVE else floors[1]
             if token <= floor:
-                host.fail("fencing tokens", f"{owner} was granted {resource} ({mode}) with token {token}, "
-                          f"but a conflicting grant with token {floor} was answered before it asked")
+                host.fail(
+                    "fencing tokens",
+                    f"{owner} was granted {resource} ({mode}) with token {token}, "
+                    f"but a conflicting grant with token {floor} was answered before it asked",
+                )
         self._owned.add((owner, resource, token))
         self.newest[resource] = max(self.newest.get(resource, 0), token)
         if mode == EXCLUSIVE:
@@ -175,13 +183,25 @@ class LockOpBatcher(RpcClient):
                 else:
                     self.host.fail("client protocol", f"a batch of {len(queued)} answered {result!r}")
 
-        first.append(self.call(LockBatch([op for op, _, _ in queued]), answered,  # type: ignore[arg-type]
-                               deadline_ms, ids=len(queued) + 1))
+        first.append(
+            self.call(
+                LockBatch([op for op, _, _ in queued]),
+                answered,  # type: ignore[arg-type]
+                deadline_ms,
+                ids=len(queued) + 1,
+            )
+        )
 
 
 class LockClient(RpcClient):
-    def __init__(self, index: int, host: RpcHost, rng: random.Random, resources: dict[str, FencedResource],
-                 ledger: LockLedger) -> None:
+    def __init__(
+        self,
+        index: int,
+        host: RpcHost,
+        rng: random.Random,
+        resources: dict[str, FencedResource],
+        ledger: LockLedger,
+    ) -> None:
         super().__init__(f"locker-{index}", host, rng)
         self.batcher: LockOpBatcher | None = None
         self.owner = self.name

@@ -24,8 +24,9 @@ Schedule = Callable[..., None]  # (delay_ms, fn, *args): run fn(*args) that much
 
 
 class SimNetwork:
-    def __init__(self, rng: random.Random, config: SimConfig, schedule: Schedule,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self, rng: random.Random, config: SimConfig, schedule: Schedule, clock: Callable[[], int]
+    ) -> None:
         self._rng = rng
         self._config = config
         self._schedule = schedule

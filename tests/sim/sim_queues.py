@@ -96,8 +96,11 @@ class QueueModel:
         self.evidence(original, payload, f"{consumer} consuming {queue}")
         acked = self.acked_at.get((queue, mid))
         if acked is not None and acked < asked_ms:
-            fail("queue ack", f"{consumer} got {queue} {mid} from a consume asked at {asked_ms} ms; "
-                 f"its ack was acknowledged at {acked} ms")
+            fail(
+                "queue ack",
+                f"{consumer} got {queue} {mid} from a consume asked at {asked_ms} ms; "
+                f"its ack was acknowledged at {acked} ms",
+            )
         return original
 
     def ack_acknowledged(self, queue: str, ids: list[str], acked: int) -> None:
@@ -110,8 +113,9 @@ class QueueModel:
     def check_final(self) -> None:
         lost = sorted(mid for mid in self.produced if mid not in self.delivered)
         if lost:
-            self._host.fail("queue liveness",
-                            f"{len(lost)} acknowledged messages never delivered: {lost[:10]}")
+            self._host.fail(
+                "queue liveness", f"{len(lost)} acknowledged messages never delivered: {lost[:10]}"
+            )
 
 
 class Producer(RpcClient):

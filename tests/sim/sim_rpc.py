@@ -196,6 +196,9 @@ class RpcClient:
             self.call(action.op, lambda result: self._step(script, result), action.deadline_ms)
 
     def describe_open(self) -> str:
-        calls = ", ".join(f"{type(c.request.op).__name__} id={c.request.id} since {c.call_ms} ms "
-                          f"({c.attempt} attempts, last to {c.node})" for c in self.pending.values())
+        calls = ", ".join(
+            f"{type(c.request.op).__name__} id={c.request.id} since {c.call_ms} ms "
+            f"({c.attempt} attempts, last to {c.node})"
+            for c in self.pending.values()
+        )
         return f"{self.name}: {calls or 'no call in flight'}"

@@ -71,8 +71,11 @@ class ServiceChecker:
                 front = res.queue[0]
                 if all(COMPATIBLE[h.mode, front.mode] for o, h in holders.items() if o != front.owner):
                     waiting = [(w.owner, w.mode) for w in res.queue]
-                    fail("lock progress", f"{node}: {r} has waiters {waiting} but only compatible holders "
-                         f"{sorted((o, h.mode) for o, h in holders.items())}")
+                    fail(
+                        "lock progress",
+                        f"{node}: {r} has waiters {waiting} but only compatible holders "
+                        f"{sorted((o, h.mode) for o, h in holders.items())}",
+                    )
         if not table.graph.is_acyclic():
             fail("deadlock freedom", f"{node}: the wait-for graph has a cycle: {table.graph.edges()}")
         self._check_edges(node, table)
@@ -84,8 +87,11 @@ class ServiceChecker:
             for i, w in enumerate(q):
                 derived = table._blockers(res, q, i)  # from q[i - 1]'s blockers, checked just before
                 if derived != w.blockers:
-                    self._fail("wait-for graph", f"{node}: {w.owner} waits in {r}'s queue "
-                               f"{[x.owner for x in q]} for {w.blockers}, the queue says {derived}")
+                    self._fail(
+                        "wait-for graph",
+                        f"{node}: {w.owner} waits in {r}'s queue "
+                        f"{[x.owner for x in q]} for {w.blockers}, the queue says {derived}",
+                    )
                 edges.setdefault(w.owner, set()).update(w.blockers)
         expected = sorted((a, b) for a, targets in edges.items() for b in targets)
         if table.graph.edges() != expected:
@@ -95,13 +101,15 @@ class ServiceChecker:
         for name, q in partitions._queues.items():
             c = q.counters
             if q.depth != c.produced - c.acked - c.dead_lettered - c.expired:
-                self._fail("queue accounting", f"{node} shard {gid} queue {name!r}: depth {q.depth}, "
-                           f"counters {c}")
+                self._fail(
+                    "queue accounting", f"{node} shard {gid} queue {name!r}: depth {q.depth}, counters {c}"
+                )
 
     def _compare(self, node: str, core: NodeCore, gid: int) -> None:
         index = core.groups[gid].raft.applied_index
-        twins = [(n, c) for n, c in self._replicas(gid)
-                 if n != node and c.groups[gid].raft.applied_index == index]
+        twins = [
+            (n, c) for n, c in self._replicas(gid) if n != node and c.groups[gid].raft.applied_index == index
+        ]
         if not twins:
             return
         self.agreement_checks += 1
@@ -113,6 +121,8 @@ class ServiceChecker:
             other, twin = twins[0]
             image = twin.groups[gid].machine.snapshot()
         if image != mine:
-            self._fail("replica agreement", f"group {gid}: {node} and {other} applied index {index} "
-                       "but their state machines differ")
+            self._fail(
+                "replica agreement",
+                f"group {gid}: {node} and {other} applied index {index} but their state machines differ",
+            )
         self._images[gid] = (index, mine)

@@ -118,17 +118,23 @@ class Workloads:
         self.cachers: list[CacheClient] = []
         self.cache_checker: CacheChecker | None = None
         if "cache" in self.names:
-            self.cachers = [CacheClient(i, sim, random.Random(rng.getrandbits(64)), self.cache_keys,
-                                        self.write_back_keys) for i in range(cfg.cache_client_count)]
+            self.cachers = [
+                CacheClient(i, sim, random.Random(rng.getrandbits(64)), self.cache_keys, self.write_back_keys)
+                for i in range(cfg.cache_client_count)
+            ]
             self.cache_checker = CacheChecker(sim)
         self.model = QueueModel(sim)
         self.producers: list[Producer] = []
         self.consumers: list[Consumer] = []
         if "queues" in self.names:
-            self.producers = [Producer(i, sim, random.Random(rng.getrandbits(64)), self.model)
-                              for i in range(cfg.queue_producer_count)]
-            self.consumers = [Consumer(i, sim, random.Random(rng.getrandbits(64)), self.model)
-                              for i in range(cfg.queue_consumer_count)]
+            self.producers = [
+                Producer(i, sim, random.Random(rng.getrandbits(64)), self.model)
+                for i in range(cfg.queue_producer_count)
+            ]
+            self.consumers = [
+                Consumer(i, sim, random.Random(rng.getrandbits(64)), self.model)
+                for i in range(cfg.queue_consumer_count)
+            ]
 
     def start(self) -> None:
         for locker in self.lockers:
@@ -186,8 +192,10 @@ class Workloads:
             leader = sim.leader_of(CONTROL_GROUP)
             assert leader is not None
             table = sim.core(leader).groups[CONTROL_GROUP].machine.services["locks"]
-            left = {r: (sorted(res.holders), [w.owner for w in res.queue])
-                    for r, res in table._resources.items()}  # type: ignore[attr-defined]
+            left = {
+                r: (sorted(res.holders), [w.owner for w in res.queue])
+                for r, res in table._resources.items()  # type: ignore[attr-defined]
+            }
             if left:
                 sim.fail("lock liveness", f"every client closed, yet the table holds {left}")
         if self.consumers:

@@ -91,8 +91,10 @@ class Simulation(SimClock):
             node.clock_offset_ms = self._sched_rng.randint(0, 1 << 40)
             node.clock_rate = 1.0 + self._sched_rng.uniform(-cfg.clock_drift_max, cfg.clock_drift_max)
             node.wall_skew_ms = wall_rng.randint(-cfg.wall_skew_ms_max, cfg.wall_skew_ms_max)
-        self.clients = [SimClient(i, self, random.Random(client_rng.getrandbits(64)), cfg)
-                        for i in range(cfg.client_count if "kv" in cfg.workloads else 0)]
+        self.clients = [
+            SimClient(i, self, random.Random(client_rng.getrandbits(64)), cfg)
+            for i in range(cfg.client_count if "kv" in cfg.workloads else 0)
+        ]
         self._clients_by_route: dict[bytes, Endpoint] = {c.route: c for c in self.clients}
         self.workloads = Workloads(self, workload_rng)
         for node in self.nodes.values():
@@ -113,8 +115,14 @@ class Simulation(SimClock):
 
     def _start(self, node: SimNode) -> None:
         stored = {g: node.disk.load(g) for g in node.disk.groups()}
-        node.core = NodeCore(node.id, self.members, stored=stored, now_ms=self.local_ms(node),
-                             rng=random.Random(self._node_rng.getrandbits(64)), config=self.node_config)
+        node.core = NodeCore(
+            node.id,
+            self.members,
+            stored=stored,
+            now_ms=self.local_ms(node),
+            rng=random.Random(self._node_rng.getrandbits(64)),
+            config=self.node_config,
+        )
         node.epoch += 1
         node.crash_point = None
         self.checker.node_started(node.id, node.core)
@@ -195,8 +203,9 @@ class Simulation(SimClock):
             cfg = self.config
             if node.core.has_work() and node.writes_in_flight < WRITES_IN_FLIGHT_MAX:
                 self._wake(node, self.now + 1)
-            self._wake(node, self.now + self._sched_rng.randint(cfg.tick_interval_ms_min,
-                                                                cfg.tick_interval_ms_max))
+            self._wake(
+                node, self.now + self._sched_rng.randint(cfg.tick_interval_ms_min, cfg.tick_interval_ms_max)
+            )
 
     def _turn(self, node: SimNode, core: NodeCore) -> None:
         # NodeRuntime's order: what may leave at once (peer batches, client replies, broadcasts),
@@ -316,11 +325,21 @@ class Simulation(SimClock):
         for peer in self.node_ids:
             if peer != node.id:
                 dst = self.nodes[peer]
-                self.network.send(node.id, peer, self._deliver_published, node, node.epoch, dst, dst.epoch,
-                                  data, ordered=True)
+                self.network.send(
+                    node.id,
+                    peer,
+                    self._deliver_published,
+                    node,
+                    node.epoch,
+                    dst,
+                    dst.epoch,
+                    data,
+                    ordered=True,
+                )
 
-    def _deliver_published(self, src: SimNode, src_epoch: int, dst: SimNode, dst_epoch: int,
-                           data: bytes) -> None:
+    def _deliver_published(
+        self, src: SimNode, src_epoch: int, dst: SimNode, dst_epoch: int, data: bytes
+    ) -> None:
         if dst.core is None or dst.epoch != dst_epoch or src_epoch < src.sent_valid_from:
             self.network.stats["dropped_crash"] += 1
             return
@@ -383,8 +402,11 @@ class Simulation(SimClock):
         converged: list[bool] = []
 
         def poll() -> None:
-            if (all(c.done for c in self.clients) and self.workloads.settled()
-                    and self.convergence_gap() is None):
+            if (
+                all(c.done for c in self.clients)
+                and self.workloads.settled()
+                and self.convergence_gap() is None
+            ):
                 converged.append(True)
             else:
                 self.after(LIVENESS_POLL_MS, poll)
@@ -392,10 +414,14 @@ class Simulation(SimClock):
         self.after(LIVENESS_POLL_MS, poll)
         self.run_until(heal_ms + cfg.liveness_budget_ms, stop=lambda: bool(converged))
         if not converged:
-            open_ops = "; ".join([c.describe_open() for c in self.clients if not c.done]
-                                 + self.workloads.describe_open())
-            self.fail("liveness", f"no convergence {cfg.liveness_budget_ms} ms after healing (at {heal_ms} "
-                      f"ms): {self.convergence_gap() or 'cluster converged'}; open: {open_ops or 'none'}")
+            open_ops = "; ".join(
+                [c.describe_open() for c in self.clients if not c.done] + self.workloads.describe_open()
+            )
+            self.fail(
+                "liveness",
+                f"no convergence {cfg.liveness_budget_ms} ms after healing (at {heal_ms} "
+                f"ms): {self.convergence_gap() or 'cluster converged'}; open: {open_ops or 'none'}",
+            )
         self.check_history()
         self.workloads.check_final()
         return self._report(heal_ms)
@@ -441,8 +467,11 @@ class Simulation(SimClock):
             if gid != 0:
                 images = [g.machine.services["kv"].data for g in groups]  # type: ignore[attr-defined]
                 if any(image != images[0] for image in images):
-                    self.fail("replica agreement", f"group {gid} replicas applied the same index "
-                              f"{groups[0].raft.applied_index} but hold different data: {images}")
+                    self.fail(
+                        "replica agreement",
+                        f"group {gid} replicas applied the same index "
+                        f"{groups[0].raft.applied_index} but hold different data: {images}",
+                    )
         return None
 
     @property

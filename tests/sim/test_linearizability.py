@@ -54,8 +54,9 @@ def test_empty_history() -> None:
 
 
 def test_sequential_ok() -> None:
-    assert_ok([get(0, 0, 1, None), put(0, 2, 3, "a"), get(1, 4, 5, "a"), put(1, 6, 7, "b"),
-               get(0, 8, 9, "b")])
+    assert_ok(
+        [get(0, 0, 1, None), put(0, 2, 3, "a"), get(1, 4, 5, "a"), put(1, 6, 7, "b"), get(0, 8, 9, "b")]
+    )
 
 
 def test_concurrent_put_and_get_may_see_either_value() -> None:
@@ -127,8 +128,14 @@ def test_unknown_outcome_write_consumed_on_one_path_but_not_another() -> None:
     # X, P, g, y, u, g2 is the only linearization.  The search first reaches {P, X, g} as
     # P, X, u+g (consuming u), which fails at g2; reaching the same set and state via
     # X, P, g without consuming u must not be pruned by that failure.
-    ops = [put(0, 0, 10, "v"), put(1, 0, 2, "x"), put(2, 0, None, "v"), get(3, 3, 10, "v"),
-           put(4, 11, 12, "y"), get(5, 13, 14, "v")]
+    ops = [
+        put(0, 0, 10, "v"),
+        put(1, 0, 2, "x"),
+        put(2, 0, None, "v"),
+        get(3, 3, 10, "v"),
+        put(4, 11, 12, "y"),
+        get(5, 13, 14, "v"),
+    ]
     assert_ok(ops)
 
 
@@ -147,8 +154,12 @@ def test_unknown_outcome_get_is_ignored() -> None:
 
 
 def test_keys_are_independent() -> None:
-    ops = [put(0, 0, 1, "a", key="x"), put(1, 0, 1, "b", key="y"), get(2, 2, 3, "a", key="x"),
-           get(2, 4, 5, "b", key="y")]
+    ops = [
+        put(0, 0, 1, "a", key="x"),
+        put(1, 0, 1, "b", key="y"),
+        get(2, 2, 3, "a", key="x"),
+        get(2, 4, 5, "b", key="y"),
+    ]
     assert_ok(ops)
     assert_violation([*ops, get(3, 6, 7, "a", key="y")], key="y")  # "a" was only written to x
 
@@ -165,8 +176,13 @@ def test_budget_exhaustion_is_reported_as_inconclusive() -> None:
 
 
 def test_definite_violation_wins_over_inconclusive_key() -> None:
-    ops = [put(0, 0, 1, "a", key="big"), put(0, 2, 3, "b", key="big"), get(0, 4, 5, "b", key="big"),
-           put(0, 0, 1, "a", key="bad"), get(0, 2, 3, "zzz", key="bad")]
+    ops = [
+        put(0, 0, 1, "a", key="big"),
+        put(0, 2, 3, "b", key="big"),
+        get(0, 4, 5, "b", key="big"),
+        put(0, 0, 1, "a", key="bad"),
+        get(0, 2, 3, "zzz", key="bad"),
+    ]
     result = check_kv_history(ops, max_states=2)
     assert not result.ok and not result.inconclusive and result.key == "bad"
 
@@ -234,8 +250,11 @@ def impossible_reads(ops: list[Operation], g: Operation) -> list[object]:
     completed write of another value that finishes before g starts.  This is a check
     independent of the checker's own stale-read pass.  "Absent" is a write at -inf."""
     assert g.ret is not None
-    writes = [(o.call, o.ret, o.value if o.kind == "put" else None)
-              for o in ops if o.key == g.key and o.kind != "get"]
+    writes = [
+        (o.call, o.ret, o.value if o.kind == "put" else None)
+        for o in ops
+        if o.key == g.key and o.kind != "get"
+    ]
     writes.append((-(10**9), -(10**9), None))
 
     def overwritten(ret: int | None, value: object) -> bool:
@@ -244,8 +263,11 @@ def impossible_reads(ops: list[Operation], g: Operation) -> list[object]:
         )
 
     values = {v for _, _, v in writes}
-    return [value for value in values
-            if all(c > g.ret or overwritten(r, value) for c, r, v in writes if v == value)]
+    return [
+        value
+        for value in values
+        if all(c > g.ret or overwritten(r, value) for c, r, v in writes if v == value)
+    ]
 
 
 def test_property_true_register_histories_pass_and_corrupted_reads_fail() -> None:
@@ -291,8 +313,9 @@ def brute_force(ops: list[Operation]) -> bool:
         if all(placed >> i & 1 or o.ret is None for i, o in enumerate(ops)):
             return True
         for i, o in enumerate(ops):
-            blocked = any(not placed >> j & 1 and p.ret is not None and p.ret < o.call
-                          for j, p in enumerate(ops))
+            blocked = any(
+                not placed >> j & 1 and p.ret is not None and p.ret < o.call for j, p in enumerate(ops)
+            )
             if placed >> i & 1 or blocked or (o.kind == "get" and o.output != state):
                 continue
             if extend(placed | 1 << i, o.value if o.kind != "get" else state):

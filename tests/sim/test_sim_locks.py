@@ -29,8 +29,10 @@ LONG_MS = 10_000
 
 
 def _tables(sim: Simulation) -> dict[str, LockTable]:
-    return {n: c.groups[CONTROL_GROUP].machine.services["locks"]  # type: ignore[misc]
-            for n, c in sim._live_replicas(CONTROL_GROUP)}
+    return {
+        n: c.groups[CONTROL_GROUP].machine.services["locks"]  # type: ignore[misc]
+        for n, c in sim._live_replicas(CONTROL_GROUP)
+    }
 
 
 def _holders(table: LockTable, resource: str) -> dict[str, int]:
@@ -107,8 +109,7 @@ def test_a_three_way_deadlock_is_broken_and_the_survivors_proceed() -> None:
     # a waits for b's r1, b for c's r2; c asking for a's r0 closes the cycle a -> b -> c -> a.
     a_waits = start(sim, a, Acquire("r1", EXCLUSIVE, "owner-a", LONG_MS, LONG_MS))
     b_waits = start(sim, b, Acquire("r2", EXCLUSIVE, "owner-b", LONG_MS, LONG_MS))
-    wait_for(sim, "two waits applied", lambda: all(
-        len(t.graph.edges()) == 2 for t in _tables(sim).values()))
+    wait_for(sim, "two waits applied", lambda: all(len(t.graph.edges()) == 2 for t in _tables(sim).values()))
     refused = call(sim, c, Acquire("r0", EXCLUSIVE, "owner-c", LONG_MS, LONG_MS))
     assert err(refused) == "deadlock"
     cycle = refused.detail["cycle"]  # type: ignore[union-attr]
@@ -165,8 +166,16 @@ def test_a_batched_acquire_waits_and_is_answered_under_its_own_id() -> None:
     a, b = Probe(sim, "probe-a"), Probe(sim, "probe-b")
     held = ok(a.call(leader, Acquire("x", EXCLUSIVE, "owner-a", 0, LONG_MS)))["fencing_token"]
 
-    rid = b.send(leader, LockBatch([Acquire("x", EXCLUSIVE, "owner-b", LONG_MS, LONG_MS),
-                                    Acquire("y", EXCLUSIVE, "owner-c", 0, LONG_MS)]), ids=3)
+    rid = b.send(
+        leader,
+        LockBatch(
+            [
+                Acquire("x", EXCLUSIVE, "owner-b", LONG_MS, LONG_MS),
+                Acquire("y", EXCLUSIVE, "owner-c", 0, LONG_MS),
+            ]
+        ),
+        ids=3,
+    )
     sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid)))
     [answers] = b.results(rid)
     assert isinstance(answers, Answers), answers
@@ -191,8 +200,11 @@ def test_a_batched_acquire_waits_and_is_answered_under_its_own_id() -> None:
     # Asked again alone, under the same id, at the new leader: still waiting behind owner-b.
     wait_for(sim, "the new leader", lambda: sim.leader_of(CONTROL_GROUP) == other)
     b.replies.clear()
-    sim.send_request(b, other, encode(Request("probe-b", rid + 1, rid, Acquire("x", EXCLUSIVE, "owner-d",
-                                                                              LONG_MS, LONG_MS))))
+    sim.send_request(
+        b,
+        other,
+        encode(Request("probe-b", rid + 1, rid, Acquire("x", EXCLUSIVE, "owner-d", LONG_MS, LONG_MS))),
+    )
     sim.run_until(sim.now + 1_000)
     assert not b.results(rid + 1)  # parked again, not applied twice
     ok(b.call(other, Release("x", "owner-b")))

@@ -31,8 +31,14 @@ from syncfab.fabric.core.routing import queue_key_shard
 LONG_MS = 60_000  # no visibility deadline passes during a scenario: only a leader change redelivers
 
 
-def _consume(sim: Simulation, model: QueueModel, consumer: RpcClient, shard: int, queue: str = QUEUE,
-             max_messages: int = 16) -> list[dict[str, Any]]:
+def _consume(
+    sim: Simulation,
+    model: QueueModel,
+    consumer: RpcClient,
+    shard: int,
+    queue: str = QUEUE,
+    max_messages: int = 16,
+) -> list[dict[str, Any]]:
     asked_ms = sim.now
     messages = ok(call(sim, consumer, OnShard(shard, Consume(queue, consumer.name, max_messages, LONG_MS))))
     for m in messages["messages"]:
@@ -131,14 +137,22 @@ def test_a_deposed_shard_leader_hands_out_no_message_acked_elsewhere(check_quoru
     others = [n for n in sim.node_ids if n != old]
     links = [(old, n) for n in others] + [(n, old) for n in others]
     sim.network.cut(links)
-    wait_for(sim, "a leader on the majority side",
-             lambda: any(sim.core(n).groups[shard].raft.role is Role.LEADER for n in others))
+    wait_for(
+        sim,
+        "a leader on the majority side",
+        lambda: any(sim.core(n).groups[shard].raft.role is Role.LEADER for n in others),
+    )
     new = next(n for n in others if sim.core(n).groups[shard].raft.role is Role.LEADER)
     new_raft = sim.core(new).groups[shard].raft
     # Let it commit its own no-op and apply everything: what is left to test is the old leader.
-    wait_for(sim, "the new leader caught up", lambda: (
-        new_raft.log.term(new_raft.commit_index) == new_raft.term
-        and new_raft.applied_index == new_raft.commit_index))
+    wait_for(
+        sim,
+        "the new leader caught up",
+        lambda: (
+            new_raft.log.term(new_raft.commit_index) == new_raft.term
+            and new_raft.applied_index == new_raft.commit_index
+        ),
+    )
 
     def ask(node: str, op: Any) -> Any:
         rid = probe.send(node, op)

@@ -24,9 +24,16 @@ def _replica_not_leading(sim: Simulation, gid: int) -> str:
 
 
 def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
-    cfg = SimConfig(client_count=5, key_count=4, ops_per_client=1_000, read_probability=0.2,
-                    delete_probability=0.0, think_time_ms_max=5, safety_duration_ms=4_000,
-                    crash_drops_sent_probability=0.0)  # the crashed leader's last AppendEntries arrive
+    cfg = SimConfig(
+        client_count=5,
+        key_count=4,
+        ops_per_client=1_000,
+        read_probability=0.2,
+        delete_probability=0.0,
+        think_time_ms_max=5,
+        safety_duration_ms=4_000,
+        crash_drops_sent_probability=0.0,  # the crashed leader's last AppendEntries arrive
+    )
     sim = Simulation(101, config=cfg)
     sim.start()
     gid = shard_for_key("k0", cfg.shard_count)
@@ -48,7 +55,7 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
     applied_puts = set()
     for g in sim.placement.shards:
         for _, data in sim.checker.applied_entries(g):
-            for request in (decode_batch(data)[1] if data else ()):
+            for request in decode_batch(data)[1] if data else ():
                 if isinstance(request.op, Put):
                     applied_puts.add(request.op.value)
     acked = [op.value for op in report.history if op.kind == "put" and op.ret is not None]
@@ -58,9 +65,17 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
 
 
 def test_follower_behind_compaction_gets_install_snapshot_and_converges() -> None:
-    cfg = SimConfig(snapshot_entries=20, snapshot_keep_entries=3, client_count=4, key_count=4,
-                    ops_per_client=1_000, read_probability=0.0, delete_probability=0.0,
-                    think_time_ms_max=5, safety_duration_ms=5_000)
+    cfg = SimConfig(
+        snapshot_entries=20,
+        snapshot_keep_entries=3,
+        client_count=4,
+        key_count=4,
+        ops_per_client=1_000,
+        read_probability=0.0,
+        delete_probability=0.0,
+        think_time_ms_max=5,
+        safety_duration_ms=5_000,
+    )
     sim = Simulation(102, config=cfg)
     sim.start()
     gid = shard_for_key("k1", cfg.shard_count)
@@ -100,8 +115,11 @@ def test_partitioned_old_leader_serves_no_stale_read(check_quorum: bool) -> None
     others = [n for n in sim.node_ids if n != old]
     links = [(old, n) for n in others] + [(n, old) for n in others]
     sim.network.cut(links)
-    wait_for(sim, "a leader on the majority side",
-              lambda: any(sim.core(n).groups[gid].raft.role is Role.LEADER for n in others))
+    wait_for(
+        sim,
+        "a leader on the majority side",
+        lambda: any(sim.core(n).groups[gid].raft.role is Role.LEADER for n in others),
+    )
     new = next(n for n in others if sim.core(n).groups[gid].raft.role is Role.LEADER)
     assert sim.core(new).groups[gid].raft.term > old_term
     assert isinstance(probe.call(new, Put("k0", "v2")), Ok)  # acknowledged: the majority moved on
@@ -131,8 +149,13 @@ def test_follower_crashing_before_its_sync_has_acknowledged_nothing() -> None:
     """The ack that lets a leader commit leaves only after the follower's fsync. Here the only
     follower that can hear the leader crashes with the entry unsynced, then the leader dies: had
     that follower acknowledged early, the write would be committed, answered — and lost."""
-    cfg = SimConfig(client_count=0, safety_duration_ms=0, disk_write_ms_min=2, disk_write_ms_max=2,
-                    crash_drops_sent_probability=0.0)  # whatever the follower sent does arrive
+    cfg = SimConfig(
+        client_count=0,
+        safety_duration_ms=0,
+        disk_write_ms_min=2,
+        disk_write_ms_max=2,
+        crash_drops_sent_probability=0.0,  # whatever the follower sent does arrive
+    )
     sim = Simulation(104, config=cfg)
     sim.start()
     gid = shard_for_key("k0", cfg.shard_count)
@@ -151,8 +174,12 @@ def test_follower_crashing_before_its_sync_has_acknowledged_nothing() -> None:
     acknowledged = any(isinstance(r, Ok) for r in probe.results(rid))
     sim.crash(leader, "idle", down_ms=60_000)
     sim.network.heal(links)
-    wait_for(sim, "a leader without the old one",
-              lambda: sim.leader_of(gid) not in (None, leader), timeout_ms=5_000)
+    wait_for(
+        sim,
+        "a leader without the old one",
+        lambda: sim.leader_of(gid) not in (None, leader),
+        timeout_ms=5_000,
+    )
     read = probe.call(sim.leader_of(gid) or "", Get("k0"))
     assert not acknowledged, "seed=104: v1 was acknowledged with one durable copy"
     assert read == Ok("v0"), read

@@ -26,10 +26,22 @@ CHUNK_SEEDS = 10
 HERE = Path(__file__).resolve().parent
 # Counters summed over the seeds and printed: a workload that stopped reaching its hard cases
 # (deadlocks, fenced zombies, dead letters) would still pass, so the summary shows them.
-SUMMARY_EVENTS = ("lock.granted", "lock.acquire_deadlock", "lock.acquire_lease_expired", "lock.fenced",
-                  "lock.batches", "lock.batch_waits", "queue.deliveries", "queue.lapsed",
-                  "queue.dead_lettered", "queue.dedup_hits", "cache.hits", "cache.misses",
-                  "cache.cas_mismatch", "cache.unknown")
+SUMMARY_EVENTS = (
+    "lock.granted",
+    "lock.acquire_deadlock",
+    "lock.acquire_lease_expired",
+    "lock.fenced",
+    "lock.batches",
+    "lock.batch_waits",
+    "queue.deliveries",
+    "queue.lapsed",
+    "queue.dead_lettered",
+    "queue.dedup_hits",
+    "cache.hits",
+    "cache.misses",
+    "cache.cas_mismatch",
+    "cache.unknown",
+)
 
 
 def _seed_chunks() -> list[list[int]]:
@@ -58,9 +70,11 @@ def timing(request: pytest.FixtureRequest) -> Iterator[_Timing]:
         plugins = request.config.pluginmanager
         reporter = plugins.get_plugin("terminalreporter")
         capture = plugins.get_plugin("capturemanager")
-        line = (f"simulation: {t.seeds} seeds in {t.seconds:.1f} s, {1000 * t.seconds / t.seeds:.0f} ms/seed "
-                f"average, slowest seed {t.slowest[1]} ({1000 * t.slowest[0]:.0f} ms); seeds per workload: "
-                + ", ".join(f"{name} {n}" for name, n in sorted(t.workloads.items())))
+        line = (
+            f"simulation: {t.seeds} seeds in {t.seconds:.1f} s, {1000 * t.seconds / t.seeds:.0f} ms/seed "
+            f"average, slowest seed {t.slowest[1]} ({1000 * t.slowest[0]:.0f} ms); seeds per workload: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(t.workloads.items()))
+        )
         events = ", ".join(f"{t.events[k]} {k}" for k in SUMMARY_EVENTS)
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():
@@ -112,8 +126,9 @@ def test_trace_does_not_depend_on_string_hashing() -> None:
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True
+        )
         digests.add(out.stdout.strip())
     assert len(digests) == 1, f"seed=5: the trace depends on PYTHONHASHSEED: {digests}"
 

@@ -26,8 +26,12 @@ Batch = list[tuple[int, Persist]]
 
 
 def open_store(
-    path: Path, *, fsync: bool = False, checkpoint_records_max: int = 512,
-    checkpoint_bytes_max: int = 4 << 20, segment_bytes: int = 64 << 10,
+    path: Path,
+    *,
+    fsync: bool = False,
+    checkpoint_records_max: int = 512,
+    checkpoint_bytes_max: int = 4 << 20,
+    segment_bytes: int = 64 << 10,
 ) -> LmdbLogStore:
     return LmdbLogStore(
         str(path),
@@ -114,8 +118,9 @@ def test_wal_survives_a_crash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("acks_before_kill", [1, 40, 300])
-def test_kill_9_while_writing_and_folding_loses_nothing_acknowledged(tmp_path: Path,
-                                                                      acks_before_kill: int) -> None:
+def test_kill_9_while_writing_and_folding_loses_nothing_acknowledged(
+    tmp_path: Path, acks_before_kill: int
+) -> None:
     # DiskWriter's shape in a real process: a writer appends and reports each record durable, a
     # fold thread checkpoints all along, tiny segments roll and get reused; then SIGKILL.
     child = f"""

@@ -33,12 +33,16 @@ class Disk:
             case "lmdb":
                 return LmdbLogStore(str(self.path), segment_bytes=SEGMENT_BYTES)
             case "lmdb-nofsync":
-                return LmdbLogStore(str(self.path), fsync=False, map_size_bytes=64 << 20,
-                                    segment_bytes=SEGMENT_BYTES)
+                return LmdbLogStore(
+                    str(self.path), fsync=False, map_size_bytes=64 << 20, segment_bytes=SEGMENT_BYTES
+                )
             case "lmdb-autocheckpoint":
                 # Every other write folds the WAL inside write_encoded.
                 return LmdbLogStore(
-                    str(self.path), fsync=False, map_size_bytes=64 << 20, checkpoint_records_max=1,
+                    str(self.path),
+                    fsync=False,
+                    map_size_bytes=64 << 20,
+                    checkpoint_records_max=1,
                     segment_bytes=SEGMENT_BYTES,
                 )
         raise ValueError(self.kind)
@@ -192,8 +196,9 @@ def test_memory_copy_is_independent() -> None:
 
 
 def test_lmdb_size_bytes_grows(tmp_path: Path) -> None:
-    store = LmdbLogStore(str(tmp_path / "node"), fsync=False, map_size_bytes=64 << 20,
-                         segment_bytes=SEGMENT_BYTES)
+    store = LmdbLogStore(
+        str(tmp_path / "node"), fsync=False, map_size_bytes=64 << 20, segment_bytes=SEGMENT_BYTES
+    )
     before = store.size_bytes()
     store.write([(1, Persist(entries=[Entry(1, i, bytes(500)) for i in range(1, 201)]))])
     assert store.size_bytes() > before + 200 * 500

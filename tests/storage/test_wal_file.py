@@ -53,13 +53,19 @@ def test_a_frame_bigger_than_a_segment_gets_one_to_itself(tmp_path: Path) -> Non
     assert WalFile.scan(str(tmp_path), 0) == big
 
 
-@pytest.mark.parametrize(("written", "offset", "damage"), [
-    pytest.param(5, 3 * 64 + 30, b"\xff", id="a torn frame: inside the fourth one's payload"),
-    pytest.param(3, 3 * 64, bytes(random.Random(5).getrandbits(8) for _ in range(500)),
-                 id="garbage after the last frame"),
-])
-def test_recovery_ends_the_log_at_damage(tmp_path: Path, written: int, offset: int,
-                                         damage: bytes) -> None:
+@pytest.mark.parametrize(
+    ("written", "offset", "damage"),
+    [
+        pytest.param(5, 3 * 64 + 30, b"\xff", id="a torn frame: inside the fourth one's payload"),
+        pytest.param(
+            3,
+            3 * 64,
+            bytes(random.Random(5).getrandbits(8) for _ in range(500)),
+            id="garbage after the last frame",
+        ),
+    ],
+)
+def test_recovery_ends_the_log_at_damage(tmp_path: Path, written: int, offset: int, damage: bytes) -> None:
     wal = open_wal(tmp_path, segment_bytes=1 << 16)
     wal.append(records(1, written))  # 64-byte frames
     wal.close()
