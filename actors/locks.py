@@ -288,7 +288,7 @@ class LockTable:
             return grant
         if op.wait_ms == 0:
             self._stats["timeouts"] += 1
-            return Err("timeout", "lock is held", {"resource": r})
+            return Err("lock_timeout", "lock is held", {"resource": r})
         if len(res.queue) >= self.waiters_max:
             return Err("busy", f"{self.waiters_max} requests already wait for {r!r}", {"resource": r})
         self._arrivals += 1
@@ -372,7 +372,7 @@ class LockTable:
             timeouts += 1
             stood = self._unqueue(w)
             waited = f"waited {w.deadline_ms - w.since_ms} ms"
-            self._answer(w, Err("timeout", waited, {"resource": w.resource}))
+            self._answer(w, Err("lock_timeout", waited, {"resource": w.resource}))
             self._settle(w.resource, stood)
         self._stats["expiries"] += leases
         self._stats["timeouts"] += timeouts

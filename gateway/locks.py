@@ -49,9 +49,8 @@ async def acquire(request: web.Request) -> web.Response:
     result = await request.app[RUNTIME].call(op)
     if isinstance(result, Ok):
         return json_response(result.value)
-    if result.code == "timeout" and isinstance(result.detail, dict):
-        # The lock stayed held for the whole wait (a node that did not answer has no detail).
-        return result_error(result, 408, granted=False)
+    if result.code == "lock_timeout":  # the lock stayed held for the whole wait
+        return result_error(result, granted=False)
     if result.code in ("deadlock", "lease_expired", "cancelled"):
         return result_error(result, granted=False)
     return result_error(_http_names(result))

@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 import syncfab.fabric.client.fanout as fanout
+from syncfab.actors.queue_ops import Produce
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import Ok, Result
 from syncfab.gateway.context import RUNTIME
@@ -64,8 +65,9 @@ async def produce(request: web.Request) -> web.Response:
     if bad:
         return bad
     assert body is not None
-    message = NewMessage(body.data, body.key, body.headers, body.dedup_id)
-    return _answer(await request.app[RUNTIME].produces.submit(body.queue, message))
+    # Concurrent single produces share one request per shard (fabric/core/client_core.py).
+    op = Produce(body.queue, body.data, body.key, body.headers, body.dedup_id)
+    return _answer(await request.app[RUNTIME].call(op))
 
 
 async def produce_batch(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ STATUS_OF = {
     "lease_expired": 409,
     "already_waiting": 409,
     "cancelled": 409,
+    "lock_timeout": 408,
     "version_mismatch": 409,
     "payload_too_large": 413,
     "queue_full": 429,

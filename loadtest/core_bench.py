@@ -11,7 +11,7 @@ Workloads:
   resource, as ``bench.py lock`` without ``--hot``) spread over ``--clients`` client ids, each
   owner alternating Acquire and Release, one request per owner per entry;
 - ``lock_batch``: the same ops, each client's ops of an entry in one LockBatch request (what
-  fabric/client/lock_batcher.py sends), figures per op;
+  fabric/core/client_core.py sends), figures per op;
 - ``produce_batch``: the same machine, ProduceBatch requests of BATCH messages (per message);
 - ``produce``: ``GroupMachine({"kv": KvStore(), "queues": QueuePartitions(1)})`` and a
   100-byte Produce per request.
@@ -44,7 +44,7 @@ from syncfab.fabric.core.codec import OnShard, Request, decode_batch, encode, en
 
 PAYLOAD = b"x" * 100
 WORKLOADS = ("lock", "lock_batch", "produce", "produce_batch")
-# produce_batch: messages per ProduceBatch request (what fabric/client/produce_batcher.py sends for a
+# produce_batch: messages per ProduceBatch request (what fabric/core/client_core.py sends for a
 # pile of single produces); its figures are per message.
 BATCH = 32
 

@@ -26,7 +26,7 @@ from syncfab.actors.queues import (
 )
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.core.codec import OnShard
-from syncfab.fabric.core.routing import message_shard, queue_key_shard
+from syncfab.fabric.core.routing import message_shard, produce_shard
 
 
 class Call(Protocol):
@@ -61,13 +61,8 @@ async def produce_batch(call: Call, shard_count: int, queue: str, messages: list
     by_shard: dict[int, list[int]] = {}
     spread = shard_order(shard_count)
     for n, m in enumerate(messages):
-        if m.key is not None:
-            shard = queue_key_shard(queue, m.key, shard_count)
-        elif m.dedup_id is not None:
-            shard = queue_key_shard(queue, f"\x00dedup\x00{m.dedup_id}", shard_count)
-        else:
-            shard = spread[n % shard_count]
-        by_shard.setdefault(shard, []).append(n)
+        shard = produce_shard(queue, m.key, m.dedup_id, shard_count)
+        by_shard.setdefault(spread[n % shard_count] if shard is None else shard, []).append(n)
     shards = sorted(by_shard)
     results = await asyncio.gather(
         *(call(OnShard(s, ProduceBatch(queue, [messages[n] for n in by_shard[s]]))) for s in shards)

@@ -17,6 +17,7 @@ from typing import Any
 
 from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
 from syncfab.actors.results import Err, Ok, Result
+from syncfab.fabric.core.client_core import GAVE_UP
 
 log = logging.getLogger("syncfab.client")
 
@@ -75,9 +76,9 @@ class LockSession:
         self._acquired_ever = True
         result = await self._call(Acquire(resource, mode, self.owner, wait_ms, ttl_ms or self.ttl_ms))
         if isinstance(result, Err):
-            if result.code == "timeout" and isinstance(result.detail, dict):
-                raise LockTimeout(result.code, result.message, result.detail)  # the table said so
-            if result.code in ("timeout", "unavailable", "no_leader", "leader_changed", "busy"):
+            if result.code == "lock_timeout":  # the lock table's verdict: held for the whole wait
+                raise LockTimeout(result.code, result.message, result.detail)
+            if result.code in (GAVE_UP, "unavailable", "no_leader", "leader_changed", "busy"):
                 # No verdict reached us: the acquire may still have been granted. Give it back
                 # rather than leave a lock held by nobody who knows (best effort; the lease is
                 # the backstop).

@@ -1,10 +1,10 @@
-"""The native client: DEALER sockets to the nodes, requests routed to each group's leader.
+"""The native client: DEALER sockets to the nodes, driving a ``ClientCore``.
 
-It learns the cluster (members, shard count, shard leaders) from any node, computes a key's
-shard itself and sends straight to that shard's leader. Every request carries this client's
-id and a request id, so a retry — after a timeout, a leader change, a dead node — is applied
-once. Retries are bounded by a deadline and a count, rotate across nodes, and follow the
-leader hints replies carry.
+Every decision — request ids, which node an op goes to, leader hints, deadlines, retries,
+coalescing lock ops and produces — is the core's (fabric/core/client_core.py), the same class
+the simulator runs. This module only moves its frames: it learns the cluster from any node,
+sends what the core has once per loop iteration, feeds it what the sockets drain, and keeps
+one timer at the core's next deadline.
 
 ``AsyncClient`` is the asyncio API; fabric/client/blocking.py's ``Client`` is the same thing
 for blocking code.
@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Sequence
+import random
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import zmq
 
 import syncfab.fabric.client.fanout as fanout
 from syncfab.actors.kv import Delete, Get, Put
-from syncfab.actors.locks import Acquire, LockInfo, Release
+from syncfab.actors.locks import LockInfo
+from syncfab.actors.queue_ops import Produce
 from syncfab.actors.queues import ConfigureQueue, NewMessage
-from syncfab.actors.results import RETRYABLE, Err, Ok, Result
-from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.client.cache import CachedValue, CacheWriteResult, ClientCache
-from syncfab.fabric.client.lock_batcher import LockBatcher, RequestSlots
 from syncfab.fabric.client.locks import (
     Deadlock,
     Grant,
@@ -40,9 +39,8 @@ from syncfab.fabric.client.locks import (
     VersionMismatch,
     raise_for,
 )
-from syncfab.fabric.client.produce_batcher import ProduceBatcher
-from syncfab.fabric.core.codec import ClusterInfo, Request, RequestIds, Requests, encode, frame_of, replies_in
-from syncfab.fabric.core.routing import group_for, wait_of
+from syncfab.fabric.core.client_core import ClientConfig, ClientCore
+from syncfab.fabric.core.codec import ClusterInfo, Requests, frame_of
 
 __all__ = [
     "AsyncClient",
@@ -64,8 +62,8 @@ _POLLIN = int(zmq.POLLIN)
 
 
 class _Link:
-    """One DEALER to one node. Requests queued in one loop iteration leave as one frame
-    (``Requests``); replies are drained in bulk when the socket's FD fires."""
+    """One DEALER to one node. What the core has for it in one loop iteration leaves as one
+    frame (``Requests``); replies are drained in bulk when the socket's FD fires."""
 
     def __init__(self, ctx: zmq.Context, address: str, client: AsyncClient) -> None:
         self.address = address
@@ -77,36 +75,33 @@ class _Link:
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.sock.connect(f"tcp://{address}")
         self.fd = self.sock.getsockopt(zmq.FD)
-        self.outbox: list[bytes] = []
         self._client = client
 
-    def flush(self) -> bool:
-        """Send what is queued; True if the socket was used (which may swallow its FD's
-        signal of a reply that arrived meanwhile)."""
-        if not self.outbox:
-            return False
-        # A full queue (100k requests) drops this batch; its callers time out and retry.
+    def send(self, requests: list[bytes]) -> None:
+        # A full queue (100k requests) drops this frame; the core times its calls out and retries.
         with contextlib.suppress(zmq.Again):
-            self.sock.send(frame_of(Requests, self.outbox), _NOBLOCK)
-        self.outbox = []
-        return True
+            self.sock.send(frame_of(Requests, requests), _NOBLOCK)
 
     def drain(self) -> None:
         # Every frame is a reply frame, however the node split them into messages.
-        recv, resolve = self.sock.recv, self._client._resolve
+        recv, receive = self.sock.recv, self._client._core.receive
+        now_ms = self._client._now_ms()
+        got = False
         while True:
             try:
                 data = recv(_NOBLOCK)
             except zmq.Again:
-                return
-            resolve(data)
-
-
-_TIMED_OUT: Any = object()
-SWEEP_INTERVAL_S = 0.05
+                break
+            receive(data, now_ms)
+            got = True
+        if got:
+            self._client._settle()
 
 
 class AsyncClient:
+    """The asyncio driver of a ``ClientCore`` (fabric/core/client_core.py, where every decision
+    is made) over one DEALER per node."""
+
     def __init__(
         self,
         nodes: Sequence[str],
@@ -121,36 +116,47 @@ class AsyncClient:
             raise ValueError("give at least one node address (host:port)")
         self.seeds = list(nodes)
         self.client_id = client_id or f"client/{os.urandom(8).hex()}"
-        self.timeout_s = timeout_s
-        self.attempt_timeout_s = attempt_timeout_s
-        self.attempts_max = attempts_max
-        self.ids = RequestIds()
-        self.shard_count = 0
-        self.members: dict[str, str] = {}  # node id -> address
-        self.leaders: dict[int, str] = {}  # group -> node id
+        config = ClientConfig(
+            timeout_ms=round(timeout_s * 1000),
+            attempt_timeout_ms=round(attempt_timeout_s * 1000),
+            attempts_max=attempts_max,
+        )
+        cache_node = cache_node or self.seeds[0]
+        self._core = ClientCore(
+            self.client_id,
+            [*self.seeds, cache_node],
+            random.Random(int.from_bytes(os.urandom(8), "big")),
+            config,
+        )
         self._links: dict[str, _Link] = {}  # address -> link
-        self._futures: dict[int, asyncio.Future[Result]] = {}
-        self._hints: dict[int, str] = {}  # request id -> leader named by its latest reply
-        self._deadlines: dict[int, float] = {}  # request id -> end of its current attempt
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._futures: dict[int, asyncio.Future[Result]] = {}  # handle -> its caller's
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ms = 0
         self.locks = LockSession(self.call, self.client_id)
         # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
-        self.cache = ClientCache(self, cache_node or self.seeds[0])
-        self._produces = ProduceBatcher(self.call, self._shards)
-        self._lock_ops = LockBatcher(
-            RequestSlots(
-                self._call_as,
-                self.ids.reserve,
-                self._expect,
-                self._forget,
-                self._schedule_flush,
-                lambda: self.attempt_timeout_s,
-            )
-        )
-        self._rotation = itertools.count()
+        self.cache = ClientCache(self, cache_node)
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+
+    @property
+    def shard_count(self) -> int:
+        return self._core.shard_count
+
+    @property
+    def members(self) -> dict[str, str]:
+        """node id -> address"""
+        return self._core.members
+
+    @property
+    def leaders(self) -> dict[int, str]:
+        """group -> node id, as the latest replies named it"""
+        return self._core.leaders
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Calls, retries, timeouts, and how many lock ops and produces shared batches."""
+        return self._core.stats
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -161,7 +167,7 @@ class AsyncClient:
 
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for address in [*self.seeds, self.cache.node]:
+        for address in self._core.nodes:
             self._link(address)
         await self.refresh()
 
@@ -169,9 +175,9 @@ class AsyncClient:
         """Release this client's locks (if the cluster answers), then the sockets."""
         with contextlib.suppress(SyncfabError):
             await self.locks.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for link in self._links.values():
             if self._loop is not None:
                 self._loop.remove_reader(link.fd)
@@ -181,12 +187,8 @@ class AsyncClient:
     async def refresh(self) -> dict[str, Any]:
         """Learn members, shard count and leaders from any node."""
         view = await self.cluster()
-        self.members = {m["id"]: m["address"] for m in view["members"]}
-        self.shard_count = len(view["shards"])
-        self.leaders = {s["id"]: s["leader"] for s in view["shards"] if s["leader"]}
-        if view["leader"]:
-            self.leaders[CONTROL_GROUP] = view["leader"]
-        for address in self.members.values():
+        self._core.learn(view)
+        for address in self._core.nodes:
             self._link(address)
         return view
 
@@ -245,8 +247,8 @@ class AsyncClient:
         dedup_id: str | None = None,
     ) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
-        Concurrent calls share requests on the wire (fabric/client/produce_batcher.py)."""
-        result = await self._produces.submit(queue, NewMessage(data, key, headers, dedup_id))
+        Concurrent calls share requests on the wire (fabric/core/client_core.py)."""
+        result = await self.call(Produce(queue, data, key, headers, dedup_id))
         return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
@@ -310,150 +312,71 @@ class AsyncClient:
         return result.value
 
     async def call(self, op: Any) -> Result:
-        """Send ``op`` to its group's leader (any node when unknown) until it is answered with
-        something other than a retryable error, the deadline passes, or tries run out.
-        Concurrent lock acquires and releases share requests on the wire
-        (fabric/client/lock_batcher.py)."""
-        assert self._loop is not None, "call connect() first"
-        if type(op) is Acquire or type(op) is Release:
-            return await self._lock_ops.call(op)
-        return await self._call_as(op, self.ids.next())
-
-    def _call_as(self, op: Any, rid: int) -> Awaitable[Any]:
-        """``call`` under a request id already taken (and forgotten once answered). The first
-        attempt is queued before this returns; awaiting the result waits and retries."""
-        loop = self._loop
-        assert loop is not None, "call connect() first"
-        group: int | None = None
-        if self.shard_count and not isinstance(op, ClusterInfo):
-            routed = group_for(op, self.shard_count, self.client_id, rid)
-            if isinstance(routed, Err):
-                self.ids.done(rid)
-                answered: asyncio.Future[Any] = loop.create_future()
-                answered.set_result(routed)
-                return answered
-            group = routed
-        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
-        wait_ms, long_poll = wait_of(op)
-        deadline = loop.time() + self.timeout_s + wait_ms / 1000
-        attempt_timeout_s = self.attempt_timeout_s + (wait_ms / 1000 if long_poll else 0)
-        target = self._address_for(group)
-        fut = self._attempt(rid, raw, target, deadline, attempt_timeout_s)
-        return self._answer(rid, raw, group, target, fut, deadline, attempt_timeout_s)
-
-    def _attempt(
-        self, rid: int, raw: bytes, target: str, deadline: float, attempt_timeout_s: float
-    ) -> asyncio.Future[Any]:
-        loop = self._loop
-        assert loop is not None
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._futures[rid] = fut
-        self._links[target].outbox.append(raw)
-        self._schedule_flush()
-        self._deadlines[rid] = loop.time() + min(deadline - loop.time(), attempt_timeout_s)
-        self._schedule_sweep()
-        return fut
-
-    async def _answer(
-        self,
-        rid: int,
-        raw: bytes,
-        group: int | None,
-        target: str,
-        fut: asyncio.Future[Any],
-        deadline: float,
-        attempt_timeout_s: float,
-    ) -> Any:
-        """Until answered with something other than a retryable error, the deadline passes, or
-        tries run out; ``fut`` is the first attempt's."""
-        loop = self._loop
-        assert loop is not None
-        backoff_s = 0.01
-        result: Any = None
-        try:
-            for attempt in range(self.attempts_max):
-                if attempt:
-                    if deadline - loop.time() <= 0:
-                        break
-                    fut = self._attempt(rid, raw, target, deadline, attempt_timeout_s)
-                result = await fut
-                if result is _TIMED_OUT:
-                    result = self._timeout()
-                    target = self._next_address(target)
-                    continue
-                hint = self._hints.pop(rid, None)
-                if hint and group is not None:
-                    self.leaders[group] = hint
-                if not (isinstance(result, Err) and result.code in RETRYABLE):
-                    return result
-                tried, target = target, self._address_for(group)
-                if target == tried and result.code != "busy":
-                    target = self._next_address(tried)
-                await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
-                backoff_s = min(backoff_s * 2, 0.25)
-            return self._timeout() if result is None else result
-        finally:
-            self._futures.pop(rid, None)
-            self._deadlines.pop(rid, None)
-            self._hints.pop(rid, None)
-            self.ids.done(rid)
+        """Run ``op`` on its group's leader: routed, retried, coalesced and timed by the core."""
+        return await self._await(self._core.call(op, self._now_ms()))
 
     async def call_at(self, address: str, op: Any) -> Result:
-        """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it),
-        asked again there, then of the other nodes, until answered or out of time."""
+        """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it)."""
+        self._link(address)
+        return await self._await(self._core.call(op, self._now_ms(), node=address))
+
+    async def _await(self, handle: int) -> Result:
         loop = self._loop
         assert loop is not None, "call connect() first"
-        rid = self.ids.next()
-        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
-        deadline = loop.time() + self.timeout_s
-        target, backoff_s = address, 0.01
-        result: Any = None
+        fut: asyncio.Future[Result] = loop.create_future()
+        self._futures[handle] = fut
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         try:
-            for attempt in range(self.attempts_max):
-                if attempt and deadline - loop.time() <= 0:
-                    break
-                result = await self._attempt(rid, raw, target, deadline, self.attempt_timeout_s)
-                if result is _TIMED_OUT:
-                    result = self._timeout()
-                    if attempt:  # its own node twice, then the others in turn
-                        target = self._next_address(target)
-                    continue
-                if not (isinstance(result, Err) and result.code in RETRYABLE):
-                    return result
-                await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
-                backoff_s = min(backoff_s * 2, 0.25)
-            return self._timeout() if result is None else result
-        finally:
-            self._forget(rid)
-            self._deadlines.pop(rid, None)
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(handle, None)
+            self._core.cancel(handle)
+            raise
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _expect(self, rid: int) -> asyncio.Future[Any]:
+    def _now_ms(self) -> int:
         assert self._loop is not None
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._futures[rid] = fut
-        return fut
+        return int(self._loop.time() * 1000)
 
-    def _forget(self, rid: int) -> None:
-        self._futures.pop(rid, None)
-        self._hints.pop(rid, None)
-        self.ids.done(rid)
+    def _flush(self) -> None:
+        """Once per loop iteration with calls made: what the core has to send goes out."""
+        self._flush_scheduled = False
+        self._send(self._core.outbox(self._now_ms()))
+        self._settle()
 
-    def _timeout(self) -> Err:
-        return Err("timeout", f"no answer within {self.timeout_s:g} s")
+    def _send(self, out: dict[str, list[bytes]]) -> None:
+        for address, requests in out.items():
+            link = self._link(address)
+            link.send(requests)
+            # ZeroMQ FDs are edge-triggered and a send can swallow the edge of a pending reply:
+            # look once more (asking EVENTS costs less than a receive that finds nothing).
+            if link.sock.get(_EVENTS) & _POLLIN:
+                link.drain()
 
-    def _resolve(self, data: bytes) -> None:
-        try:
-            replies = replies_in(data)
-        except Exception:  # a node's error reply to garbage is still a Reply; ignore the rest
-            return
-        for reply in replies:
-            if reply.leader:
-                self._hints[reply.id] = reply.leader
-            fut = self._futures.get(reply.id)
+    def _settle(self) -> None:
+        """Answer finished calls; keep one timer, at the core's next one."""
+        futures = self._futures
+        for handle, result in self._core.completions():
+            fut = futures.pop(handle, None)
             if fut is not None and not fut.done():
-                fut.set_result(reply.result)
+                fut.set_result(result)
+        at_ms = self._core.next_timer_ms()
+        if at_ms is not None and (self._timer is None or at_ms < self._timer_ms):
+            if self._timer is not None:
+                self._timer.cancel()
+            assert self._loop is not None
+            self._timer_ms = at_ms
+            self._timer = self._loop.call_at(at_ms / 1000, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now_ms = max(self._now_ms(), self._timer_ms)  # the loop may wake a hair early
+        self._core.tick(now_ms)
+        self._send(self._core.outbox(now_ms))
+        self._settle()
 
     def _link(self, address: str) -> _Link:
         link = self._links.get(address)
@@ -462,48 +385,3 @@ class AsyncClient:
             assert self._loop is not None
             self._loop.add_reader(link.fd, link.drain)
         return link
-
-    def _address_for(self, group: int | None) -> str:
-        leader = self.leaders.get(group) if group is not None else None
-        if leader and leader in self.members:
-            return self.members[leader]
-        addresses = list(self._links)
-        return addresses[next(self._rotation) % len(addresses)]
-
-    def _next_address(self, current: str) -> str:
-        addresses = list(self._links)
-        return addresses[(addresses.index(current) + 1) % len(addresses)]
-
-    def _schedule_sweep(self) -> None:
-        # One timer for all requests, not one per request: attempts time out at most
-        # SWEEP_INTERVAL_S late, which is noise next to a one-second attempt timeout.
-        if self._sweeper is None and self._loop is not None:
-            self._sweeper = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        assert self._loop is not None
-        now = self._loop.time()
-        for rid, deadline in list(self._deadlines.items()):
-            if deadline <= now:
-                del self._deadlines[rid]
-                fut = self._futures.get(rid)
-                if fut is not None and not fut.done():
-                    fut.set_result(_TIMED_OUT)
-        if self._deadlines:
-            self._schedule_sweep()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_all)
-
-    def _flush_all(self) -> None:
-        self._lock_ops.flush()  # its batches join the outboxes sent now
-        self._flush_scheduled = False
-        # ZeroMQ FDs are edge-triggered and a send can swallow the edge of a pending reply:
-        # look once more at each socket sent on (asking EVENTS costs less than a receive that
-        # finds nothing, which raises). The others' FDs still announce what arrives.
-        for link in self._links.values():
-            if link.flush() and link.sock.get(_EVENTS) & _POLLIN:
-                link.drain()

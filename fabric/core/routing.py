@@ -45,6 +45,17 @@ def queue_key_shard(queue: str, key: str, shard_count: int) -> int:
     return shard_for_key(f"{queue}\x1f{key}", shard_count)
 
 
+def produce_shard(queue: str, key: str | None, dedup_id: str | None, shard_count: int) -> int | None:
+    """The shard a message must go to: its key's (one key keeps its order), else its dedup id's
+    (a producer retrying under a new request id must reach the shard that remembers), else
+    None: any shard will do."""
+    if key is not None:
+        return queue_key_shard(queue, key, shard_count)
+    if dedup_id is not None:
+        return queue_key_shard(queue, f"\x00dedup\x00{dedup_id}", shard_count)
+    return None
+
+
 def message_shard(message_id: str) -> int | None:
     shard, sep, seq = message_id.partition(":")
     if not sep or not shard.isdigit() or not seq.isdigit():
@@ -67,12 +78,9 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
                 return bad("shard", f"shard must be 1..{shard_count}")
             return shard
         case Produce(queue=queue, key=key, dedup_id=dedup_id):
-            if key is not None:
-                return queue_key_shard(queue, key, shard_count)
-            if dedup_id is not None:
-                # A producer retrying under a new request id must reach the shard that remembers.
-                return queue_key_shard(queue, f"\x00dedup\x00{dedup_id}", shard_count)
-            return shard_for_key(f"{client}\x1f{request_id}", shard_count)
+            shard = produce_shard(queue, key, dedup_id, shard_count)
+            # Spread, and a retry (same request id) lands where the first try did.
+            return shard if shard is not None else shard_for_key(f"{client}\x1f{request_id}", shard_count)
         case Ack(message_ids=ids) | Nack(message_ids=ids):
             shards = {message_shard(i) for i in ids}
             if not ids or len(shards) != 1 or None in shards:

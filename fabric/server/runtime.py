@@ -26,19 +26,17 @@ from typing import Any
 import zmq
 
 from syncfab.actors.cache_ops import NEAR_OPS
-from syncfab.actors.results import RETRYABLE, Err, Result
-from syncfab.fabric.client.produce_batcher import ProduceBatcher
+from syncfab.actors.results import Err, Result
+from syncfab.fabric.core.client_core import ClientConfig, ClientCore
 from syncfab.fabric.core.codec import (
     DecodeError,
     PeerBatch,
     Replies,
     Reply,
     Request,
-    RequestIds,
     Requests,
     ValidationError,
     decode_inbound,
-    decode_reply,
     decode_request,
     encode,
     error_reply,
@@ -57,6 +55,9 @@ log = logging.getLogger("syncfab.node")
 ROUTER_FRAMES_PER_TURN_MAX = 4096
 SUB_FRAMES_PER_TURN_MAX = 1024
 REQUEST_BYTES_MAX = 1 << 20  # the same bound as the HTTP gateway's bodies
+GATEWAY_TIMEOUT_MS = 5_000  # an HTTP call's deadline, on top of its op's own wait
+GATEWAY_ATTEMPT_TIMEOUT_MS = 1_000
+LOCAL_NODE = "local"  # the gateway client's one node: this one
 # Turns whose writes are queued or being synced; past this the loop stops taking input until
 # the disk catches up (backpressure) instead of piling up more.
 WRITES_IN_FLIGHT_MAX = 64
@@ -72,9 +73,18 @@ class NodeRuntime:
         self.bind_host = bind_host
         self.epoch = int.from_bytes(os.urandom(6), "big")
         self.client_id = f"{settings.node_id}/gateway/{self.epoch:x}"
-        self.ids = RequestIds()
-        # The gateway's single produces share requests to each shard (fabric/client/produce_batcher.py).
-        self.produces = ProduceBatcher(self.call, lambda: self.settings.core.shard_count)
+        # The gateway's client: the same ClientCore as the native client's, its requests
+        # delivered to this node's own inbox (the core forwards them to their leaders).
+        self.client = ClientCore(
+            self.client_id,
+            [LOCAL_NODE],
+            random.Random(self.epoch),
+            ClientConfig(timeout_ms=GATEWAY_TIMEOUT_MS, attempt_timeout_ms=GATEWAY_ATTEMPT_TIMEOUT_MS),
+        )
+        self.client.shard_count = settings.core.shard_count
+        self._client_flush_scheduled = False
+        self._client_timer: asyncio.TimerHandle | None = None
+        self._client_timer_ms = 0
         self.turns = 0
         self.created_s = time.time()
         self.metrics = NodeMetrics(self)
@@ -297,13 +307,18 @@ class NodeRuntime:
     def _send_replies(self, replies: list[tuple[bytes, bytes]]) -> None:
         """One frame per client per turn, however many replies it has."""
         by_route: dict[bytes, list[bytes]] = {}
+        local = False
+        now_ms = monotonic_ms()
         for route, data in replies:
-            if route == LOCAL_ROUTE:
-                self._resolve(data)
+            if route == LOCAL_ROUTE:  # the gateway's
+                self.client.receive(data, now_ms)
+                local = True
             else:
                 by_route.setdefault(route, []).append(data)
         for route, datas in by_route.items():
             self.transport.reply(route, [frame_of(Replies, datas)])
+        if local:
+            self._settle_client()
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
         """[identity, payload, payload, ...]: a client may send several requests at once."""
@@ -372,53 +387,69 @@ class NodeRuntime:
         self.streams.observe(pub.src, pub.epoch, pub.seq)
         self.core.deliver_published(pub.src, pub.msg)
 
-    def _resolve(self, data: bytes) -> None:
-        reply = decode_reply(data)
-        fut = self._futures.get(reply.id)
-        if fut is not None and not fut.done():
-            fut.set_result(reply.result)
-
     # -- the gateway's way in -------------------------------------------------------------
 
-    async def call(self, op: Any, *, timeout_s: float = 5.0, attempt_timeout_s: float = 1.0) -> Result:
-        """Run one operation on the cluster from this node: forwarded to its group's leader,
-        retried (same request id, so applied once) across leader changes until ``timeout_s``
-        (plus however long the op may wait by design)."""
-        wait_ms, long_poll = wait_of(op)
-        timeout_s += wait_ms / 1000
-        if long_poll:
-            attempt_timeout_s += wait_ms / 1000
-        if isinstance(op, NEAR_OPS):
-            # This node's own cache serves it and always answers (``unavailable`` once the home
-            # stays silent past its deadline). Asked again meanwhile, it would queue the copy
-            # behind the first and run it again after: a write_back write applied twice.
-            attempt_timeout_s = timeout_s
-        rid = self.ids.next()
-        request = Request(self.client_id, rid, self.ids.acked, op)
+    async def call(self, op: Any) -> Result:
+        """Run one operation on the cluster from this node: a ``ClientCore`` of the gateway's
+        (fabric/core/client_core.py) numbers it, coalesces lock ops and produces, and retries
+        it (same request id, so applied once) across leader changes; this node's core forwards
+        it to its group's leader. A cache hit is answered here, from this node's lines."""
         hit = self.core.cache.hit(op, monotonic_ms())
         if hit is not None:
-            self.ids.done(rid)
             return hit
-        raw = encode(request)
-        deadline = self._loop.time() + timeout_s
-        backoff_s = 0.005
+        now_ms = monotonic_ms()
+        if isinstance(op, NEAR_OPS):
+            # This node's own cache serves it and always answers (``unavailable`` once the home
+            # stays silent past its deadline): one attempt, as long as the call.
+            attempt_ms = GATEWAY_TIMEOUT_MS + wait_of(op)[0]
+            handle = self.client.call(op, now_ms, node=LOCAL_NODE, attempt_timeout_ms=attempt_ms)
+        else:
+            handle = self.client.call(op, now_ms)
+        fut: asyncio.Future[Result] = self._loop.create_future()
+        self._futures[handle] = fut
+        if not self._client_flush_scheduled:
+            self._client_flush_scheduled = True
+            self._loop.call_soon(self._flush_client)
         try:
-            while True:
-                remaining = deadline - self._loop.time()
-                if remaining <= 0 or self._closed:
-                    return Err("timeout", f"no answer within {timeout_s:g} s")
-                fut: asyncio.Future[Result] = self._loop.create_future()
-                self._futures[rid] = fut
-                self.core.deliver_client(LOCAL_ROUTE, request, raw)
-                self._wake()
-                try:
-                    result = await asyncio.wait_for(fut, min(remaining, attempt_timeout_s))
-                except TimeoutError:
-                    continue  # the leader we forwarded to may be gone: ask again
-                if not (isinstance(result, Err) and result.code in RETRYABLE):
-                    return result
-                await asyncio.sleep(min(backoff_s, max(deadline - self._loop.time(), 0)))
-                backoff_s = min(backoff_s * 2, 0.2)
-        finally:
-            self._futures.pop(rid, None)
-            self.ids.done(rid)
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(handle, None)
+            self.client.cancel(handle)
+            raise
+
+    def _flush_client(self) -> None:
+        self._client_flush_scheduled = False
+        self._deliver_local(monotonic_ms())
+
+    def _deliver_local(self, now_ms: int) -> None:
+        """The gateway's requests into this node's own inbox, then its finished calls answered."""
+        out = self.client.outbox(now_ms)
+        if self._closed:
+            out = {}
+        for raws in out.values():
+            for raw in raws:
+                self.core.deliver_client(LOCAL_ROUTE, decode_request(raw), raw)
+        if out:
+            self._wake()
+        self._settle_client()
+
+    def _settle_client(self) -> None:
+        futures = self._futures
+        for handle, result in self.client.completions():
+            fut = futures.pop(handle, None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        at_ms = self.client.next_timer_ms()
+        if at_ms is not None and (self._client_timer is None or at_ms < self._client_timer_ms):
+            if self._client_timer is not None:
+                self._client_timer.cancel()
+            self._client_timer_ms = at_ms
+            self._client_timer = self._loop.call_later(
+                max(0, at_ms - monotonic_ms()) / 1000, self._on_client_timer
+            )
+
+    def _on_client_timer(self) -> None:
+        self._client_timer = None
+        now_ms = max(monotonic_ms(), self._client_timer_ms)
+        self.client.tick(now_ms)
+        self._deliver_local(now_ms)

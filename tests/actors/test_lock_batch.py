@@ -57,7 +57,7 @@ def test_a_retried_batch_gets_every_recorded_answer_and_applies_nothing_again() 
     again, _ = r.apply("c", 5, batch)
     assert again == answers
     assert isinstance(answers, Answers)
-    assert isinstance(answers.results[1], Err) and answers.results[1].code == "timeout"
+    assert isinstance(answers.results[1], Err) and answers.results[1].code == "lock_timeout"
     assert r.machine.services["locks"].stats()["grants"] == 1  # type: ignore[attr-defined]
 
 

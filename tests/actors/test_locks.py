@@ -114,7 +114,7 @@ def test_mode_pairs_between_owners(held: str, asked: str, granted: bool) -> None
         assert token_of(result) > first
         assert log.holders("r") == {"a": held, "b": asked}
     else:
-        assert result == Err("timeout", "lock is held", {"resource": "r"})
+        assert result == Err("lock_timeout", "lock is held", {"resource": "r"})
         assert log.holders("r") == {"a": held} and log.waiters("r") == []  # a try-lock never queues
 
 
@@ -156,7 +156,7 @@ def test_readers_queue_behind_a_waiting_writer() -> None:
     log.granted("a", "r", S)
     w = log.waits("w", "r", X)
     _, tried = log.acquire("b", "r", S, wait_ms=0)  # compatible with the holder, but w is first
-    assert code_of(tried) == "timeout"
+    assert code_of(tried) == "lock_timeout"
     b = log.waits("b", "r", S)
     assert log.waiters("r") == ["w", "b"]
     log.apply(Release("r", "a"))
@@ -323,7 +323,7 @@ def test_a_wait_times_out_when_expire_locks_is_applied() -> None:
     assert log.table.due(100) == [ExpireLocks()]
     assert log.answer(rid) is None  # due() decides nothing: only the applied entry does
     assert log.expire(100) == Ok({"leases_expired": 0, "waits_timed_out": 1})
-    assert log.answer(rid) == Err("timeout", "waited 100 ms", {"resource": "r"})
+    assert log.answer(rid) == Err("lock_timeout", "waited 100 ms", {"resource": "r"})
     assert log.waiters("r") == [] and log.table.due(100) == []
 
 

@@ -96,14 +96,14 @@ def test_shared_holders_coexist_and_exclude_a_writer(cluster: LocalCluster) -> N
         for reader, token in sorted(tokens.items())
     ]
     status, body = acquire(cluster, "n3", r, "writer", "exclusive", wait_ms=0)
-    assert status == 408 and body["granted"] is False and body["error"] == "timeout"
+    assert status == 408 and body["granted"] is False and body["error"] == "lock_timeout"
     for reader in tokens:
         assert release(cluster, "n1", r, reader)[0] == 200
     status, grant = acquire(cluster, "n3", r, "writer", "exclusive")
     assert status == 200 and grant["fencing_token"] > max(tokens.values())
     # An exclusive holder keeps readers out too.
     status, body = acquire(cluster, "n2", r, "reader-1", "shared")
-    assert status == 408 and body["granted"] is False and body["error"] == "timeout"
+    assert status == 408 and body["granted"] is False and body["error"] == "lock_timeout"
     assert release(cluster, "n3", r, "writer")[0] == 200
 
 
@@ -111,7 +111,7 @@ def test_try_lock_on_a_held_lock_answers_408(cluster: LocalCluster) -> None:
     assert acquire(cluster, "n1", "try/r", "holder")[0] == 200
     status, body = acquire(cluster, "n2", "try/r", "trier", wait_ms=0)
     assert status == 408
-    assert body["granted"] is False and body["error"] == "timeout" and body["resource"] == "try/r"
+    assert body["granted"] is False and body["error"] == "lock_timeout" and body["resource"] == "try/r"
     # A try-lock never queues.
     assert info(cluster, "n3", "try/r")["waiters"] == []
     assert release(cluster, "n1", "try/r", "holder")[0] == 200
@@ -146,7 +146,7 @@ def test_a_waiter_is_granted_when_the_holder_releases(cluster: LocalCluster) -> 
 def test_a_waiter_whose_wait_runs_out_gets_408(cluster: LocalCluster) -> None:
     assert acquire(cluster, "n1", "waitout/r", "holder")[0] == 200
     status, body = acquire(cluster, "n2", "waitout/r", "patient", wait_ms=300)
-    assert status == 408 and body["granted"] is False and body["error"] == "timeout"
+    assert status == 408 and body["granted"] is False and body["error"] == "lock_timeout"
     assert info(cluster, "n3", "waitout/r")["waiters"] == []
     assert release(cluster, "n1", "waitout/r", "holder")[0] == 200
 
@@ -304,7 +304,7 @@ def test_lock_context_manager_gives_increasing_fencing_tokens(cluster: LocalClus
 
 def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(cluster: LocalCluster) -> None:
     """Many owners' acquires and releases issued at once through one client leave as LockBatches
-    (fabric/client/lock_batcher.py): each still gets its own grant, and a wait in one batch is decided
+    (fabric/core/client_core.py): each still gets its own grant, and a wait in one batch is decided
     by a release in the same batch or a later one."""
 
     async def run() -> None:
@@ -315,7 +315,8 @@ def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(clu
             )
             tokens = [g.value["fencing_token"] for g in grants if isinstance(g, Ok)]
             assert len(set(tokens)) == len(owners), grants
-            sent_before = client.ids.acked
+            assert client.stats["batched_lock_ops"] >= len(owners)
+            batches_before = client.stats["lock_batches"]
             # One iteration: a wait behind a holder, and that holder's release, in one batch.
             waiting, released = await asyncio.gather(
                 client.call(Acquire(f"batch/{owners[0]}", "exclusive", "batch-waiter", 10_000, 30_000)),
@@ -323,7 +324,7 @@ def test_concurrent_native_calls_share_requests_and_each_gets_its_own_answer(clu
             )
             assert isinstance(released, Ok) and released.value == {"released": True}
             assert isinstance(waiting, Ok) and waiting.value["fencing_token"] > max(tokens), waiting
-            assert client.ids.acked >= sent_before + 3  # a batch id and one per op
+            assert client.stats["lock_batches"] == batches_before + 1
             # A wait decided by a later batch: its answer comes on its own.
             later = asyncio.ensure_future(
                 client.call(Acquire(f"batch/{owners[1]}", "exclusive", "batch-late", 10_000, 30_000))
@@ -390,7 +391,7 @@ def test_a_lock_survives_kill_9_of_the_control_leader() -> None:
             for node in survivors:
                 assert info(c, node, "failover/r")["holders"] == expected
             status, body = acquire(c, survivors[1], "failover/r", "intruder", wait_ms=0)
-            assert status == 408 and body["error"] == "timeout"
+            assert status == 408 and body["error"] == "lock_timeout"
             assert holder.renew() > 0  # the lease session goes on through the new leader
 
             def heir_gets_it() -> Any:

@@ -347,7 +347,7 @@ def test_malformed_and_oversized_queue_bodies(cluster: LocalCluster, path: str) 
 
 
 def test_concurrent_native_produces_are_coalesced_and_answered_one_by_one(cluster: LocalCluster) -> None:
-    """Single produces issued together share requests on the wire (fabric/client/produce_batcher.py):
+    """Single produces issued together share requests on the wire (fabric/core/client_core.py):
     each still gets its own id, a bad one fails alone, and every message is stored once."""
     q = "coalesced"
 

@@ -40,7 +40,7 @@ from syncfab.actors.locks import EXCLUSIVE, SHARED, Acquire, LockBatch, Release,
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 
 # Outcomes a lock client may get besides Ok (anything else fails the seed).
-ACQUIRE_ERRORS = {"timeout", "deadlock", "lease_expired", "cancelled", "already_waiting"}
+ACQUIRE_ERRORS = {"lock_timeout", "deadlock", "lease_expired", "cancelled", "already_waiting"}
 RELEASE_ERRORS = {"not_held"}
 RENEW_ERRORS = {"lease_expired"}
 

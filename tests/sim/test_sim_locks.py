@@ -59,7 +59,7 @@ def test_lock_survives_a_crash_of_the_group0_leader() -> None:
     # The new leader's table: same holder, same token; another client still only times out.
     holders = ok(call(sim, b, LockInfo("orders")))["holders"]
     assert [(h["owner"], h["fencing_token"]) for h in holders] == [("owner-a", token)]
-    assert err(call(sim, b, Acquire("orders", EXCLUSIVE, "owner-b", 300, LONG_MS))) == "timeout"
+    assert err(call(sim, b, Acquire("orders", EXCLUSIVE, "owner-b", 300, LONG_MS))) == "lock_timeout"
     ok(call(sim, a, Renew("owner-a", LONG_MS)))
     wait_for(sim, "the old leader back", lambda: sim.is_up(old), timeout_ms=3_000)
     sim.run_until(sim.now + 500)

@@ -1,0 +1,553 @@
+"""A client's whole logic, with no I/O: ``ClientCore``.
+
+The shape of h11's ``Connection`` and of ``RaftCore``: the caller feeds events in and takes
+effects out, and passes the time in. ``call(op, now_ms)`` returns a handle;
+``receive(frame, now_ms)`` takes a frame a node sent; ``tick(now_ms)`` lets time pass (when
+``next_timer_ms()`` says); ``outbox()`` gives the encoded requests to send, per node address,
+and ``completions()`` the calls finished since, with their results. The native client, the
+gateway's runtime and the simulator drive this one class; nothing here opens a socket, reads a
+clock or draws from an unseeded generator.
+
+What it decides:
+
+- **Ids.** Every request carries the client's id, a request id and the acked floor (the lowest
+  id still awaited): a retry is the same bytes, so a replica applies it once.
+- **Routing.** ``routing.group_for`` names the op's group; the call goes to that group's leader
+  as the last reply named it, else to any node. A call pinned to a node (a cache op, served by
+  that node's own cache) goes there, and elsewhere only once it has been silent twice.
+- **Retries, one policy.** An attempt that times out goes to another node at once; a retryable
+  error goes to the named leader (or, ``busy``, the same node) after a backoff with full jitter
+  growing from ``backoff_ms_min`` to ``backoff_ms_max``, until the call's deadline (its
+  ``timeout_ms`` plus however long its op may wait by design) or ``attempts_max`` attempts that
+  nobody answered. A call out of time finishes with its latest retryable answer, or with
+  ``timeout`` if there was none: either way its outcome is unknown.
+- **Coalescing.** Lock acquires and releases called between two ``outbox()`` calls leave as
+  one ``LockBatch`` (each op its own request id: the batch's + 1 + its place); an op the batch
+  left waiting is answered later by its own reply, or asked again alone under its own id when
+  that does not come in time. Single produces leave as one ``ProduceBatch`` per queue and shard
+  (a key's shard, a dedup id's; keyless ones stick to one shard per batch, the next batch the
+  next shard). Nothing waits for a batch to fill: a batch is what piled up meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from syncfab.actors.lock_ops import Acquire, LockBatch, Release
+from syncfab.actors.machine import BATCH_OPS_MAX
+from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, check_message, check_queue
+from syncfab.actors.queues import NewMessage
+from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting
+from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
+from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
+
+# A batch stays well under a node's 1 MiB request bound (names are at most 1 KiB each, a
+# character at most 4 bytes; the estimates count characters, so allow for that).
+LOCK_BATCH_BYTES_MAX = 128 * 1024
+PRODUCE_BATCH_BYTES_MAX = 256 * 1024
+_LOCK_FRAMING_BYTES = 32
+_PRODUCE_FRAMING_BYTES = 16
+BACKOFF_SHIFT_MAX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    timeout_ms: int | None = 10_000  # per call, on top of its op's own wait; None: never give up
+    attempt_timeout_ms: int = 1_000
+    attempts_max: int | None = 12  # attempts nobody answered (a node that answers is retried
+    # until the deadline: an election or a leader catching up ends); None: only the deadline
+    backoff_ms_min: int = 10
+    backoff_ms_max: int = 250
+    # How often a call goes to the leader last heard of rather than any node; the simulator
+    # lowers it so deposed leaders and forwarding are met as often as real clients meet them.
+    leader_hint_probability: float = 1.0
+
+
+GAVE_UP = "timeout"  # the one error that means "no answer came in time: outcome unknown"
+
+
+def timeout_error(waited_ms: int | None) -> Err:
+    """A call given up: nobody knows whether it took effect."""
+    return Err(GAVE_UP, "no answer in time" if waited_ms is None else f"no answer within {waited_ms} ms")
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request in flight (or waiting for its own reply) under its own id."""
+
+    handle: int | None  # None: the client's own batch, answered to its members
+    rid: int
+    op: Any
+    raw: bytes
+    group: int | None
+    pinned: str | None
+    deadline_ms: int | None
+    attempt_timeout_ms: int
+    node: str = ""  # where the latest attempt went
+    attempt: int = 0  # sends so far
+    token: int = 0  # which of this call's timers is live (a send or an answer moves it on)
+    retries: int = 0  # retryable answers so far: the backoff's growth
+    silent: int = 0  # attempts that timed out
+    last: Err | None = None  # the latest retryable answer: what a call out of tries returns
+    locks: list[tuple[int, Acquire | Release, int | None]] | None = None  # a LockBatch's callers
+    produces: list[int] | None = None  # a ProduceBatch's callers' handles, in order
+
+
+@dataclass(slots=True)
+class _Queued:
+    handle: int
+    op: Any
+    deadline_ms: int | None
+    size: int
+
+
+_ATTEMPT, _BACKOFF, _DEADLINE = 0, 1, 2
+_CONFIG: Any = object()  # a call's timeout: the config's
+
+
+class ClientCore:
+    def __init__(
+        self, client_id: str, seeds: list[str], rng: random.Random, config: ClientConfig | None = None
+    ) -> None:
+        assert seeds, "at least one node address"
+        self.client_id = client_id
+        self.config = config or ClientConfig()
+        self.rng = rng
+        self.ids = RequestIds()
+        self.nodes: list[str] = list(dict.fromkeys(seeds))  # every address a call may go to
+        self.members: dict[str, str] = {}  # node id -> address
+        self.shard_count = 0
+        self.leaders: dict[int, str] = {}  # group -> node id, as replies named it
+        self._calls: dict[int, _Call] = {}  # request id -> call in flight
+        self._of_handle: dict[int, int] = {}  # handle -> request id, for cancel
+        self._handles = itertools.count(1)
+        self._timers: list[tuple[int, int, int, int, int]] = []  # (at, seq, kind, rid, attempt)
+        self._seq = itertools.count()
+        self._outbox: dict[str, list[bytes]] = {}
+        self._done: list[tuple[int, Result]] = []
+        self._lock_queue: list[_Queued] = []
+        self._produce_queue: dict[tuple[str, int | None], list[_Queued]] = {}
+        self._sticky = itertools.count(rng.randrange(1 << 16))
+        self._early: dict[int, Reply] = {}  # a batched op's own reply that beat its batch's
+        self._member_of: dict[int, int] = {}  # batched op's id -> its batch's id, while in flight
+        self._cancelled: set[int] = set()  # handles given up on by their callers
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "calls",
+                "retries",
+                "timeouts",
+                "lock_batches",
+                "batched_lock_ops",
+                "batch_waits",
+                "produce_batches",
+                "batched_produces",
+            ),
+            0,
+        )
+
+    # -- what the cluster looks like ---------------------------------------------------------
+
+    def learn(self, view: dict[str, Any]) -> None:
+        """Members, shard count and leaders from a node's ``ClusterInfo`` answer."""
+        self.members = {m["id"]: m["address"] for m in view["members"]}
+        self.shard_count = len(view["shards"])
+        self.leaders = {s["id"]: s["leader"] for s in view["shards"] if s["leader"]}
+        if view["leader"]:
+            self.leaders[CONTROL_GROUP] = view["leader"]
+        for address in self.members.values():
+            if address not in self.nodes:
+                self.nodes.append(address)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(
+        self,
+        op: Any,
+        now_ms: int,
+        *,
+        node: str | None = None,
+        timeout_ms: Any = _CONFIG,
+        attempt_timeout_ms: int | None = None,
+    ) -> int:
+        """Start ``op``; returns its handle, which ``completions()`` names with its result.
+        ``node``: pin it to that node (a cache op); ``timeout_ms`` (None: never give up) and
+        ``attempt_timeout_ms``: this call's own, instead of the config's."""
+        handle = next(self._handles)
+        self.stats["calls"] += 1
+        wait_ms, long_poll = wait_of(op)
+        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
+        deadline_ms = None if timeout is None else now_ms + timeout + wait_ms  # type: ignore[operator]
+        t = type(op)
+        if node is None and (t is Acquire or t is Release):
+            size = len(op.resource) + len(op.owner) + _LOCK_FRAMING_BYTES
+            self._lock_queue.append(_Queued(handle, op, deadline_ms, size))
+            return handle
+        if node is None and t is Produce:
+            return self._queue_produce(handle, op, deadline_ms)
+        attempt_ms = attempt_timeout_ms or self.config.attempt_timeout_ms + (wait_ms if long_poll else 0)
+        self._start(handle, op, self.ids.next(), now_ms, deadline_ms, attempt_ms, node)
+        return handle
+
+    def cancel(self, handle: int) -> None:
+        """The caller stopped waiting: its answer, when it comes, is dropped."""
+        rid = self._of_handle.pop(handle, None)
+        if rid is not None:
+            self._forget(rid)
+        else:
+            self._cancelled.add(handle)  # queued, or in a batch: dropped when it gets there
+
+    def _start(
+        self,
+        handle: int | None,
+        op: Any,
+        rid: int,
+        now_ms: int,
+        deadline_ms: int | None,
+        attempt_ms: int,
+        pinned: str | None,
+        **batch: Any,
+    ) -> _Call | None:
+        group: int | None = None
+        if self.shard_count and type(op) is not ClusterInfo and pinned is None:
+            routed = group_for(op, self.shard_count, self.client_id, rid)
+            if isinstance(routed, Err):
+                self._refuse(handle, rid, routed, batch)
+                return None
+            group = routed
+        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+        call = _Call(handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, **batch)
+        self._calls[rid] = call
+        if handle is not None:
+            self._of_handle[handle] = rid
+        if deadline_ms is not None:
+            self._timer(deadline_ms, _DEADLINE, rid, 0)
+        self._send(call, self._target(call), now_ms)
+        return call
+
+    def _send(self, call: _Call, node: str, now_ms: int) -> None:
+        call.attempt += 1
+        call.token += 1
+        call.node = node
+        out = self._outbox.get(node)
+        if out is None:
+            self._outbox[node] = [call.raw]
+        else:
+            out.append(call.raw)
+        self._timer(now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token)
+
+    def _target(self, call: _Call) -> str:
+        if call.pinned is not None:
+            return call.pinned
+        leader = self.leaders.get(call.group) if call.group is not None else None
+        address = self.members.get(leader) if leader is not None else None
+        p = self.config.leader_hint_probability
+        if address is not None and (p >= 1.0 or self.rng.random() < p):
+            return address
+        return self.rng.choice(self.nodes)
+
+    def _other(self, node: str) -> str:
+        others = [n for n in self.nodes if n != node]
+        return self.rng.choice(others) if others else node
+
+    # -- time --------------------------------------------------------------------------------
+
+    def _timer(self, at_ms: int, kind: int, rid: int, token: int) -> None:
+        heapq.heappush(self._timers, (at_ms, next(self._seq), kind, rid, token))
+
+    def next_timer_ms(self) -> int | None:
+        """When ``tick`` has something to do next."""
+        timers, calls = self._timers, self._calls
+        while timers:
+            _, _, kind, rid, token = timers[0]
+            call = calls.get(rid)
+            if call is not None and (kind == _DEADLINE or call.token == token):
+                return timers[0][0]
+            heapq.heappop(timers)  # answered, or superseded: nothing to do then
+        return None
+
+    def tick(self, now_ms: int) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            _, _, kind, rid, token = heapq.heappop(timers)
+            call = self._calls.get(rid)
+            if call is None:
+                continue
+            if kind == _DEADLINE:
+                self.stats["timeouts"] += 1
+                self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
+            elif call.token == token:  # else answered, or another attempt went out since
+                self._retry(call, kind, now_ms)
+
+    def _retry(self, call: _Call, kind: int, now_ms: int) -> None:
+        if kind == _ATTEMPT:
+            call.silent += 1
+            if self.config.attempts_max is not None and call.silent >= self.config.attempts_max:
+                self.stats["timeouts"] += 1
+                self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
+                return
+        self.stats["retries"] += 1
+        if kind == _BACKOFF:  # to the leader as now known; not again to a node that refused
+            tried, target = call.node, self._target(call)
+            if target == tried and call.pinned is None and call.last is not None and call.last.code != "busy":
+                target = self._other(tried)
+            self._send(call, target, now_ms)
+        elif call.pinned is not None and call.attempt == 1:
+            self._send(call, call.pinned, now_ms)  # its own node twice, then the others
+        else:
+            self._send(call, self._other(call.node), now_ms)
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def receive(self, frame: bytes, now_ms: int) -> list[Reply]:
+        """Take a frame from a node (one ``Reply`` or several); returns what it held."""
+        try:
+            replies = replies_in(frame)
+        except Exception:  # garbage from the network: nothing to answer
+            return []
+        for reply in replies:
+            call = self._calls.get(reply.id)
+            if call is not None:
+                self._on_reply(call, reply, now_ms)
+            elif reply.id in self._member_of:
+                self._early[reply.id] = reply
+        return replies
+
+    def _on_reply(self, call: _Call, reply: Reply, now_ms: int) -> None:
+        if reply.leader is not None and call.group is not None:
+            self.leaders[call.group] = reply.leader
+        result = reply.result
+        if isinstance(result, Err) and result.code in RETRYABLE:
+            call.last = result  # asked again after a backoff (see _retry)
+            cfg = self.config
+            cap = min(cfg.backoff_ms_max, cfg.backoff_ms_min << min(call.retries, BACKOFF_SHIFT_MAX))
+            call.retries += 1
+            call.token += 1  # the attempt is answered: its timeout is void
+            self._timer(now_ms + self.rng.randint(1, max(1, cap)), _BACKOFF, call.rid, call.token)
+            return
+        self._finish(call, result, now_ms)
+
+    def _finish(self, call: _Call, result: Result | Answers, now_ms: int) -> None:
+        del self._calls[call.rid]
+        self.ids.done(call.rid)
+        if call.handle is not None:
+            self._of_handle.pop(call.handle, None)
+        if call.locks is not None:
+            self._answer_locks(call, result, now_ms)
+        elif call.produces is not None:
+            self._answer_produces(call, result)
+        elif call.handle is not None:
+            self._done.append((call.handle, result))  # type: ignore[arg-type]
+
+    def _refuse(self, handle: int | None, rid: int, err: Err, batch: dict[str, Any]) -> None:
+        """A call refused before it left (unroutable): its caller, or its batch's, hear now."""
+        self.ids.done(rid)
+        locks, produces = batch.get("locks"), batch.get("produces")
+        if locks is not None:
+            for k in range(len(locks)):
+                self.ids.done(rid + 1 + k)
+                self._member_of.pop(rid + 1 + k, None)
+        for h in [q[0] for q in locks] if locks else produces or [handle]:
+            if h is not None and not self._dropped(h):
+                self._done.append((h, err))
+
+    def _dropped(self, handle: int) -> bool:
+        """Whether the caller gave up on this handle (forgotten as it is asked)."""
+        if handle in self._cancelled:
+            self._cancelled.discard(handle)
+            return True
+        return False
+
+    def _forget(self, rid: int) -> None:
+        call = self._calls.pop(rid, None)
+        self.ids.done(rid)
+        if call is not None and call.handle is not None:
+            self._of_handle.pop(call.handle, None)
+
+    # -- lock ops, coalesced ---------------------------------------------------------------
+
+    def _flush_locks(self, now_ms: int) -> None:
+        queued, self._lock_queue = self._lock_queue, []
+        live = [q for q in queued if not self._dropped(q.handle)]
+        attempt_ms = self.config.attempt_timeout_ms
+        for batch in split(live, _size, BATCH_OPS_MAX, LOCK_BATCH_BYTES_MAX):
+            if len(batch) == 1:  # a lone op goes as it is
+                q = batch[0]
+                self._start(q.handle, q.op, self.ids.next(), now_ms, q.deadline_ms, attempt_ms, None)
+                continue
+            first = self.ids.reserve(len(batch) + 1)  # the batch's id, then one per op
+            for k in range(len(batch)):
+                self._member_of[first + 1 + k] = first
+            self.stats["lock_batches"] += 1
+            self.stats["batched_lock_ops"] += len(batch)
+            members = [(q.handle, q.op, q.deadline_ms) for q in batch]
+            self._start(
+                None,
+                LockBatch([q.op for q in batch]),
+                first,
+                now_ms,
+                _latest(batch),
+                attempt_ms,
+                None,
+                locks=members,
+            )
+
+    def _answer_locks(self, batch: _Call, result: Result | Answers, now_ms: int) -> None:
+        """Each op its own answer; one left waiting becomes a call under its own id, answered
+        by its own reply (perhaps already here) or asked again alone if that is late."""
+        members = batch.locks
+        assert members is not None
+        whole = isinstance(result, Answers) and len(result.results) == len(members)
+        for k, (handle, op, deadline_ms) in enumerate(members):
+            rid = batch.rid + 1 + k
+            self._member_of.pop(rid, None)
+            early = self._early.pop(rid, None)
+            answer = result.results[k] if whole else result  # type: ignore[union-attr]
+            if self._dropped(handle):
+                self.ids.done(rid)
+            elif not whole or not isinstance(answer, Waiting):
+                self.ids.done(rid)
+                if not whole and not isinstance(result, Err):
+                    answer = Err("bad_reply", f"a batch of {len(members)} answered {result!r}")
+                self._done.append((handle, answer))  # type: ignore[arg-type]
+            else:
+                self.stats["batch_waits"] += 1
+                raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+                call = _Call(
+                    handle,
+                    rid,
+                    op,
+                    raw,
+                    CONTROL_GROUP,
+                    None,
+                    deadline_ms,
+                    self.config.attempt_timeout_ms,
+                    node=batch.node,
+                    attempt=1,
+                    token=1,
+                )
+                self._calls[rid] = call
+                self._of_handle[handle] = rid
+                if deadline_ms is not None:
+                    self._timer(deadline_ms, _DEADLINE, rid, 0)
+                self._timer(now_ms + wait_of(op)[0] + call.attempt_timeout_ms, _ATTEMPT, rid, call.token)
+                if early is not None:
+                    self._on_reply(call, early, now_ms)
+
+    # -- produces, coalesced -----------------------------------------------------------------
+
+    def _queue_produce(self, handle: int, op: Produce, deadline_ms: int | None) -> int:
+        plain = op.key is None and op.dedup_id is None and op.headers is None
+        err = check_queue(op.queue) or (None if plain else check_message(op))
+        if err is None and not self.shard_count:
+            err = Err("unavailable", "the client has not learnt the cluster yet")
+        if err is not None:
+            self._done.append((handle, err))
+            return handle
+        shard = produce_shard(op.queue, op.key, op.dedup_id, self.shard_count)  # None: any (sticky)
+        data = op.data
+        size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
+        queued = self._produce_queue.get((op.queue, shard))
+        if queued is None:
+            queued = self._produce_queue[op.queue, shard] = []
+        queued.append(_Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
+        return handle
+
+    def _flush_produces(self, now_ms: int) -> None:
+        queued, self._produce_queue = self._produce_queue, {}
+        for (queue, shard), items in queued.items():
+            live = [q for q in items if not self._dropped(q.handle)]
+            for batch in split(live, _size, BATCH_MAX, PRODUCE_BATCH_BYTES_MAX):
+                target = shard if shard is not None else next(self._sticky) % self.shard_count + 1
+                messages = [NewMessage(q.op.data, q.op.key, q.op.headers, q.op.dedup_id) for q in batch]
+                self.stats["produce_batches"] += 1
+                self.stats["batched_produces"] += len(batch)
+                self._start(
+                    None,
+                    OnShard(target, ProduceBatch(queue, messages)),
+                    self.ids.next(),
+                    now_ms,
+                    _latest(batch),
+                    self.config.attempt_timeout_ms,
+                    None,
+                    produces=[q.handle for q in batch],
+                )
+
+    def _answer_produces(self, batch: _Call, result: Result | Answers) -> None:
+        handles = batch.produces
+        assert handles is not None
+        if not isinstance(result, Ok):
+            err = result if isinstance(result, Err) else Err("bad_reply", f"a produce answered {result!r}")
+            self._done += [(h, err) for h in handles if not self._dropped(h)]
+            return
+        ids: list[str] = result.value["message_ids"]
+        duplicates = set(result.value.get("duplicates", ()))
+        for n, (handle, message_id) in enumerate(zip(handles, ids, strict=True)):
+            if not self._dropped(handle):
+                value = (
+                    {"message_id": message_id, "duplicate": True}
+                    if n in duplicates
+                    else {"message_id": message_id}
+                )
+                self._done.append((handle, Ok(value)))
+
+    # -- what to send, what is done ----------------------------------------------------------
+
+    def outbox(self, now_ms: int) -> dict[str, list[bytes]]:
+        """The requests to send now, per node address (queued lock ops and produces leave
+        here as batches); the driver sends each list as one frame."""
+        if self._lock_queue:
+            self._flush_locks(now_ms)
+        if self._produce_queue:
+            self._flush_produces(now_ms)
+        out, self._outbox = self._outbox, {}
+        return out
+
+    def completions(self) -> list[tuple[int, Result]]:
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def describe_open(self) -> str:
+        return (
+            ", ".join(
+                f"{type(c.op).__name__} id={c.rid} ({c.attempt} attempts, last to {c.node})"
+                for c in self._calls.values()
+            )
+            or "no call in flight"
+        )
+
+
+def _size(q: _Queued) -> int:
+    return q.size
+
+
+def _latest(batch: list[_Queued]) -> int | None:
+    """A batch waits as long as its most patient op."""
+    deadlines = [q.deadline_ms for q in batch]
+    return None if None in deadlines else max(d for d in deadlines if d is not None)
+
+
+def split(items: list[_Queued], cost: Any, count_max: int, bytes_max: int) -> list[list[_Queued]]:
+    """Batches of at most ``count_max`` items and about ``bytes_max`` bytes by ``cost``, in order
+    (an item bigger than that goes alone)."""
+    batches: list[list[_Queued]] = []
+    current: list[_Queued] = []
+    size = 0
+    for item in items:
+        weight = cost(item)
+        if current and (len(current) >= count_max or size + weight > bytes_max):
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += weight
+    if current:
+        batches.append(current)
+    return batches
