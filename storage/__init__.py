@@ -1,7 +1,3 @@
-"""Durable Raft state: the LogStore protocol and its LMDB and in-memory implementations."""
-
-from syncfab.storage.lmdb_store import LmdbLogStore
-from syncfab.storage.log_store import LogStore, StoredGroup
-from syncfab.storage.memory_store import MemoryLogStore
-
-__all__ = ["LmdbLogStore", "LogStore", "MemoryLogStore", "StoredGroup"]
+"""Durable Raft state: the LogStore protocol (log_store.py) and its LMDB (lmdb_store.py) and
+in-memory (memory_store.py) implementations. Import the module you need: importing this
+package imports nothing, so the simulator runs where lmdb is not installed."""

@@ -18,8 +18,8 @@ from test_log_store import Model, entries, random_persist
 
 from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
-from syncfab.storage import LmdbLogStore, StoredGroup
-from syncfab.storage.lmdb_store import GROUPS_MAX
+from syncfab.storage.lmdb_store import GROUPS_MAX, LmdbLogStore
+from syncfab.storage.log_store import StoredGroup
 from syncfab.storage.wal_file import WalFile
 
 Batch = list[tuple[int, Persist]]
@@ -100,7 +100,7 @@ def test_wal_survives_a_crash(tmp_path: Path) -> None:
         import os
         from syncfab.actors.messages import Entry, HardState
         from syncfab.actors.ready import Persist
-        from syncfab.storage import LmdbLogStore
+        from syncfab.storage.lmdb_store import LmdbLogStore
         store = LmdbLogStore({str(tmp_path)!r}, segment_bytes=64 << 10)
         for i in range(1, 4):
             entries = [Entry(1, i * 10 + j, b"x") for j in range(10)]
@@ -127,7 +127,7 @@ def test_kill_9_while_writing_and_folding_loses_nothing_acknowledged(
         import sys, threading
         from syncfab.actors.messages import Entry, HardState
         from syncfab.actors.ready import Persist
-        from syncfab.storage import LmdbLogStore
+        from syncfab.storage.lmdb_store import LmdbLogStore
         store = LmdbLogStore({str(tmp_path)!r}, segment_bytes=2048, map_size_bytes=64 << 20)
         def fold():
             while True:

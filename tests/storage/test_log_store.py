@@ -12,7 +12,9 @@ import pytest
 
 from syncfab.actors.messages import Entry, HardState, Snapshot
 from syncfab.actors.ready import Persist
-from syncfab.storage import LmdbLogStore, LogStore, MemoryLogStore, StoredGroup
+from syncfab.storage.lmdb_store import LmdbLogStore
+from syncfab.storage.log_store import LogStore, StoredGroup
+from syncfab.storage.memory_store import MemoryLogStore
 
 # Small WAL segments: they roll often (worth exercising) and allocate little disk per test.
 SEGMENT_BYTES = 64 << 10
