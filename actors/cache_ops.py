@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 
 from syncfab.actors.kv import KEY_BYTES_MAX
-from syncfab.actors.results import Err
+from syncfab.actors.results import Err, bad_request
 
 VALUE_BYTES_MAX = 1 << 20  # a value, MessagePack-encoded
 VERSION_STEP = 1000
@@ -139,10 +139,6 @@ class CacheWritten(msgspec.Struct, frozen=True):
     state: str
 
 
-def bad(field: str, message: str) -> Err:
-    return Err("bad_request", message, {"field": field})
-
-
 def check_key(key: object) -> Err | None:
     # A key of at most KEY_BYTES_MAX / 4 characters fits without encoding it (UTF-8: <= 4 each).
     if (
@@ -150,7 +146,7 @@ def check_key(key: object) -> Err | None:
         or not key
         or (len(key) > KEY_BYTES_MAX // 4 and len(key.encode()) > KEY_BYTES_MAX)
     ):
-        return bad("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
+        return bad_request("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
     return None
 
 
@@ -160,13 +156,13 @@ def check_op(op: object) -> Err | None:
     if err is not None or not isinstance(op, CacheWrite):
         return err
     if op.policy not in POLICIES:
-        return bad("policy", f"policy must be one of {', '.join(POLICIES)}")
+        return bad_request("policy", f"policy must be one of {', '.join(POLICIES)}")
     if len(op.value) > VALUE_BYTES_MAX:
         return Err("payload_too_large", f"a value is at most {VALUE_BYTES_MAX} bytes", {"field": "value"})
     if op.ttl_ms is not None and not 0 < op.ttl_ms <= TTL_MS_MAX:
-        return bad("ttl_ms", f"ttl_ms must be 1..{TTL_MS_MAX}")
+        return bad_request("ttl_ms", f"ttl_ms must be 1..{TTL_MS_MAX}")
     if op.expected_version is not None and op.expected_version < 0:
-        return bad("expected_version", "expected_version must be >= 0")
+        return bad_request("expected_version", "expected_version must be >= 0")
     return None
 
 

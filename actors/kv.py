@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.limits import NAME_BYTES_MAX
 from syncfab.actors.results import Err, Ok, Result
 
-KEY_BYTES_MAX = 1024  # every service's keys (KV, cache, routing)
+KEY_BYTES_MAX = NAME_BYTES_MAX  # every service's keys (KV, cache, routing)
 
 if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext

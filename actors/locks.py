@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.limits import NAME_BYTES_MAX
 from syncfab.actors.lock_deadlines import LEASE, LockDeadlines
 from syncfab.actors.lock_ops import (
     Acquire,
@@ -45,7 +46,7 @@ from syncfab.actors.lock_ops import (
     Renew,
 )
 from syncfab.actors.lock_state import Hold, LockImage, Owner, Resource, Wait
-from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
+from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting, bad_request
 from syncfab.actors.wait_for import WaitForGraph
 
 if TYPE_CHECKING:
@@ -86,7 +87,6 @@ COVERS: dict[tuple[str, str], bool] = {
     (EXCLUSIVE, SHARED): True,
     (EXCLUSIVE, EXCLUSIVE): True,
 }
-NAME_BYTES_MAX = 1024
 _COUNTERS = ("grants", "waits", "timeouts", "deadlocks", "expiries", "releases")
 
 
@@ -514,7 +514,7 @@ class LockTable:
 
 
 def _bad_field(name: str, problem: str) -> Err:
-    return Err("bad_request", f"{name} {problem}", {"field": name})
+    return bad_request(name, f"{name} {problem}")
 
 
 def _name_ok(name: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from syncfab.actors.results import WAITING, Answers, Err, Result, Waiting
+from syncfab.actors.results import WAITING, Answers, Err, Result, Waiting, bad_request
 from syncfab.actors.sessions import SessionTable
 
 __all__ = ["BATCH_OPS_MAX", "WAITING", "ApplyContext", "GroupMachine", "Notice", "Service", "Waiting"]
@@ -164,7 +164,7 @@ class GroupMachine:
         if not ctx.request_id:
             return Err("bad_request", "a batch must come from a client")
         if not 0 < len(ops) <= BATCH_OPS_MAX:
-            return Err("bad_request", f"a batch holds 1..{BATCH_OPS_MAX} ops", {"field": "ops"})
+            return bad_request("ops", f"a batch holds 1..{BATCH_OPS_MAX} ops")
         results: list[Result | Waiting] = []
         writes, first = self._writes, ctx.request_id + 1
         # The client's session once for the batch (its floor raised to ``acked`` first, which

@@ -11,15 +11,17 @@ from typing import Any
 
 import msgspec
 
-from syncfab.actors.results import Err
+from syncfab.actors.limits import NAME_BYTES_MAX
+from syncfab.actors.results import Err, bad_request
 
 # Bounds: a request can name at most this many ids or messages, a consume take at most this many.
 IDS_MAX = 1000
 BATCH_MAX = 1000
 CONSUME_MAX = 1000
-NAME_BYTES_MAX = 256  # queue names (not counting ".dlq" suffixes), keys, dedup ids, consumers
+# Queue names (not counting ".dlq" suffixes), keys, dedup ids and consumers are names
+# (actors/limits.py); a queue name with its suffixes is at most twice that.
 # A dead-letter queue of a dead-letter queue adds ".dlq" again; this caps the whole chain.
-QUEUE_NAME_BYTES_MAX = 1024
+QUEUE_NAME_BYTES_MAX = 2 * NAME_BYTES_MAX
 HEADERS_MAX = 64
 DLQ_SUFFIX = ".dlq"
 
@@ -102,10 +104,6 @@ QueueQuery = QueueStats
 QueueLocal = Consume | Return
 
 
-def bad(field: str, message: str) -> Err:
-    return Err("bad_request", message, {"field": field})
-
-
 def _fits(value: str, limit: int = NAME_BYTES_MAX) -> bool:
     # A character takes 1 to 4 bytes of UTF-8: most names are decided by their length alone
     # (this runs on every replica for every message).
@@ -117,21 +115,21 @@ def check_queue(name: object, field: str = "queue") -> Err | None:
     if type(name) is str and 0 < len(name) * 4 <= NAME_BYTES_MAX and not name.endswith(DLQ_SUFFIX):
         return None  # the common case, decided by the length alone (see _fits)
     if not isinstance(name, str) or not name:
-        return bad(field, "a queue name is a non-empty string")
+        return bad_request(field, "a queue name is a non-empty string")
     if not _fits(name, QUEUE_NAME_BYTES_MAX):
-        return bad(field, f"a queue name is at most {NAME_BYTES_MAX} bytes")
+        return bad_request(field, f"a queue name is at most {QUEUE_NAME_BYTES_MAX} bytes with its suffixes")
     base = name
     while base.endswith(DLQ_SUFFIX):
         base = base[: -len(DLQ_SUFFIX)]
     if not base or not _fits(base):
-        return bad(field, f"a queue name is 1 to {NAME_BYTES_MAX} bytes (before any {DLQ_SUFFIX})")
+        return bad_request(field, f"a queue name is 1 to {NAME_BYTES_MAX} bytes (before any {DLQ_SUFFIX})")
     return None
 
 
 def check_int(value: object, field: str, low: int, high: int | None = None) -> Err | None:
     if type(value) is not int or value < low or (high is not None and value > high):
         upper = "" if high is None else f" and at most {high}"
-        return bad(field, f"{field} must be an integer of at least {low}{upper}")
+        return bad_request(field, f"{field} must be an integer of at least {low}{upper}")
     return None
 
 
@@ -139,7 +137,7 @@ def check_text(value: object, field: str, optional: bool = True) -> Err | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value or not _fits(value):
-        return bad(field, f"{field} must be a string of 1 to {NAME_BYTES_MAX} bytes")
+        return bad_request(field, f"{field} must be a string of 1 to {NAME_BYTES_MAX} bytes")
     return None
 
 
@@ -154,15 +152,15 @@ def check_message(message: NewMessage | Produce, prefix: str = "") -> Err | None
     if headers is None:
         return None
     if not isinstance(headers, dict) or len(headers) > HEADERS_MAX:
-        return bad(f"{prefix}headers", f"headers are a map of at most {HEADERS_MAX} strings")
+        return bad_request(f"{prefix}headers", f"headers are a map of at most {HEADERS_MAX} strings")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        return bad(f"{prefix}headers", "header names and values are strings")
+        return bad_request(f"{prefix}headers", "header names and values are strings")
     return None
 
 
 def check_batch_size(messages: object) -> Err | None:
     if not isinstance(messages, list) or not 1 <= len(messages) <= BATCH_MAX:
-        return bad("messages", f"a batch has 1 to {BATCH_MAX} messages")
+        return bad_request("messages", f"a batch has 1 to {BATCH_MAX} messages")
     return None
 
 
@@ -195,7 +193,7 @@ def parse_ids(ids: object, shard: int, field: str = "message_ids") -> list[int] 
     """Sequence numbers of ``ids``, first occurrences only, in the given order. An id of another
     shard is an error rather than an unknown id: it means a routing bug, not a retried ack."""
     if not isinstance(ids, list) or len(ids) > IDS_MAX:
-        return bad(field, f"{field} is a list of at most {IDS_MAX} message ids")
+        return bad_request(field, f"{field} is a list of at most {IDS_MAX} message ids")
     prefix = f"{shard}:"
     seqs: dict[int, None] = {}
     for mid in ids:

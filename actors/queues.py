@@ -1,5 +1,5 @@
 """QueuePartitions: one shard's slice of every queue — append, deliver, ack, nack, visibility
-deadlines, dead letters (ARCHITECTURE.md §5).
+deadlines, dead letters.
 
 A message lives on shard ``hash(queue, key)`` (routing is the caller's), so messages with one
 key are appended in order to one partition. Its id is ``"{shard}:{seq}"``, ``seq`` counting
@@ -46,7 +46,6 @@ from syncfab.actors.queue_ops import (
     QueueStats,
     Redeliver,
     Return,
-    bad,
     check_configure,
     check_consume,
     check_message,
@@ -64,7 +63,7 @@ from syncfab.actors.queue_state import (
     StoredMessage,
 )
 from syncfab.actors.queue_views import browse, counters, queue_stats
-from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting
+from syncfab.actors.results import WAITING, Err, Ok, Result, Waiting, bad_request
 
 if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
@@ -255,7 +254,7 @@ class QueuePartitions:
 
     def _produce_batch(self, op: ProduceBatch) -> Result:
         if not isinstance(op.messages, list) or len(op.messages) > BATCH_MAX:
-            return bad("messages", f"a batch holds at most {BATCH_MAX} messages")
+            return bad_request("messages", f"a batch holds at most {BATCH_MAX} messages")
         result = self._append(op.queue, op.messages, "messages[{}].")
         if isinstance(result, Err):
             return result
@@ -355,7 +354,7 @@ class QueuePartitions:
         if counts is not None and (
             not isinstance(counts, list) or len(counts) != len(ids) or len(set(ids)) != len(ids)
         ):
-            return bad("delivery_counts", "delivery_counts has one count per distinct message id")
+            return bad_request("delivery_counts", "delivery_counts has one count per distinct message id")
         q = self._queues.get(name)
         if q is None:
             return Ok({verb: 0, "dead_lettered": 0})

@@ -40,3 +40,8 @@ class Answers(msgspec.Struct, frozen=True, tag="ans", array_like=True):
 
 # Codes a client may retry, with the same request id, on the same or another node.
 RETRYABLE = frozenset({"not_leader", "no_leader", "busy", "leader_changed", "unavailable"})
+
+
+def bad_request(field: str | None, message: str) -> Err:
+    """Bad input, naming the field it was found in (the gateway's 400 names it too)."""
+    return Err("bad_request", message, None if field is None else {"field": field})

@@ -5,12 +5,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
 from syncfab.actors.locks import Acquire, LockInfo, OwnerInfo, Release, Renew
 from syncfab.actors.results import Err, Ok
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import json_response, read_body, result_error
-
-DEFAULT_TTL_MS = 30_000
 
 
 class AcquireBody(msgspec.Struct):
@@ -18,7 +17,7 @@ class AcquireBody(msgspec.Struct):
     mode: str
     client_id: str
     wait_ms: int = 0
-    ttl_ms: int = DEFAULT_TTL_MS
+    ttl_ms: int = LOCK_TTL_MS_DEFAULT
 
 
 class ReleaseBody(msgspec.Struct):
@@ -28,7 +27,7 @@ class ReleaseBody(msgspec.Struct):
 
 class RenewBody(msgspec.Struct):
     client_id: str
-    ttl_ms: int = DEFAULT_TTL_MS
+    ttl_ms: int = LOCK_TTL_MS_DEFAULT
 
 
 def _http_names(result: Err) -> Err:

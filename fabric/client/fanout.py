@@ -24,7 +24,7 @@ from syncfab.actors.queues import (
     QueueStats,
     Return,
 )
-from syncfab.actors.results import Err, Ok, Result
+from syncfab.actors.results import Err, Ok, Result, bad_request
 from syncfab.fabric.core.codec import OnShard
 from syncfab.fabric.core.routing import message_shard, produce_shard
 
@@ -132,7 +132,7 @@ async def settle(call: Call, queue: str, message_ids: list[str], nack: bool = Fa
     for message_id in message_ids:
         by_shard.setdefault(message_shard(message_id), []).append(message_id)
     if None in by_shard:
-        return Err("bad_request", f"not a message id: {by_shard[None][0]!r}", {"field": "message_ids"})
+        return bad_request("message_ids", f"not a message id: {by_shard[None][0]!r}")
     op = Nack if nack else Ack
     shards = sorted(s for s in by_shard if s is not None)
     results = await asyncio.gather(*(call(op(queue, by_shard[s])) for s in shards))

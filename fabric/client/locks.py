@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
 from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.core.client_core import GAVE_UP
 
 log = logging.getLogger("syncfab.client")
-
-DEFAULT_TTL_MS = 10_000
 
 
 class SyncfabError(Exception):
@@ -64,7 +63,7 @@ Call = Callable[[Any], Awaitable[Result]]
 
 
 class LockSession:
-    def __init__(self, call: Call, owner: str, ttl_ms: int = DEFAULT_TTL_MS) -> None:
+    def __init__(self, call: Call, owner: str, ttl_ms: int = LOCK_TTL_MS_DEFAULT) -> None:
         self._call = call
         self.owner = owner
         self.ttl_ms = ttl_ms

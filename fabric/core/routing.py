@@ -29,16 +29,12 @@ from syncfab.actors.locks import (
     Renew,
 )
 from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
-from syncfab.actors.results import Err
+from syncfab.actors.results import Err, bad_request
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
 from syncfab.fabric.core.codec import OnShard
 
 HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
 _LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)
-
-
-def bad(field: str, message: str) -> Err:
-    return Err("bad_request", message, {"field": field})
 
 
 def queue_key_shard(queue: str, key: str, shard_count: int) -> int:
@@ -67,15 +63,15 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
     match op:
         case Put(key=key) | Get(key=key) | Delete(key=key):
             if not key or len(key.encode()) > KEY_BYTES_MAX:
-                return bad("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
+                return bad_request("key", f"key must be 1..{KEY_BYTES_MAX} bytes")
             return shard_for_key(key, shard_count)
         case CacheLine(key=key):
             return check_key(key) or shard_for_key(key, shard_count)
         case OnShard(shard=shard, op=inner):
             if isinstance(inner, HOUSEKEEPING):
-                return bad("op", f"{type(inner).__name__} is not a client operation")
+                return bad_request("op", f"{type(inner).__name__} is not a client operation")
             if not 1 <= shard <= shard_count:
-                return bad("shard", f"shard must be 1..{shard_count}")
+                return bad_request("shard", f"shard must be 1..{shard_count}")
             return shard
         case Produce(queue=queue, key=key, dedup_id=dedup_id):
             shard = produce_shard(queue, key, dedup_id, shard_count)
@@ -84,19 +80,19 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
         case Ack(message_ids=ids) | Nack(message_ids=ids):
             shards = {message_shard(i) for i in ids}
             if not ids or len(shards) != 1 or None in shards:
-                return bad("message_ids", "message ids must be non-empty and all of one shard")
+                return bad_request("message_ids", "message ids must be non-empty and all of one shard")
             shard = shards.pop()
             assert shard is not None
             if not 1 <= shard <= shard_count:
-                return bad("message_ids", f"no shard {shard}")
+                return bad_request("message_ids", f"no shard {shard}")
             return shard
         case _ if isinstance(op, _LOCK_OPS):
             return CONTROL_GROUP
         case _ if isinstance(op, HOUSEKEEPING):
-            return bad("op", f"{type(op).__name__} is not a client operation")
+            return bad_request("op", f"{type(op).__name__} is not a client operation")
         case _ if isinstance(op, NEAR_OPS):
-            return bad("op", f"{type(op).__name__} is served by a node's own cache, not a group")
-    return bad("op", f"{type(op).__name__} must name its shard (OnShard)")
+            return bad_request("op", f"{type(op).__name__} is served by a node's own cache, not a group")
+    return bad_request("op", f"{type(op).__name__} must name its shard (OnShard)")
 
 
 def wait_of(op: Any) -> tuple[int, bool]:

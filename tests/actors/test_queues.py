@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from syncfab.actors.limits import NAME_BYTES_MAX
 from syncfab.actors.machine import ApplyContext
 from syncfab.actors.queue_state import StoredMessage
 from syncfab.actors.queues import (
@@ -326,7 +327,7 @@ def test_a_batch_is_stored_whole_or_not_at_all() -> None:
     s.produce(0, dedup_id="old")
     too_many = ProduceBatch("q", [NewMessage(i) for i in range(3)])
     assert s.apply(too_many).code == "queue_full"
-    bad = ProduceBatch("q", [NewMessage(1), NewMessage(2, key="k" * 300)])
+    bad = ProduceBatch("q", [NewMessage(1), NewMessage(2, key="k" * (NAME_BYTES_MAX + 1))])
     assert field_of(s.apply(bad)) == "messages[1].key"
     bad_headers = ProduceBatch("q", [NewMessage(1, headers={"h": 5})])  # type: ignore[dict-item]
     assert field_of(s.apply(bad_headers)) == "messages[0].headers"
@@ -519,11 +520,11 @@ def test_restore_refuses_another_shards_snapshot() -> None:
 
 # ---- validation -----------------------------------------------------------------------------
 
-LONG = "x" * 257
+LONG = "x" * (NAME_BYTES_MAX + 1)
 BAD_COMMANDS = [
     (Produce("", 1), "queue"),
     (Produce(LONG, 1), "queue"),
-    (Produce("é" * 129, 1), "queue"),  # 258 bytes
+    (Produce("é" * (NAME_BYTES_MAX // 2 + 1), 1), "queue"),  # one character is 2 bytes
     (Produce(".dlq", 1), "queue"),
     (Produce("q", 1, key=""), "key"),
     (Produce("q", 1, dedup_id=LONG), "dedup_id"),
