@@ -41,6 +41,16 @@ class ExpireLocks(msgspec.Struct, frozen=True, tag="lkexp", array_like=True):
     """Housekeeping the leader proposes when ``due``: every deadline up to ``ctx.now_ms``."""
 
 
+class Granted(msgspec.Struct, frozen=True, kw_only=True):
+    """What a granted acquire answers (a map on the wire and in JSON); clients read it typed:
+    ``msgspec.convert(result.value, Granted)``."""
+
+    granted: bool
+    fencing_token: int
+    resource: str
+    mode: str
+
+
 class LockInfo(msgspec.Struct, frozen=True, tag="lkinf", array_like=True):
     resource: str
 

@@ -46,6 +46,14 @@ class ProduceBatch(msgspec.Struct, frozen=True, tag="qbatch", array_like=True):
     messages: list[NewMessage]
 
 
+class Produced(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ProduceBatch answers: each message's id, in order, and the places of those a
+    dedup id had seen before (omitted when none); clients read it typed."""
+
+    message_ids: list[str]
+    duplicates: list[int] = []
+
+
 class Ack(msgspec.Struct, frozen=True, tag="qack", array_like=True):
     queue: str
     message_ids: list[str]

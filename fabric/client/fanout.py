@@ -13,7 +13,9 @@ import itertools
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from syncfab.actors.queue_ops import check_batch_size, check_message, check_queue
+import msgspec
+
+from syncfab.actors.queue_ops import Produced, check_batch_size, check_message, check_queue
 from syncfab.actors.queues import (
     Ack,
     ConfigureQueue,
@@ -71,7 +73,9 @@ async def produce_batch(call: Call, shard_count: int, queue: str, messages: list
     for shard, result in zip(shards, results, strict=True):
         if isinstance(result, Err):
             return result  # what other shards stored stays stored: at-least-once, never lost
-        for n, message_id in zip(by_shard[shard], result.value["message_ids"], strict=True):
+        for n, message_id in zip(
+            by_shard[shard], msgspec.convert(result.value, Produced).message_ids, strict=True
+        ):
             ids[n] = message_id
     return Ok({"message_ids": ids})
 

@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
+from syncfab.actors.lock_ops import Granted
 from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.core.client_core import GAVE_UP
@@ -86,7 +89,8 @@ class LockSession:
                 raise SyncfabError(result.code, f"{result.message}; released in case it was granted")
             raise_for(result)
         assert isinstance(result, Ok)
-        grant = Grant(resource, result.value["mode"], result.value["fencing_token"])
+        granted = msgspec.convert(result.value, Granted)
+        grant = Grant(granted.resource, granted.mode, granted.fencing_token)
         self.held[resource] = grant
         self._keep_alive()
         return grant

@@ -37,9 +37,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from syncfab.actors.lock_ops import Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
-from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, check_message, check_queue
+from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, Produced, check_message, check_queue
 from syncfab.actors.queues import NewMessage
 from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP
@@ -484,9 +486,13 @@ class ClientCore:
             err = result if isinstance(result, Err) else Err("bad_reply", f"a produce answered {result!r}")
             self._done += [(h, err) for h in handles if not self._dropped(h)]
             return
-        ids: list[str] = result.value["message_ids"]
-        duplicates = set(result.value.get("duplicates", ()))
-        for n, (handle, message_id) in enumerate(zip(handles, ids, strict=True)):
+        try:
+            produced = msgspec.convert(result.value, Produced)
+        except msgspec.ValidationError as e:
+            self._done += [(h, Err("bad_reply", f"a produce answered {e}")) for h in handles]
+            return
+        duplicates = set(produced.duplicates)
+        for n, (handle, message_id) in enumerate(zip(handles, produced.message_ids, strict=True)):
             if not self._dropped(handle):
                 value = (
                     {"message_id": message_id, "duplicate": True}

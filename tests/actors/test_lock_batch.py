@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
+from syncfab.actors.lock_ops import Granted
 from syncfab.actors.locks import EXCLUSIVE, Acquire, LockBatch, LockTable, Release
 from syncfab.actors.machine import BATCH_OPS_MAX, ApplyContext, GroupMachine
 from syncfab.actors.results import Answers, Err, Ok, Waiting
@@ -125,3 +127,11 @@ def test_a_batch_raises_its_clients_floor_before_its_ops_are_looked_up() -> None
     assert isinstance(stale, Err) and stale.code == "stale_request"
     token(applied)
     assert r.machine.services["locks"].stats()["grants"] == 1  # type: ignore[attr-defined]
+
+
+def test_a_grant_is_what_clients_read_it_as() -> None:
+    """The lock table's answer converts, field by field, into the Struct clients read it as."""
+    result, _ = Replica().apply("c", 1, Acquire("r", EXCLUSIVE, "o", 0, LONG_MS))
+    assert isinstance(result, Ok)
+    granted = msgspec.convert(result.value, Granted)
+    assert (granted.granted, granted.resource, granted.mode) == (True, "r", "exclusive")

@@ -12,6 +12,7 @@ import pytest
 
 from syncfab.actors.limits import NAME_BYTES_MAX
 from syncfab.actors.machine import ApplyContext
+from syncfab.actors.queue_ops import Produced
 from syncfab.actors.queue_state import StoredMessage
 from syncfab.actors.queues import (
     Ack,
@@ -341,7 +342,9 @@ def test_a_batch_is_stored_whole_or_not_at_all() -> None:
             NewMessage(4, dedup_id="old"),
         ],
     )
-    assert s.ok(batch) == {"message_ids": ["2:2", "2:3", "2:2", "2:1"], "duplicates": [2, 3]}
+    answer = s.ok(batch)
+    assert answer == {"message_ids": ["2:2", "2:3", "2:2", "2:1"], "duplicates": [2, 3]}
+    assert msgspec.convert(answer, Produced) == Produced(message_ids=answer["message_ids"], duplicates=[2, 3])
     assert datas(s.consume(max=10)) == [0, 1, 2]
     huge = ProduceBatch("big", [NewMessage(i) for i in range(1_001)])
     assert field_of(s.apply(huge)) == "messages"
