@@ -108,7 +108,7 @@ class _Queued:
     size: int
 
 
-_ATTEMPT, _BACKOFF, _DEADLINE = 0, 1, 2
+_ATTEMPT, _BACKOFF = 0, 1  # what a call's one live timer ends: an attempt, or a backoff
 _CONFIG: Any = object()  # a call's timeout: the config's
 
 
@@ -181,16 +181,16 @@ class ClientCore:
         ``attempt_timeout_ms``: this call's own, instead of the config's."""
         handle = next(self._handles)
         self.stats["calls"] += 1
-        wait_ms, long_poll = wait_of(op)
         timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
-        deadline_ms = None if timeout is None else now_ms + timeout + wait_ms  # type: ignore[operator]
         t = type(op)
+        if node is None and t is Produce:  # the hot path first: a produce never waits
+            return self._queue_produce(handle, op, None if timeout is None else now_ms + timeout)
+        wait_ms, long_poll = wait_of(op)
+        deadline_ms = None if timeout is None else now_ms + timeout + wait_ms
         if node is None and (t is Acquire or t is Release):
             size = len(op.resource) + len(op.owner) + _LOCK_FRAMING_BYTES
             self._lock_queue.append(_Queued(handle, op, deadline_ms, size))
             return handle
-        if node is None and t is Produce:
-            return self._queue_produce(handle, op, deadline_ms)
         attempt_ms = attempt_timeout_ms or self.config.attempt_timeout_ms + (wait_ms if long_poll else 0)
         self._start(handle, op, self.ids.next(), now_ms, deadline_ms, attempt_ms, node)
         return handle
@@ -226,8 +226,6 @@ class ClientCore:
         self._calls[rid] = call
         if handle is not None:
             self._of_handle[handle] = rid
-        if deadline_ms is not None:
-            self._timer(deadline_ms, _DEADLINE, rid, 0)
         self._send(call, self._target(call), now_ms)
         return call
 
@@ -240,7 +238,7 @@ class ClientCore:
             self._outbox[node] = [call.raw]
         else:
             out.append(call.raw)
-        self._timer(now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token)
+        self._timer(call, now_ms + call.attempt_timeout_ms, _ATTEMPT)
 
     def _target(self, call: _Call) -> str:
         if call.pinned is not None:
@@ -258,16 +256,20 @@ class ClientCore:
 
     # -- time --------------------------------------------------------------------------------
 
-    def _timer(self, at_ms: int, kind: int, rid: int, token: int) -> None:
-        heapq.heappush(self._timers, (at_ms, next(self._seq), kind, rid, token))
+    def _timer(self, call: _Call, at_ms: int, kind: int) -> None:
+        """A call has one live timer (its token's), never later than its deadline."""
+        deadline = call.deadline_ms
+        if deadline is not None and deadline < at_ms:
+            at_ms = deadline
+        heapq.heappush(self._timers, (at_ms, next(self._seq), kind, call.rid, call.token))
 
     def next_timer_ms(self) -> int | None:
         """When ``tick`` has something to do next."""
         timers, calls = self._timers, self._calls
         while timers:
-            _, _, kind, rid, token = timers[0]
+            _, _, _, rid, token = timers[0]
             call = calls.get(rid)
-            if call is not None and (kind == _DEADLINE or call.token == token):
+            if call is not None and call.token == token:
                 return timers[0][0]
             heapq.heappop(timers)  # answered, or superseded: nothing to do then
         return None
@@ -277,12 +279,12 @@ class ClientCore:
         while timers and timers[0][0] <= now_ms:
             _, _, kind, rid, token = heapq.heappop(timers)
             call = self._calls.get(rid)
-            if call is None:
-                continue
-            if kind == _DEADLINE:
+            if call is None or call.token != token:
+                continue  # answered, or another attempt went out since
+            if call.deadline_ms is not None and now_ms >= call.deadline_ms:
                 self.stats["timeouts"] += 1
                 self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
-            elif call.token == token:  # else answered, or another attempt went out since
+            else:
                 self._retry(call, kind, now_ms)
 
     def _retry(self, call: _Call, kind: int, now_ms: int) -> None:
@@ -329,7 +331,7 @@ class ClientCore:
             cap = min(cfg.backoff_ms_max, cfg.backoff_ms_min << min(call.retries, BACKOFF_SHIFT_MAX))
             call.retries += 1
             call.token += 1  # the attempt is answered: its timeout is void
-            self._timer(now_ms + self.rng.randint(1, max(1, cap)), _BACKOFF, call.rid, call.token)
+            self._timer(call, now_ms + self.rng.randint(1, max(1, cap)), _BACKOFF)
             return
         self._finish(call, result, now_ms)
 
@@ -374,7 +376,7 @@ class ClientCore:
 
     def _flush_locks(self, now_ms: int) -> None:
         queued, self._lock_queue = self._lock_queue, []
-        live = [q for q in queued if not self._dropped(q.handle)]
+        live = [q for q in queued if not self._dropped(q.handle)] if self._cancelled else queued
         attempt_ms = self.config.attempt_timeout_ms
         for batch in split(live, _size, BATCH_OPS_MAX, LOCK_BATCH_BYTES_MAX):
             if len(batch) == 1:  # a lone op goes as it is
@@ -434,9 +436,7 @@ class ClientCore:
                 )
                 self._calls[rid] = call
                 self._of_handle[handle] = rid
-                if deadline_ms is not None:
-                    self._timer(deadline_ms, _DEADLINE, rid, 0)
-                self._timer(now_ms + wait_of(op)[0] + call.attempt_timeout_ms, _ATTEMPT, rid, call.token)
+                self._timer(call, now_ms + wait_of(op)[0] + call.attempt_timeout_ms, _ATTEMPT)
                 if early is not None:
                     self._on_reply(call, early, now_ms)
 
@@ -450,7 +450,8 @@ class ClientCore:
         if err is not None:
             self._done.append((handle, err))
             return handle
-        shard = produce_shard(op.queue, op.key, op.dedup_id, self.shard_count)  # None: any (sticky)
+        # None: any shard (sticky per batch)
+        shard = None if plain else produce_shard(op.queue, op.key, op.dedup_id, self.shard_count)
         data = op.data
         size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
         queued = self._produce_queue.get((op.queue, shard))
@@ -462,7 +463,7 @@ class ClientCore:
     def _flush_produces(self, now_ms: int) -> None:
         queued, self._produce_queue = self._produce_queue, {}
         for (queue, shard), items in queued.items():
-            live = [q for q in items if not self._dropped(q.handle)]
+            live = [q for q in items if not self._dropped(q.handle)] if self._cancelled else items
             for batch in split(live, _size, BATCH_MAX, PRODUCE_BATCH_BYTES_MAX):
                 target = shard if shard is not None else next(self._sticky) % self.shard_count + 1
                 messages = [NewMessage(q.op.data, q.op.key, q.op.headers, q.op.dedup_id) for q in batch]
