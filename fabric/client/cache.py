@@ -24,6 +24,7 @@ from syncfab.actors.cache_ops import (
     CacheRead,
     CacheStats,
     CacheWrite,
+    CacheWritten,
 )
 
 if TYPE_CHECKING:
@@ -70,8 +71,9 @@ class ClientCache:
         """``expected_version`` makes it a compare-and-set (0: the key must not exist); raises
         VersionMismatch (``.detail["version"]``) if memory moved on."""
         op = CacheWrite(key, msgspec.Raw(_encode(value)), policy, ttl_ms, expected_version)
-        written = self._client._value(await self._client.call_at(self.node, op))
-        return CacheWriteResult(written["key"], written["version"], written["state"])
+        answer = self._client._value(await self._client.call_at(self.node, op))
+        written = msgspec.convert(answer, CacheWritten)
+        return CacheWriteResult(written.key, written.version, written.state)
 
     async def delete(self, key: str) -> bool:
         return bool(self._client._value(await self._client.call_at(self.node, CacheDelete(key)))["deleted"])
