@@ -73,6 +73,8 @@ async def read_body(request: web.Request, kind: type[T]) -> tuple[T | None, web.
         return None, bad_request(_field_of(str(e)), str(e))
     except msgspec.DecodeError as e:
         return None, bad_request("body", f"malformed JSON: {e}")
+    except RecursionError:
+        return None, bad_request("body", "JSON nested too deeply")
 
 
 def _field_of(message: str) -> str:

@@ -43,7 +43,7 @@ from syncfab.actors.lock_ops import Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
 from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, Produced, check_message, check_queue
 from syncfab.actors.queues import NewMessage
-from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting
+from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting, bad_request
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
 from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
@@ -108,6 +108,8 @@ class _Queued:
     size: int
 
 
+# What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
+UNENCODABLE = (RecursionError, TypeError, OverflowError, ValueError)
 _ATTEMPT, _BACKOFF = 0, 1  # what a call's one live timer ends: an attempt, or a backoff
 _CONFIG: Any = object()  # a call's timeout: the config's
 
@@ -221,7 +223,11 @@ class ClientCore:
                 self._refuse(handle, rid, routed, batch)
                 return None
             group = routed
-        raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+        try:
+            raw = encode(Request(self.client_id, rid, self.ids.acked, op))
+        except UNENCODABLE as e:  # a value nested past the encoder's depth, say
+            self._refuse(handle, rid, bad_request("value", f"cannot be sent: {e}"), batch)
+            return None
         call = _Call(handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, **batch)
         self._calls[rid] = call
         if handle is not None:
@@ -453,7 +459,11 @@ class ClientCore:
         # None: any shard (sticky per batch)
         shard = None if plain else produce_shard(op.queue, op.key, op.dedup_id, self.shard_count)
         data = op.data
-        size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
+        try:
+            size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
+        except UNENCODABLE as e:  # refused alone, not with the batch it would have joined
+            self._done.append((handle, bad_request("data", f"cannot be sent: {e}")))
+            return handle
         queued = self._produce_queue.get((op.queue, shard))
         if queued is None:
             queued = self._produce_queue[op.queue, shard] = []

@@ -333,7 +333,7 @@ class NodeRuntime:
         for data in frames[1:]:
             try:
                 msg = decode_inbound(data)
-            except (DecodeError, ValidationError, ValueError) as e:
+            except (DecodeError, ValidationError, ValueError, RecursionError) as e:
                 self.metrics.bad_frames.inc()
                 self.transport.reply(route, [error_reply(0, "bad_request", f"undecodable frame: {e}")])
                 continue
@@ -344,7 +344,7 @@ class NodeRuntime:
                     item = bytes(raw)
                     try:
                         request = decode_request(item)
-                    except (DecodeError, ValidationError, ValueError) as e:
+                    except (DecodeError, ValidationError, ValueError, RecursionError) as e:
                         self.metrics.bad_frames.inc()
                         bad = error_reply(0, "bad_request", f"undecodable request: {e}")
                         self.transport.reply(route, [bad])
@@ -381,7 +381,7 @@ class NodeRuntime:
     def _on_publication(self, frames: list[bytes]) -> None:
         try:
             pub = decode_publication(frames[-1])
-        except (DecodeError, ValidationError, ValueError):
+        except (DecodeError, ValidationError, ValueError, RecursionError):
             self.metrics.bad_frames.inc()
             return
         self.streams.observe(pub.src, pub.epoch, pub.seq)

@@ -307,3 +307,24 @@ def test_a_produce_before_the_cluster_is_known_is_refused_as_unavailable() -> No
     h = core.call(Produce("q", "x"), 0)
     assert core.outbox(0) == {}
     assert [(x, r.code) for x, r in core.completions()] == [(h, "unavailable")]
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_that_cannot_be_encoded_is_refused_and_its_id_given_back() -> None:
+    core = _known(ClientCore("c", ["n1"], random.Random(1)))
+    put = core.call(Put("k", _nested(5_000)), 0)
+    produce = core.call(Produce("q", {"deep": _nested(5_000)}), 0)
+    fine = core.call(Produce("q", {"shallow": 1}), 0)
+    assert [(h, r.code, r.detail) for h, r in core.completions()] == [
+        (put, "bad_request", {"field": "value"}),
+        (produce, "bad_request", {"field": "data"}),
+    ]
+    (raw,) = core.outbox(0)["n1"]  # the good produce goes on alone
+    assert len(decode_request(raw).op.op.messages) == 1 and fine
+    assert core.ids.acked == decode_request(raw).id  # no id left open by the refused put

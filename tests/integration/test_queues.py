@@ -337,7 +337,8 @@ def test_a_batch_refused_as_bad_input_stores_nothing(cluster: LocalCluster) -> N
 
 @pytest.mark.parametrize("path", ["/queue/produce", "/queue/produce_batch", "/queue/ack"])
 def test_malformed_and_oversized_queue_bodies(cluster: LocalCluster, path: str) -> None:
-    for raw in (b"{", b"", b"[}"):
+    deep = b'{"queue": "q", "data": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"
+    for raw in (b"{", b"", b"[}", deep):
         status, got = http(cluster, "n1", "POST", path, raw=raw)
         assert (status, got["error"], got["field"]) == (400, "bad_request", "body")
     big = b'{"queue": "oversize", "data": "' + b"x" * (1 << 20) + b'"}'
