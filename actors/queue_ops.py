@@ -76,14 +76,15 @@ class Redeliver(msgspec.Struct, frozen=True, tag="qredel", array_like=True):
 
 
 class ConfigureQueue(msgspec.Struct, frozen=True, tag="qconf", array_like=True):
-    """Replaces every setting of the queue's slice on this shard (0 = forever / unbounded)."""
+    """Changes the settings it names of the queue's slice on this shard; one left None keeps
+    its value (a new queue starts from ``QueueSettings``' defaults; 0 = forever / unbounded)."""
 
     queue: str
-    visibility_ms: int = 30_000
-    max_deliveries: int = 10
-    retention_ms: int = 0
-    max_depth: int = 0
-    dedup_window_ms: int = 300_000
+    visibility_ms: int | None = None
+    max_deliveries: int | None = None
+    retention_ms: int | None = None
+    max_depth: int | None = None
+    dedup_window_ms: int | None = None
 
 
 class ExpireMessages(msgspec.Struct, frozen=True, tag="qexp", array_like=True):
@@ -173,14 +174,22 @@ def check_batch_size(messages: object) -> Err | None:
 
 
 def check_configure(op: ConfigureQueue) -> Err | None:
-    return (
-        check_queue(op.queue)
-        or check_int(op.visibility_ms, "visibility_ms", 0)
-        or check_int(op.max_deliveries, "max_deliveries", 1)
-        or check_int(op.retention_ms, "retention_ms", 0)
-        or check_int(op.max_depth, "max_depth", 0)
-        or check_int(op.dedup_window_ms, "dedup_window_ms", 0)
-    )
+    for field, low in SETTINGS_LOW.items():
+        value = getattr(op, field)
+        err = None if value is None else check_int(value, field, low)
+        if err is not None:
+            return err
+    return check_queue(op.queue)
+
+
+# Each setting's least value; dict order is the order they are checked in.
+SETTINGS_LOW = {
+    "visibility_ms": 0,
+    "max_deliveries": 1,
+    "retention_ms": 0,
+    "max_depth": 0,
+    "dedup_window_ms": 0,
+}
 
 
 def check_consume(op: Consume) -> Err | None:

@@ -32,6 +32,7 @@ from syncfab.actors.queue_ops import (
     BATCH_MAX,
     DLQ_SUFFIX,
     IDS_MAX,
+    SETTINGS_LOW,
     Ack,
     ConfigureQueue,
     Consume,
@@ -398,9 +399,8 @@ class QueuePartitions:
         if err is not None:
             return err
         q = self._queue(op.queue)
-        q.settings = QueueSettings(
-            op.visibility_ms, op.max_deliveries, op.retention_ms, op.max_depth, op.dedup_window_ms
-        )
+        changes = {f: getattr(op, f) for f in SETTINGS_LOW if getattr(op, f) is not None}
+        q.settings = msgspec.structs.replace(q.settings, **changes)
         self._schedule_expiry(q)
         return Ok({"queue": q.name, **msgspec.structs.asdict(q.settings)})
 

@@ -12,7 +12,7 @@ from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import json_response, read_body, result_error
 
 
-class AcquireBody(msgspec.Struct):
+class AcquireBody(msgspec.Struct, forbid_unknown_fields=True):
     resource: str
     mode: str
     client_id: str
@@ -20,12 +20,12 @@ class AcquireBody(msgspec.Struct):
     ttl_ms: int = LOCK_TTL_MS_DEFAULT
 
 
-class ReleaseBody(msgspec.Struct):
+class ReleaseBody(msgspec.Struct, forbid_unknown_fields=True):
     resource: str
     client_id: str
 
 
-class RenewBody(msgspec.Struct):
+class RenewBody(msgspec.Struct, forbid_unknown_fields=True):
     client_id: str
     ttl_ms: int = LOCK_TTL_MS_DEFAULT
 

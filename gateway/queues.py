@@ -19,7 +19,7 @@ from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, int_param, json_response, read_body, result_error
 
 
-class ProduceBody(msgspec.Struct):
+class ProduceBody(msgspec.Struct, forbid_unknown_fields=True):
     queue: str
     data: Any
     key: str | None = None
@@ -27,29 +27,31 @@ class ProduceBody(msgspec.Struct):
     dedup_id: str | None = None
 
 
-class BatchMessage(msgspec.Struct):
+class BatchMessage(msgspec.Struct, forbid_unknown_fields=True):
     data: Any
     key: str | None = None
     headers: dict[str, str] | None = None
     dedup_id: str | None = None
 
 
-class ProduceBatchBody(msgspec.Struct):
+class ProduceBatchBody(msgspec.Struct, forbid_unknown_fields=True):
     queue: str
     messages: list[BatchMessage]
 
 
-class SettleBody(msgspec.Struct):
+class SettleBody(msgspec.Struct, forbid_unknown_fields=True):
     queue: str
     message_ids: list[str]
 
 
-class SettingsBody(msgspec.Struct):
-    visibility_ms: int = 30_000
-    max_deliveries: int = 10
-    retention_ms: int = 0
-    max_depth: int = 0
-    dedup_window_ms: int = 300_000
+class SettingsBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings to change; those left out keep their values."""
+
+    visibility_ms: int | None = None
+    max_deliveries: int | None = None
+    retention_ms: int | None = None
+    max_depth: int | None = None
+    dedup_window_ms: int | None = None
 
 
 def _answer(result: Result) -> web.Response:
