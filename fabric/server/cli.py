@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster.add_argument("--fsync", choices=["on", "off"], default="on")
     cluster.add_argument("--shards", type=int, default=8)
+    cluster.add_argument(
+        "--restart",
+        action="store_true",
+        help="start a node again when it exits (default: say so, stop the others, exit 1)",
+    )
 
     status = sub.add_parser("status", help="the cluster as one node sees it")
     status.add_argument("--http", default=os.environ.get("SYNCFAB_HTTP", "http://127.0.0.1:8101"))
@@ -163,10 +168,20 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    taken = cluster.taken_ports()
+    if taken:
+        print(f"syncfab cluster: taken, so not started: {', '.join(taken)}", file=sys.stderr)
+        print("  stop what holds them, or pick --base-port / --http-base-port", file=sys.stderr)
+        return 1
     cluster.start()
     deadline = time.monotonic() + 30
     pending = set(ids)
     while pending and not stopping and time.monotonic() < deadline:
+        dead = _dead(cluster)
+        if dead:
+            print(f"syncfab cluster: {dead} during start-up (its output is above)", file=sys.stderr)
+            cluster.stop()
+            return 1
         pending = {m for m in pending if _get_json(cluster.url(m) + "/health", timeout_s=0.5) is None}
         time.sleep(0.1)
     if not stopping:
@@ -178,16 +193,28 @@ def run_cluster(args: argparse.Namespace) -> int:
         )
         if pending:
             print(f"warning: not answering yet: {', '.join(sorted(pending))}", flush=True)
-    reported: set[str] = set()
+    status = 0
     while not stopping:
-        for m, proc in cluster.procs.items():
-            if proc.poll() is not None and m not in reported:
-                reported.add(m)
-                print(f"{m} exited with status {proc.returncode}", flush=True)
+        for m, proc in list(cluster.procs.items()):
+            if proc.poll() is None or stopping:
+                continue
+            if args.restart:
+                print(f"{m} exited with status {proc.returncode}: restarting it", flush=True)
+                cluster.start(m)
+            else:
+                print(f"syncfab cluster: {m} exited with status {proc.returncode}; stopping", file=sys.stderr)
+                stopping, status = True, 1
         time.sleep(0.2)
     cluster.stop()
     print("syncfab cluster stopped", flush=True)
-    return 0
+    return status
+
+
+def _dead(cluster: Any) -> str:
+    """Which of the nodes the cluster started have exited, and how ('' if none)."""
+    return ", ".join(
+        f"{m} exited with status {p.returncode}" for m, p in cluster.procs.items() if p.poll() is not None
+    )
 
 
 # -- status --------------------------------------------------------------------------------

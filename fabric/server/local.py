@@ -3,6 +3,7 @@ integration tests and the benchmarks all start theirs here."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -32,6 +33,28 @@ def free_ports(count: int) -> list[int]:
                 continue
         ports.append(port)
     return ports
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a node's child process, before it runs: the kernel sends it SIGTERM when the process
+    that started it dies, however it dies (a supervisor or a test run killed with -9), so no
+    node lives on as an orphan holding its ports. Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -100,10 +123,27 @@ class LocalCluster:
             if self.log_to_files:
                 out = open(os.path.join(self.data_dir, f"{n}.log"), "ab")  # noqa: SIM115 - the child's
             self.procs[n] = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env={**os.environ, **self.env}
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                env={**os.environ, **self.env},
+                preexec_fn=die_with_parent,
             )
             if out is not None:
                 out.close()
+
+    def taken_ports(self) -> list[str]:
+        """Each port a node would bind that something else holds now, named."""
+        taken = []
+        for n in self.ids:
+            for port, what in (
+                (self.peer_ports[n], "peer"),
+                (self.peer_ports[n] + 1, "publish"),
+                (self.http_ports[n], "HTTP"),
+            ):
+                if not port_free(self.host, port):
+                    taken.append(f"{self.host}:{port} ({n}'s {what} port)")
+        return taken
 
     def kill(self, node: str) -> None:
         """kill -9: no clean shutdown, whatever was not fsynced is gone."""
