@@ -35,6 +35,7 @@ STATUS_OF = {
     "not_leader": 503,
     "leader_changed": 503,
     "unavailable": 503,
+    "shutting_down": 503,
 }
 
 _json_encode = msgspec.json.Encoder().encode

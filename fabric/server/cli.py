@@ -20,6 +20,8 @@ from typing import Any
 
 from syncfab.fabric.server.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
 
+STOP_HTTP_S = 1.0  # see _serve
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncfab", description=__doc__)
@@ -102,7 +104,9 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     runner: web.AppRunner | None = None
     if settings.http:
         host, port = split_address(settings.http)
-        runner = web.AppRunner(create_app(runtime), access_log=None)
+        # Handlers still running when the node stops get this long to finish (long-polls are
+        # answered at once: runtime.end_calls).
+        runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=STOP_HTTP_S)
         await runner.setup()
         await web.TCPSite(runner, bind_host or host, port).start()
     _settle_gc()
@@ -112,6 +116,7 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     http = f" http://{settings.http}" if settings.http else ""
     print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{http}", flush=True)
     await stop.wait()
+    runtime.end_calls()
     if runner is not None:
         await runner.cleanup()
     if runtime.writer.failed is None:

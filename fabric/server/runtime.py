@@ -58,6 +58,7 @@ REQUEST_BYTES_MAX = 1 << 20  # the same bound as the HTTP gateway's bodies
 GATEWAY_TIMEOUT_MS = 5_000  # an HTTP call's deadline, on top of its op's own wait
 GATEWAY_ATTEMPT_TIMEOUT_MS = 1_000
 LOCAL_NODE = "local"  # the gateway client's one node: this one
+SHUTTING_DOWN = Err("shutting_down", "the node is stopping: ask another")
 # Turns whose writes are queued or being synced; past this the loop stops taking input until
 # the disk catches up (backpressure) instead of piling up more.
 WRITES_IN_FLIGHT_MAX = 64
@@ -83,6 +84,7 @@ class NodeRuntime:
         )
         self.client.shard_count = settings.core.shard_count
         self._client_flush_scheduled = False
+        self._ending = False  # end_calls: the node is stopping
         self._client_timer: asyncio.TimerHandle | None = None
         self._client_timer_ms = 0
         self.turns = 0
@@ -389,11 +391,24 @@ class NodeRuntime:
 
     # -- the gateway's way in -------------------------------------------------------------
 
+    def end_calls(self) -> None:
+        """The node is stopping: every call the gateway waits on (an open long-poll, say) is
+        answered now, and any new one at once, with ``shutting_down`` (HTTP 503), so the HTTP
+        server's stop waits for nobody."""
+        self._ending = True
+        futures, self._futures = self._futures, {}
+        for handle, fut in futures.items():
+            self.client.cancel(handle)
+            if not fut.done():
+                fut.set_result(SHUTTING_DOWN)
+
     async def call(self, op: Any) -> Result:
         """Run one operation on the cluster from this node: a ``ClientCore`` of the gateway's
         (fabric/core/client_core.py) numbers it, coalesces lock ops and produces, and retries
         it (same request id, so applied once) across leader changes; this node's core forwards
         it to its group's leader. A cache hit is answered here, from this node's lines."""
+        if self._ending:
+            return SHUTTING_DOWN
         hit = self.core.cache.hit(op, monotonic_ms())
         if hit is not None:
             return hit

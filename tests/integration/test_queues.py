@@ -478,3 +478,18 @@ def test_no_acknowledged_message_is_lost_when_a_shard_leader_is_killed() -> None
         view = {s["shard"]: s for s in stats(c, victim, q)["shards"]}[shard]
         assert view["produced"] >= per_shard[shard] > 0
         assert (view["depth"], view["acked"]) == (0, view["produced"])
+
+
+def test_a_stopping_node_answers_its_open_long_polls_at_once() -> None:
+    """SIGTERM with a long-poll open: the poll is answered (empty) and the node is gone in well
+    under its 10 s of patience, not after the poll's 20 s."""
+    with LocalCluster(size=3) as c:
+        c.wait_ready()
+        with ThreadPoolExecutor(1) as pool:
+            query = urlencode({"queue": "stopping", "consumer": "c", "wait_ms": 20_000})
+            poll = pool.submit(http, c, "n1", "GET", f"/queue/consume?{query}")
+            wait_for("the long-poll to be open", lambda: c.get_json("n1", "/status") and not poll.done())
+            assert c.terminate("n1") == 0  # within LocalCluster's 10 s, or it raises
+            status, body = poll.result(timeout=5)
+    # Empty if it was parked at the leaders, refused if it was still visiting the shards.
+    assert (status, body) == (200, {"messages": []}) or (status, body["error"]) == (503, "shutting_down")
