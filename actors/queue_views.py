@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from syncfab.actors.queue_state import QueueCounters, QueueState
+from syncfab.actors.queue_state import DEFAULT_SETTINGS, QueueCounters, QueueState
 
 
 def queue_stats(
@@ -31,6 +31,7 @@ def queue_stats(
         "redelivered": counters.redelivered,
         "dead_lettered": counters.dead_lettered,
         "expired": counters.expired,
+        "settings": msgspec.structs.asdict(q.settings if q is not None else DEFAULT_SETTINGS),
     }
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 import syncfab.fabric.client.fanout as fanout
 from syncfab.actors.queue_ops import Produce
 from syncfab.actors.queues import ConfigureQueue, NewMessage
-from syncfab.actors.results import Ok, Result
+from syncfab.actors.results import Err, Ok, Result
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, int_param, json_response, read_body, result_error
 
@@ -125,8 +125,17 @@ async def _settle(request: web.Request, nack: bool) -> web.Response:
     return _answer(await fanout.settle(request.app[RUNTIME].call, body.queue, body.message_ids, nack))
 
 
+# The verbs under /queue/: a queue of one of these names is reached at /queues/{name} only.
+VERBS = ("produce", "produce_batch", "consume", "ack", "nack")
+
+
 async def stats(request: web.Request) -> web.Response:
+    """A queue's counters, summed and per shard, and its settings."""
     queue = request.match_info["queue"]
+    if request.path.startswith("/queue/") and queue in VERBS:
+        return result_error(
+            Err("not_found", f"/queue/{queue} is a verb: a queue named {queue!r} is at /queues/{queue}")
+        )
     return _answer(await fanout.stats(request.app[RUNTIME].call, _shards(request), queue))
 
 
@@ -152,5 +161,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/queue/consume", consume)
     app.router.add_post("/queue/ack", ack)
     app.router.add_post("/queue/nack", nack)
-    app.router.add_get("/queue/{queue}", stats)
+    app.router.add_get("/queues/{queue}", stats)
+    app.router.add_put("/queues/{queue}", configure)
+    app.router.add_patch("/queues/{queue}", configure)
+    app.router.add_get("/queue/{queue}", stats)  # the older spelling, where no verb collides
     app.router.add_put("/queue/{queue}", configure)

@@ -175,6 +175,7 @@ async def stats(call: Call, shard_count: int, queue: str) -> Result:
         for k in _SUMMED:
             total[k] += result.value.get(k, 0)
     total["shards"] = shards
+    total["settings"] = shards[0].get("settings") if shards else None  # set on every shard at once
     return Ok(total)
 
 

@@ -493,3 +493,14 @@ def test_a_stopping_node_answers_its_open_long_polls_at_once() -> None:
             status, body = poll.result(timeout=5)
     # Empty if it was parked at the leaders, refused if it was still visiting the shards.
     assert (status, body) == (200, {"messages": []}) or (status, body["error"]) == (503, "shutting_down")
+
+
+def test_queues_are_served_at_queues_and_a_verb_name_does_not_collide(cluster: LocalCluster) -> None:
+    status, changed = http(cluster, "n1", "PATCH", "/queues/produce", {"max_deliveries": 5})
+    assert status == 200 and changed["max_deliveries"] == 5
+    status, got = http(cluster, "n2", "GET", "/queues/produce")
+    assert status == 200 and got["queue"] == "produce" and got["settings"]["max_deliveries"] == 5
+    status, got = http(cluster, "n2", "GET", "/queue/produce")  # a verb, not a queue
+    assert status == 404 and "/queues/produce" in got["message"]
+    status, got = http(cluster, "n3", "GET", "/queue/produce-not-a-verb")
+    assert status == 200 and got["settings"]["max_deliveries"] == 10  # the alias, the defaults
