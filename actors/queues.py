@@ -338,11 +338,14 @@ class QueuePartitions:
         if isinstance(seqs, Err):
             return seqs
         q = self._queues.get(op.queue)
-        acked = 0
+        missing = [
+            mid for mid, seq in zip(op.message_ids, seqs, strict=True) if q is None or q.remove(seq) is None
+        ]
+        acked = len(seqs) - len(missing)
         if q is not None:
-            acked = sum(1 for seq in seqs if q.remove(seq) is not None)
             q.counters.acked += acked
-        return Ok({"acked": acked})
+        # Named when there are any: already acked, dead-lettered, expired, or never produced.
+        return Ok({"acked": acked, "not_found": missing} if missing else {"acked": acked})
 
     def _redeliver(self, name: str, ids: list[str], counts: list[int] | None, verb: str) -> Result:
         """Count a failed delivery for each message named: visible again, or dead-lettered once
@@ -358,11 +361,15 @@ class QueuePartitions:
             return bad_request("delivery_counts", "delivery_counts has one count per distinct message id")
         q = self._queues.get(name)
         if q is None:
-            return Ok({verb: 0, "dead_lettered": 0})
+            return Ok({verb: 0, "dead_lettered": 0, "not_found": list(ids)})
         done = dead = 0
+        missing = []
         for i, seq in enumerate(seqs):
             msg = q.messages.get(seq)
-            if msg is None or (counts is not None and counts[i] != msg.delivery_count):
+            if msg is None:
+                missing.append(ids[i])
+                continue
+            if counts is not None and counts[i] != msg.delivery_count:
                 continue
             msg.delivery_count += 1
             done += 1
@@ -374,7 +381,11 @@ class QueuePartitions:
             # else a Redeliver proposed by an earlier leader: the delivery it counts did fail, but
             # the message has since been handed out again here, and that lease is not over.
         q.counters.redelivered += done
-        return Ok({verb: done, "dead_lettered": dead})
+        return Ok(
+            {verb: done, "dead_lettered": dead, "not_found": missing}
+            if missing
+            else {verb: done, "dead_lettered": dead}
+        )
 
     def _dead_letter(self, q: QueueState, msg: StoredMessage) -> bool:
         """Move ``msg`` to ``<queue>.dlq`` in this partition under a new id (its place in the

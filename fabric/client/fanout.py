@@ -142,11 +142,15 @@ async def settle(call: Call, queue: str, message_ids: list[str], nack: bool = Fa
     results = await asyncio.gather(*(call(op(queue, by_shard[s])) for s in shards))
     key = "nacked" if nack else "acked"
     total = {key: 0, "dead_lettered": 0} if nack else {key: 0}
+    missing: list[str] = []
     for result in results:
         if isinstance(result, Err):
             return result
         for k in total:
             total[k] += result.value.get(k, 0)
+        missing += result.value.get("not_found", [])
+    if missing:
+        total["not_found"] = missing  # the ids no shard holds: acked before, expired, or unknown
     return Ok(total)
 
 

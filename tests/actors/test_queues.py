@@ -204,8 +204,9 @@ def test_ack_deletes_visible_and_in_flight_messages_and_is_idempotent() -> None:
     m1, m2, m3 = s.produce(1), s.produce(2), s.produce(3)
     s.consume(visibility_ms=100)
     assert s.ok(Ack("q", [m1, m2])) == {"acked": 2}  # m1 in flight, m2 visible
-    assert s.ok(Ack("q", [m1, m2, "2:999"])) == {"acked": 0}  # retried acks, an unknown id
-    assert s.ok(Ack("other", [m3])) == {"acked": 0}  # wrong queue
+    retried = s.ok(Ack("q", [m1, m2, "2:999"]))  # retried acks, an unknown id: named
+    assert retried == {"acked": 0, "not_found": [m1, m2, "2:999"]}
+    assert s.ok(Ack("other", [m3])) == {"acked": 0, "not_found": [m3]}  # wrong queue
     assert datas(s.consume()) == [3]
     assert s.p.due(10**6) == [Redeliver("q", [m3], [0])]  # m1's deadline went with it
     stats = s.stats()
@@ -260,7 +261,7 @@ def test_max_deliveries_moves_a_message_to_the_dead_letter_queue() -> None:
         "x-original-enqueued-at": "1000",
     }
     assert s.ok(Ack("q.dlq", [dead["message_id"]])) == {"acked": 1}
-    assert s.ok(Ack("q", [mid])) == {"acked": 0}  # the old id is gone with the move
+    assert s.ok(Ack("q", [mid])) == {"acked": 0, "not_found": [mid]}  # the old id is gone with the move
 
 
 def test_passed_deadlines_count_towards_dead_lettering() -> None:
@@ -731,7 +732,9 @@ class Model:
         result = self.apply(Ack(queue, chosen))
         self.let_go(chosen)
         gone = [here[mid] for mid in chosen if mid in here]
-        assert result == Ok({"acked": len(gone)}), self.say(f"ack {chosen}: {result}")
+        missing = [mid for mid in chosen if mid not in here]
+        expected = {"acked": len(gone), "not_found": missing} if missing else {"acked": len(gone)}
+        assert result == Ok(expected), self.say(f"ack {chosen}: {result}")
         self.alive.difference_update(gone)
         self.acked.update(gone)
 

@@ -90,7 +90,10 @@ def test_produce_consume_ack_through_different_nodes(cluster: LocalCluster) -> N
     )
     assert consume(cluster, "n3", q) == []  # in flight: nobody else gets it
     assert settle(cluster, "n3", "ack", q, [mid]) == {"acked": 1}
-    assert settle(cluster, "n1", "ack", q, [mid]) == {"acked": 0}  # acking twice is harmless
+    assert settle(cluster, "n1", "ack", q, [mid]) == {
+        "acked": 0,
+        "not_found": [mid],
+    }  # twice: harmless, named
     assert consume(cluster, "n1", q, wait_ms=200) == []
     after = stats(cluster, "n2", q)
     assert (after["depth"], after["in_flight"], after["produced"], after["acked"]) == (0, 0, 1, 1)
