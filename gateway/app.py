@@ -38,7 +38,14 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     route = request.match_info.route.resource
     endpoint = route.canonical if route is not None else "unmatched"
     try:
+        if request.content_length is not None and request.content_length > BODY_BYTES_MAX:
+            # Refused on its headers, before a byte of the body is waited for.
+            raise web.HTTPRequestEntityTooLarge(BODY_BYTES_MAX, request.content_length)
         response = await handler(request)
+    except ConnectionResetError as e:
+        # The client went away mid-request (mid-body, say): nothing to answer, nobody to tell.
+        log.info("client left during %s %s: %s", request.method, request.path, e)
+        response = error_response(400, "bad_request", "the client went away", field="body")
     except web.HTTPException as e:
         # aiohttp's own refusals (404, 405, 413 ...) get our JSON shape too.
         code = "payload_too_large" if e.status == 413 else e.reason.lower().replace(" ", "_")

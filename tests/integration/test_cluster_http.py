@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ from syncfab.fabric.client import AsyncClient, Client, NotFound
 from syncfab.fabric.core.codec import Request, Requests, decode_reply, encode, frame_of, replies_in
 from syncfab.fabric.server.local import LocalCluster
 
-from .helpers import http
+from .helpers import http, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +204,37 @@ def test_native_async_client_many_concurrent(cluster: LocalCluster) -> None:
             return await asyncio.gather(*(client.get(f"many/{i}") for i in range(300)))
 
     assert asyncio.run(run()) == list(range(300))
+
+
+def _raw_http(cluster: LocalCluster, node: str, head: bytes) -> socket.socket:
+    host, port = cluster.url(node).removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(head)
+    return sock
+
+
+def test_a_body_announced_over_the_limit_is_refused_before_it_is_sent(cluster: LocalCluster) -> None:
+    head = b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n"  # and no body
+    with _raw_http(cluster, "n1", head) as sock:
+        answer = sock.recv(4096)  # within the socket's 5 s, or it raises
+    assert answer.startswith(b"HTTP/1.1 413") and b'"payload_too_large"' in answer
+
+
+def test_a_client_leaving_mid_body_is_one_info_line(cluster: LocalCluster) -> None:
+    def left() -> float:  # PUTs the gateway has finished with, the client gone
+        _, text = http(cluster, "n2", "GET", "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return sum(
+            s.value
+            for s in families["syncfab_http_requests"].samples
+            if s.labels.get("endpoint") == "/kv/{key}" and s.labels.get("status") == "400"
+        )
+
+    before = left()
+    head = b'PUT /kv/left HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"a": '
+    _raw_http(cluster, "n2", head).close()
+    wait_for("the gateway to finish with the client that left", lambda: left() > before)
+    assert cluster.data_dir is not None
+    with open(os.path.join(cluster.data_dir, "n2.log")) as f:
+        text = f.read()
+    assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
