@@ -6,7 +6,7 @@ import msgspec
 from aiohttp import web
 
 from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
-from syncfab.actors.locks import Acquire, LockInfo, OwnerInfo, Release, Renew
+from syncfab.actors.locks import EXCLUSIVE, Acquire, LockInfo, OwnerInfo, Release, Renew
 from syncfab.actors.results import Err, Ok
 from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import json_response, read_body, result_error
@@ -14,9 +14,9 @@ from syncfab.gateway.responses import json_response, read_body, result_error
 
 class AcquireBody(msgspec.Struct, forbid_unknown_fields=True):
     resource: str
-    mode: str
     client_id: str
-    wait_ms: int = 0
+    mode: str = EXCLUSIVE  # as the native client's
+    wait_ms: int = 0  # a try-lock, as the native client's
     ttl_ms: int = LOCK_TTL_MS_DEFAULT
 
 

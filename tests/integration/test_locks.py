@@ -223,7 +223,7 @@ GOOD = {"resource": "bad/r", "mode": "exclusive", "client_id": "x"}
     ("path", "body", "field"),
     [
         ("/lock/acquire", {**GOOD, "mode": "upgradable"}, "mode"),
-        ("/lock/acquire", {"resource": "bad/r", "client_id": "x"}, "mode"),
+        ("/lock/acquire", {**GOOD, "mood": "shared"}, "mood"),  # unknown: named, not ignored
         ("/lock/acquire", {"resource": "bad/r", "mode": "shared"}, "client_id"),
         ("/lock/acquire", {"mode": "shared", "client_id": "x"}, "resource"),
         ("/lock/acquire", {**GOOD, "ttl_ms": -5}, "ttl_ms"),
