@@ -1,7 +1,8 @@
-"""The ``syncfab`` command: ``node`` (one node), ``cluster`` (a local cluster), ``status``.
-
-This is the composition root — the one place the runtime meets the gateway.
+"""syncfab: run a node or a local cluster, see its status, and use every service from the shell
+(kv, lock, queue, cache: see ``syncfab <service> --help``).
 """
+
+# This module is where the runtime meets the gateway (the one that imports both).
 
 from __future__ import annotations
 
@@ -18,13 +19,24 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import syncfab.fabric.client.commands as commands
 from syncfab.fabric.server.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
 
 STOP_HTTP_S = 1.0  # see _serve
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("syncfab")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncfab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"syncfab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run one node")
@@ -60,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--http", default=os.environ.get("SYNCFAB_HTTP", "http://127.0.0.1:8101"))
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    commands.add_commands(sub)
+
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):
+        return commands.run(args)
     try:
         if args.command == "node":
             return run_node(settings_from_args(args), args.bind)

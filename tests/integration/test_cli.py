@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
-from syncfab.fabric.server.local import free_ports
+import pytest
+
+from syncfab.fabric.server.local import LocalCluster, free_ports
 
 
 def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
@@ -163,3 +166,96 @@ def test_killing_the_supervisor_leaves_no_orphan_nodes(tmp_path: Any) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in children), "nodes outlived their supervisor"
+
+
+# -- the service commands, as a user runs them ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateways() -> Iterator[str]:
+    with LocalCluster(size=3) as c:
+        c.wait_ready(balanced=True)
+        yield ",".join(c.url(n).removeprefix("http://") for n in c.ids)
+
+
+def syncfab(endpoints: str, *args: str) -> tuple[int, str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "syncfab.fabric.server.cli", *args, "--endpoints", endpoints],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_kv_from_the_shell(gateways: str) -> None:
+    assert syncfab(gateways, "kv", "put", "cli/x", '{"on": true}')[0] == 0
+    code, out, _ = syncfab(gateways, "kv", "get", "cli/x")
+    assert (code, json.loads(out)) == (0, {"on": True})
+    code, _, err = syncfab(gateways, "kv", "get", "cli/missing")
+    assert code == 1 and json.loads(err)["error"] == "not_found"
+    code, _, err = syncfab(gateways, "kv", "put", "cli/x", "not-json")
+    assert code == 2 and "not JSON" in err
+    code, out, _ = syncfab(gateways, "kv", "delete", "cli/x", "--json")
+    assert (code, json.loads(out)) == (0, {"key": "cli/x", "deleted": True})
+
+
+def test_locks_from_the_shell(gateways: str) -> None:
+    code, out, _ = syncfab(
+        gateways, "lock", "acquire", "cli/r", "--client-id", "a", "--ttl-ms", "60000", "--json"
+    )
+    grant = json.loads(out)
+    assert code == 0 and grant["granted"] and grant["mode"] == "exclusive"
+    code, _, err = syncfab(gateways, "lock", "acquire", "cli/r", "--client-id", "b", "--mode", "shared")
+    assert code == 1 and json.loads(err)["error"] == "lock_timeout"
+    code, out, _ = syncfab(gateways, "lock", "show", "cli/r", "--json")
+    assert json.loads(out)["holders"] == [
+        {"owner": "a", "mode": "exclusive", "fencing_token": grant["fencing_token"]}
+    ]
+    assert syncfab(gateways, "lock", "renew", "--client-id", "a")[0] == 0
+    assert syncfab(gateways, "lock", "release", "cli/r", "--client-id", "a")[0] == 0
+
+
+def test_queues_from_the_shell(gateways: str) -> None:
+    code, out, _ = syncfab(gateways, "queue", "produce", "cli-jobs", '{"id": 1}', "--key", "k", "--json")
+    mid = json.loads(out)["message_id"]
+    code, out, _ = syncfab(
+        gateways, "queue", "consume", "cli-jobs", "--consumer", "w", "--wait-ms", "5000", "--json"
+    )
+    assert code == 0 and [m["message_id"] for m in json.loads(out)["messages"]] == [mid]
+    assert json.loads(syncfab(gateways, "queue", "ack", "cli-jobs", mid, "--json")[1]) == {"acked": 1}
+    code, out, _ = syncfab(gateways, "queue", "set", "cli-jobs", "--max-deliveries", "4", "--json")
+    assert code == 0 and json.loads(out)["max_deliveries"] == 4
+    code, out, _ = syncfab(gateways, "queue", "stats", "cli-jobs", "--json")
+    assert (code, json.loads(out)["acked"], json.loads(out)["settings"]["max_deliveries"]) == (0, 1, 4)
+    assert syncfab(gateways, "queue", "set", "cli-jobs")[0] == 2  # no setting named
+
+
+def test_the_cache_from_the_shell(gateways: str) -> None:
+    code, out, _ = syncfab(gateways, "cache", "write", "cli/c", '"v1"', "--json")
+    version = json.loads(out)["version"]
+    assert code == 0
+    code, out, _ = syncfab(gateways, "cache", "read", "cli/c")
+    assert (code, json.loads(out)) == (0, "v1")
+    code, _, err = syncfab(
+        gateways, "cache", "write", "cli/c", '"v2"', "--expected-version", str(version + 1)
+    )
+    assert code == 1 and json.loads(err)["error"] == "version_mismatch"
+    code, out, _ = syncfab(gateways, "cache", "line", "cli/c", "--json")
+    assert code == 0 and json.loads(out)["version"] == version
+    assert syncfab(gateways, "cache", "delete", "cli/c")[0] == 0
+
+
+def test_a_dead_gateway_is_passed_over_and_none_answering_is_exit_1(gateways: str) -> None:
+    (dead,) = free_ports(1)
+    code, _, _ = syncfab(f"127.0.0.1:{dead},{gateways}", "kv", "put", "cli/y", "1")
+    assert code == 0
+    code, _, err = syncfab(f"127.0.0.1:{dead}", "kv", "get", "cli/y")
+    assert code == 1 and "no gateway answered" in err
+
+
+def test_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "syncfab.fabric.server.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("syncfab ")
