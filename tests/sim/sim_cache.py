@@ -3,9 +3,10 @@ cache, and the cache's own safety properties, checked after every turn.
 
 Each ``CacheClient`` is bound to one node's cache (as a native client is to its ``cache_node``)
 and does one op at a time: reads (most of them, so hits happen), writes with either policy,
-compare-and-sets on the version it last saw, deletes and invalidates. A timeout sends the same
-request again (the same bytes: the session table applies a write once), to another node when
-its own seems down. Every op lands in ``history`` for the linearizability checker, hits
+compare-and-sets on the version it last saw, deletes and invalidates. Its calls are its
+ClientCore's (sim_rpc.py), pinned to its node: a timeout sends the same request again (the same
+bytes: the session table applies a write once) there, and to the other nodes once it has been
+silent twice. Every op lands in ``history`` for the linearizability checker, hits
 included; a read's or a write's (version, value) in ``versions``.
 
 ``CacheChecker`` looks at every live node after every turn:
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from linearizability import Operation, check_kv_history
+from sim_rpc import RpcClient
 
 from syncfab.actors.cache_ops import (
     EXCLUSIVE,
@@ -45,9 +47,9 @@ from syncfab.actors.cache_ops import (
     CacheWrite,
 )
 from syncfab.actors.raft import Role
-from syncfab.actors.results import RETRYABLE, Err, Ok
+from syncfab.actors.results import RETRYABLE, Err, Ok, Result
 from syncfab.actors.ring import shard_for_key
-from syncfab.fabric.core.codec import Reply, Request, decode_reply, encode
+from syncfab.fabric.core.codec import Reply
 
 if TYPE_CHECKING:
     from simulator import Simulation
@@ -60,26 +62,19 @@ _decode = msgspec.msgpack.decode
 
 @dataclass(slots=True)
 class _Op:
-    request: Request
-    raw: bytes
     kind: str
     key: str
     value: str | None
     call_ms: int
-    deadline_ms: int | None
-    attempt: int = 0
-    node: str = ""
 
 
-class CacheClient:
+class CacheClient(RpcClient):
     def __init__(
         self, index: int, sim: Simulation, rng: random.Random, keys: list[str], write_back_keys: set[str]
     ) -> None:
+        super().__init__(f"cache-{index}", sim, rng)
         self.index = 1000 + index  # apart from the KV clients' in a shared history
-        self.name = f"cache-{index}"
-        self.route = self.name.encode()
         self.sim = sim
-        self.rng = rng
         self.keys = keys
         self.write_back_keys = write_back_keys
         self.home_node = sim.node_ids[index % len(sim.node_ids)]
@@ -87,12 +82,11 @@ class CacheClient:
         self.liveness_left = 0
         self.liveness = False
         self.current: _Op | None = None
-        self.next_id = 1
+        self._n = 0
         self.history: list[Operation] = []
         self.versions: list[tuple[str, int, str | None]] = []  # (key, version, value)
         self.seen: dict[str, int] = {}  # key -> last version this client saw
         self.stats: Counter[str] = Counter()
-        sim.add_endpoint(self)
 
     def start(self) -> None:
         self.sim.after(self.rng.randint(0, 100), self._next)
@@ -117,11 +111,10 @@ class CacheClient:
             deadline = None
         elif self.ops_left > 0 and sim.now < cfg.safety_duration_ms:
             self.ops_left -= 1
-            deadline = sim.now + cfg.op_deadline_ms
+            deadline = cfg.op_deadline_ms
         else:
             return
-        rid = self.next_id
-        self.next_id += 1
+        self._n += 1
         key = self.rng.choice(self.keys)
         roll = self.rng.random()
         value: str | None = None
@@ -129,60 +122,35 @@ class CacheClient:
         if roll < 0.55:
             kind, op = "get", CacheRead(key)
         elif roll < 0.85:
-            value = f"{self.name}#{rid}"
+            value = f"{self.name}#{self._n}"
             kind, op = "put", CacheWrite(key, msgspec.Raw(_encode(value)), policy)
         elif roll < 0.91:
-            value = f"{self.name}#{rid}"
+            value = f"{self.name}#{self._n}"
             expected = self.seen.get(key, 0) if self.rng.random() < 0.8 else self.rng.randint(0, 5)
             kind, op = "cas", CacheWrite(key, msgspec.Raw(_encode(value)), policy, expected_version=expected)
         elif roll < 0.96:
             kind, op = "delete", CacheDelete(key)
         else:
             kind, op = "invalidate", CacheInvalidate(key)
-        request = Request(self.name, rid, rid, op)
-        self.current = _Op(request, encode(request), kind, key, value, sim.now, deadline)
-        if deadline is not None:
-            sim.after(cfg.op_deadline_ms, self._give_up, rid)
+        self.current = _Op(kind, key, value, sim.now)
         self.stats[kind] += 1
-        self._attempt(self.home_node)
+        # Served by its own node's cache: the core asks there twice, then the others (every
+        # node's cache is coherent; a local write_back write asked again is not applied twice).
+        self.call(op, self._answered, deadline, node=self.home_node)
 
-    def _attempt(self, node: str) -> None:
-        op = self.current
-        assert op is not None
-        op.attempt += 1
-        op.node = node
-        self.sim.send_request(self, node, op.raw)
-        self.sim.after(self.sim.config.attempt_timeout_ms, self._timed_out, op.request.id, op.attempt)
-
-    def _timed_out(self, rid: int, attempt: int) -> None:
-        op = self.current
-        if op is None or op.request.id != rid or op.attempt != attempt:
-            return
-        self.stats["retries"] += 1
-        # Its own node while it is up (a local write_back write is answered again there, not
-        # applied twice); another one when it is down (every node's cache is coherent).
-        node = op.node if self.sim.is_up(op.node) else self.rng.choice(self.sim.node_ids)
-        self._attempt(node)
-
-    def _give_up(self, rid: int) -> None:
-        op = self.current
-        if op is not None and op.request.id == rid:
-            self.stats["unknown"] += 1
-            self._finish(op, None, None)
-
-    def on_reply(self, data: bytes) -> None:
-        reply: Reply = decode_reply(data)
-        op = self.current
-        if op is None or reply.id != op.request.id:
-            return
+    def observe_reply(self, reply: Reply) -> None:
         result = reply.result
         if isinstance(result, Err) and result.code in RETRYABLE:
             self.stats[f"err.{result.code}"] += 1
-            rid, attempt = op.request.id, op.attempt
-            self.sim.after(self.rng.randint(1, 60), self._retry, rid, attempt)
-            return
+
+    def _answered(self, result: Result | None) -> None:
+        op = self.current
+        assert op is not None
         now = self.sim.now
         match op.kind, result:
+            case _, None:
+                self.stats["unknown"] += 1
+                self._finish(op, None, None)
             case "get", Ok(value=found):
                 value = _decode(found["value"]) if isinstance(found["value"], bytes) else found["value"]
                 self.stats["hits" if found["hit"] else "misses"] += 1
@@ -206,11 +174,6 @@ class CacheClient:
             case _:
                 self.sim.fail("cache client", f"{self.name} {op.kind} {op.key!r} got {result}")
 
-    def _retry(self, rid: int, attempt: int) -> None:
-        op = self.current
-        if op is not None and op.request.id == rid and op.attempt == attempt:
-            self._attempt(op.node)
-
     def _finish(self, op: _Op, ret: int | None, output: object) -> None:
         self.current = None
         if op.kind != "invalidate":
@@ -224,9 +187,7 @@ class CacheClient:
         op = self.current
         if op is None:
             return f"{self.name}: idle"
-        return (
-            f"{self.name}: {op.kind} {op.key!r} id={op.request.id} since {op.call_ms} ms ({op.attempt} tries)"
-        )
+        return f"{self.name}: {op.kind} {op.key!r} since {op.call_ms} ms; {self.core.describe_open()}"
 
 
 class CacheChecker:

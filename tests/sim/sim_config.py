@@ -113,8 +113,8 @@ class SimConfig:
     lock_abandon_probability: float = 0.1  # wait, then close the session (ReleaseAll) mid-wait
     lock_die_probability: float = 0.1  # stop renewing past the ttl, then use the old token
     lock_shared_probability: float = 0.3
-    # Lockers' acquires and releases go through one coalescing client (as fabric/client/lock_batcher.py
-    # does for a process's callers): ops within a few milliseconds leave as one LockBatch.
+    # Lockers' acquires and releases go through one coalescing ClientCore (as a process's callers
+    # share AsyncClient's): ops within a few milliseconds leave as one LockBatch.
     lock_batching: bool = False
     queue_producer_count: int = 2
     queue_consumer_count: int = 2

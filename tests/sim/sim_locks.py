@@ -36,8 +36,8 @@ from typing import Any
 
 from sim_rpc import Call, Done, RpcClient, RpcHost, Script, Sleep
 
-from syncfab.actors.locks import EXCLUSIVE, SHARED, Acquire, LockBatch, Release, ReleaseAll, Renew
-from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
+from syncfab.actors.locks import EXCLUSIVE, SHARED, Acquire, Release, ReleaseAll, Renew
+from syncfab.actors.results import Ok, Result
 
 # Outcomes a lock client may get besides Ok (anything else fails the seed).
 ACQUIRE_ERRORS = {"lock_timeout", "deadlock", "lease_expired", "cancelled", "already_waiting"}
@@ -136,63 +136,6 @@ class LockLedger:
             self.newest_writer[resource] = max(self.newest_writer.get(resource, 0), token)
 
 
-class LockOpBatcher(RpcClient):
-    """fabric/client/lock_batcher.py on simulated time, shared by the lockers of a seed: acquires and
-    releases submitted within a few milliseconds of each other leave as one LockBatch under this
-    client's id (owners are named in the ops, so any client may carry them). Each op is answered
-    from the batch's Answers, or, left waiting, by its own reply (``expect``), asked again alone
-    under its own id if none comes. A batch waits as long as its most patient op: one holding a
-    release (which never gives up) never gives up."""
-
-    def __init__(self, host: RpcHost, rng: random.Random) -> None:
-        super().__init__("lock-batcher", host, rng)
-        self._queued: list[tuple[Acquire | Release, Done, int | None]] = []
-        self.batches = self.batched_ops = self.waits = 0
-
-    def submit(self, op: Acquire | Release, on_done: Done, deadline_ms: int | None) -> None:
-        if not self._queued:
-            self.host.after(self.rng.randint(0, 8), self._flush)
-        self._queued.append((op, on_done, deadline_ms))
-
-    def _flush(self) -> None:
-        queued, self._queued = self._queued, []
-        if len(queued) == 1:
-            op, on_done, deadline_ms = queued[0]
-            self.call(op, on_done, deadline_ms)
-            return
-        deadlines = [d for _, _, d in queued]
-        deadline_ms = None if None in deadlines else max(d for d in deadlines if d is not None)
-        self.batches += 1
-        self.batched_ops += len(queued)
-        first: list[int] = []
-
-        def answered(result: Result | Answers | None) -> None:
-            for k, (op, on_done, own_deadline_ms) in enumerate(queued):
-                rid = first[0] + 1 + k
-                if isinstance(result, Answers) and len(result.results) == len(queued):
-                    answer = result.results[k]
-                    if isinstance(answer, Waiting):
-                        self.waits += 1
-                        self.expect(rid, op, on_done, own_deadline_ms)
-                        continue
-                    self.ids.done(rid)
-                    on_done(answer)
-                elif result is None or isinstance(result, Err):  # gave up, or refused whole
-                    self.ids.done(rid)
-                    on_done(result)
-                else:
-                    self.host.fail("client protocol", f"a batch of {len(queued)} answered {result!r}")
-
-        first.append(
-            self.call(
-                LockBatch([op for op, _, _ in queued]),
-                answered,  # type: ignore[arg-type]
-                deadline_ms,
-                ids=len(queued) + 1,
-            )
-        )
-
-
 class LockClient(RpcClient):
     def __init__(
         self,
@@ -203,7 +146,10 @@ class LockClient(RpcClient):
         ledger: LockLedger,
     ) -> None:
         super().__init__(f"locker-{index}", host, rng)
-        self.batcher: LockOpBatcher | None = None
+        # A coalescing client shared by the seed's lockers (sim_workloads.py), or None: its
+        # ClientCore sends the acquires and releases that pile up within a few ms as one LockBatch
+        # (owners are named in the ops, so any client may carry them).
+        self.batcher: RpcClient | None = None
         self.owner = self.name
         self._resources = resources
         self._names = sorted(resources)
@@ -218,11 +164,10 @@ class LockClient(RpcClient):
         self.finished = False
         self.stats: Counter[str] = Counter()
 
-    def call(self, op: Any, on_done: Done, deadline_ms: int | None, ids: int = 1) -> int:
+    def call(self, op: Any, on_done: Done, deadline_ms: int | None, **where: Any) -> int:
         if self.batcher is not None and type(op) in (Acquire, Release):
-            self.batcher.submit(op, on_done, deadline_ms)
-            return 0
-        return super().call(op, on_done, deadline_ms, ids)
+            return self.batcher.call(op, on_done, deadline_ms)
+        return super().call(op, on_done, deadline_ms, **where)
 
     # -- driving -----------------------------------------------------------------------------
 

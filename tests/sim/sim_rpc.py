@@ -1,12 +1,17 @@
-"""A simulated native client for any op, and scripts that drive it.
+"""The simulated native client: a driver of the ``ClientCore`` that ships, and scripts on it.
 
-``RpcClient`` does what fabric/client/zmq_client.py's ``call`` does, on simulated time: it numbers requests
-with the real ``RequestIds`` (so ``acked`` is the lowest id still awaited, with several calls in
-flight), routes each op with the real ``group_for`` to the leader it last heard of for that group
-(or any node), and retries *the same bytes* — same client, same id — after a retryable error or an
-attempt timeout. A call with a deadline gives up at it and reports ``None``: outcome unknown.
-Attempt timeouts follow ``wait_of``: a long-polling consume must outlast its wait (a retry would
-take more messages), a waiting lock acquire may be retried every attempt (it is logged).
+Every client of the simulation — the KV history clients, the lock, queue and cache clients, the
+shared lock-op coalescer and a scenario's probe — is an ``RpcClient``, and an ``RpcClient``
+decides nothing: request ids and the acked floor, routing to the leader a reply named, retries
+of the same bytes, backoff, deadlines and the coalescing of lock ops and produces are all
+fabric/core/client_core.py's, the class AsyncClient and the gateway drive. This driver only
+does what AsyncClient's I/O does, on simulated time: it hands a call to the core, sends the
+core's outbox (each request as its own message), feeds replies back, keeps one timer at the
+core's next one, and answers each caller from the core's completions. So every seed is a run
+of the real client against the real nodes under the seed's faults.
+
+A call out of time — ``timeout`` (``GAVE_UP``), or its latest retryable answer — has an unknown
+outcome: its caller gets None, as the checkers expect. A call with no deadline never gives up.
 
 A *script* is a generator that yields ``Call(op)`` (resumed with the Result, or None when the
 outcome is unknown) or ``Sleep(ms)``; ``run_script`` drives it on the simulation's clock. That
@@ -16,6 +21,7 @@ scripts — a client's main loop and its lease keepalive — interleave in one t
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -24,8 +30,12 @@ from typing import Any, NoReturn, Protocol
 from sim_config import SimConfig
 
 from syncfab.actors.results import RETRYABLE, Err, Result
-from syncfab.fabric.core.codec import Reply, Request, RequestIds, decode_reply, encode
-from syncfab.fabric.core.routing import group_for, wait_of
+from syncfab.fabric.core.client_core import GAVE_UP, ClientConfig, ClientCore
+from syncfab.fabric.core.codec import Reply, decode_request
+
+# A coalescing client sends what piled up this long (at most) after the first call: concurrent
+# lock ops meet in one LockBatch, as calls within one loop iteration of AsyncClient do.
+COALESCE_MS_MAX = 8
 
 
 class RpcHost(Protocol):
@@ -34,6 +44,8 @@ class RpcHost(Protocol):
     now: int
     node_ids: list[str]
     config: SimConfig
+
+    def at(self, time_ms: int, fn: Any, *args: Any) -> None: ...
 
     def after(self, delay_ms: int, fn: Any, *args: Any) -> None: ...
 
@@ -46,7 +58,7 @@ class RpcHost(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Script action: send ``op``; ``deadline_ms`` None means never give up."""
+    """Script action: send ``op``; ``deadline_ms`` (a duration) None means never give up."""
 
     op: Any
     deadline_ms: int | None = None
@@ -61,119 +73,129 @@ Script = Generator[Call | Sleep, Result | None, None]
 Done = Callable[[Result | None], None]
 
 
-@dataclass(slots=True)
-class _Pending:
-    request: Request
-    raw: bytes
-    group: int
-    on_done: Done
-    call_ms: int
-    attempt_timeout_ms: int
-    attempt: int = 0
-    node: str | None = None
+def client_config(cfg: SimConfig, **overrides: Any) -> ClientConfig:
+    """The seed's client knobs as the core's: each call's own deadline bounds it (none: never
+    give up), not a count of attempts; a retry waits ``randint(1, retry_backoff_ms_max)``."""
+    config = ClientConfig(
+        timeout_ms=None,
+        attempt_timeout_ms=cfg.attempt_timeout_ms,
+        attempts_max=None,
+        backoff_ms_min=cfg.retry_backoff_ms_max,
+        backoff_ms_max=cfg.retry_backoff_ms_max,
+        leader_hint_probability=cfg.sticky_client_probability,
+    )
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def outcome_unknown(result: Result) -> bool:
+    """A call that ran out of time: it may or may not have taken effect."""
+    return isinstance(result, Err) and (result.code == GAVE_UP or result.code in RETRYABLE)
 
 
 class RpcClient:
-    def __init__(self, name: str, host: RpcHost, rng: random.Random) -> None:
+    def __init__(
+        self,
+        name: str,
+        host: RpcHost,
+        rng: random.Random,
+        *,
+        coalescing: bool = False,
+        core_config: ClientConfig | None = None,
+    ) -> None:
         self.name = name
         self.route = name.encode()
         self.host = host
         self.rng = rng
         self.config = host.config
-        self.ids = RequestIds()
-        self.pending: dict[int, _Pending] = {}
-        self.sent: dict[int, tuple[int, Any]] = {}  # request id -> (asked at, op), finished ones too
-        # group -> the leader the last reply named: like the native client, go there first.
-        self.leaders: dict[int, str] = {}
-        self.calls = self.retries = self.unknown = 0
+        self.coalescing = coalescing
+        nodes = list(host.node_ids)
+        self.core = ClientCore(
+            name, nodes, random.Random(rng.getrandbits(64)), core_config or client_config(host.config)
+        )
+        # What a native client learns from ClusterInfo; a simulated node's id is its address.
+        self.core.members = {n: n for n in nodes}
+        self.core.shard_count = host.config.shard_count
+        self.pending: dict[int, Done] = {}  # handle -> its caller, until the core answers it
+        self.sent: dict[int, tuple[int, Any]] = {}  # request id -> (first sent at, op), finished too
+        self.unknown = 0
         self.scripts_running = 0
+        self._flush_due = False
+        self._timer_ms: int | None = None
+        self._timer_token = 0
         host.add_endpoint(self)
+
+    @property
+    def calls(self) -> int:
+        return self.core.stats["calls"]
+
+    @property
+    def retries(self) -> int:
+        return self.core.stats["retries"]
 
     # -- calls -------------------------------------------------------------------------------
 
-    def call(self, op: Any, on_done: Done, deadline_ms: int | None, ids: int = 1) -> int:
-        """Send ``op``; ``on_done(result)`` once, with None if it gave up. Returns the request id.
-        ``ids``: how many consecutive request ids the op takes (a LockBatch: one, and one per op)."""
-        host, cfg = self.host, self.config
-        rid = self.ids.reserve(ids)
-        group = group_for(op, cfg.shard_count, self.name, rid)
-        if isinstance(group, Err):
-            host.fail("client protocol", f"{self.name} built an unroutable op {op!r}: {group}")
-        request = Request(self.name, rid, self.ids.acked, op)
-        wait_ms, long_poll = wait_of(op)
-        attempt_ms = cfg.attempt_timeout_ms + (wait_ms if long_poll else 0)
-        call = _Pending(request, encode(request), group, on_done, host.now, attempt_ms)
-        self.pending[rid] = call
-        self.sent[rid] = (host.now, op)
-        self.calls += 1
-        if deadline_ms is not None:
-            host.after(deadline_ms + wait_ms, self._give_up, rid)
-        known = self.leaders.get(group)
-        if known is not None and self.rng.random() < cfg.sticky_client_probability:
-            self._attempt(call, known)
-        else:
-            self._attempt(call, self.rng.choice(host.node_ids))
-        return rid
+    def call(
+        self,
+        op: Any,
+        on_done: Done,
+        deadline_ms: int | None,
+        *,
+        node: str | None = None,
+        attempt_timeout_ms: int | None = None,
+    ) -> int:
+        """Start ``op`` (``node``: pinned there); ``on_done(result)`` once, with None if it ran
+        out of ``deadline_ms`` (None: never). Returns the core's handle."""
+        handle = self.core.call(
+            op, self.host.now, node=node, timeout_ms=deadline_ms, attempt_timeout_ms=attempt_timeout_ms
+        )
+        self.pending[handle] = on_done
+        if not self._flush_due:
+            self._flush_due = True
+            delay = self.rng.randint(0, COALESCE_MS_MAX) if self.coalescing else 0
+            self.host.after(delay, self._flush)
+        return handle
 
-    def expect(self, rid: int, op: Any, on_done: Done, deadline_ms: int | None) -> None:
-        """An op of a batch left waiting (fabric/client/lock_batcher.py): its own reply answers it. Until
-        then it is a call in flight under its own id, asked again alone if no reply comes."""
-        host, cfg = self.host, self.config
-        request = Request(self.name, rid, self.ids.acked, op)
-        group = group_for(op, cfg.shard_count, self.name, rid)
-        assert not isinstance(group, Err)
-        call = _Pending(request, encode(request), group, on_done, host.now, cfg.attempt_timeout_ms, attempt=1)
-        self.pending[rid] = call
-        self.sent[rid] = (host.now, op)
-        if deadline_ms is not None:
-            host.after(deadline_ms + wait_of(op)[0], self._give_up, rid)
-        host.after(call.attempt_timeout_ms, self._retry, rid, 1, None)
+    def _flush(self) -> None:
+        self._flush_due = False
+        self.flush_now()
 
-    def _attempt(self, call: _Pending, node: str) -> None:
-        call.attempt += 1
-        call.node = node
-        self.host.send_request(self, node, call.raw)
-        self.host.after(call.attempt_timeout_ms, self._retry, call.request.id, call.attempt, None)
+    def flush_now(self) -> None:
+        """Send what the core has to send, answer what it finished, keep its timer."""
+        now = self.host.now
+        for node, raws in self.core.outbox(now).items():
+            for raw in raws:
+                request = decode_request(raw)
+                self.sent.setdefault(request.id, (now, request.op))
+                self.host.send_request(self, node, raw)
+        self._settle()
 
-    def _retry(self, rid: int, attempt: int, hint: str | None) -> None:
-        call = self.pending.get(rid)
-        if call is None or call.attempt != attempt:
-            return  # answered, or another attempt already went out
-        self.retries += 1
-        nodes = self.host.node_ids
-        if hint is not None and hint in nodes and hint != call.node:
-            target = hint
-        else:
-            others = [n for n in nodes if n != call.node] or nodes
-            target = self.rng.choice(others)
-        self._attempt(call, target)
+    def _settle(self) -> None:
+        for handle, result in self.core.completions():
+            on_done = self.pending.pop(handle)
+            if outcome_unknown(result):
+                self.unknown += 1
+                on_done(None)
+            else:
+                on_done(result)
+        at_ms = self.core.next_timer_ms()
+        if at_ms is not None and (self._timer_ms is None or at_ms < self._timer_ms):
+            self._timer_ms = at_ms
+            self._timer_token += 1
+            self.host.at(at_ms, self._on_timer, self._timer_token)
 
-    def _give_up(self, rid: int) -> None:
-        if rid in self.pending:
-            self.unknown += 1
-            self._finish(rid, None)
-
-    def _finish(self, rid: int, result: Result | None) -> None:
-        call = self.pending.pop(rid)
-        self.ids.done(rid)
-        call.on_done(result)
+    def _on_timer(self, token: int) -> None:
+        if token != self._timer_token:
+            return  # an earlier one was armed since
+        self._timer_ms = None
+        self.core.tick(self.host.now)
+        self.flush_now()
 
     # -- replies -----------------------------------------------------------------------------
 
     def on_reply(self, data: bytes) -> None:
-        reply: Reply = decode_reply(data)
-        self.observe_reply(reply)
-        call = self.pending.get(reply.id)
-        if call is None:
-            return  # a late or duplicated answer to a finished call
-        if reply.leader is not None:
-            self.leaders[call.group] = reply.leader
-        result = reply.result
-        if isinstance(result, Err) and result.code in RETRYABLE:
-            backoff = self.rng.randint(1, self.config.retry_backoff_ms_max)
-            self.host.after(backoff, self._retry, reply.id, call.attempt, reply.leader)
-            return
-        self._finish(reply.id, result)
+        for reply in self.core.receive(data, self.host.now):
+            self.observe_reply(reply)
+        self._settle()
 
     def observe_reply(self, reply: Reply) -> None:
         """Every reply that arrives, late and duplicated ones too (checks hook in here)."""
@@ -196,9 +218,4 @@ class RpcClient:
             self.call(action.op, lambda result: self._step(script, result), action.deadline_ms)
 
     def describe_open(self) -> str:
-        calls = ", ".join(
-            f"{type(c.request.op).__name__} id={c.request.id} since {c.call_ms} ms "
-            f"({c.attempt} attempts, last to {c.node})"
-            for c in self.pending.values()
-        )
-        return f"{self.name}: {calls or 'no call in flight'}"
+        return f"{self.name}: {len(self.pending)} calls open; {self.core.describe_open()}"

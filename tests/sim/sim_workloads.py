@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sim_cache import CacheChecker, CacheClient
 from sim_cache import check_final as check_cache
-from sim_locks import FencedResource, LockClient, LockLedger, LockOpBatcher
+from sim_locks import FencedResource, LockClient, LockLedger
 from sim_queues import DLQ, QUEUE, Consumer, Producer, QueueModel
+from sim_rpc import RpcClient
 
 from syncfab.actors.ring import CONTROL_GROUP
 
@@ -103,14 +104,18 @@ class Workloads:
         self.ledger = LockLedger(sim)
         self.resources = {f"res{i}": FencedResource(f"res{i}", sim) for i in range(cfg.lock_resource_count)}
         self.lockers: list[LockClient] = []
-        self.batcher: LockOpBatcher | None = None
+        self.batcher: RpcClient | None = None
         if "locks" in self.names:
             self.lockers = [
                 LockClient(i, sim, random.Random(rng.getrandbits(64)), self.resources, self.ledger)
                 for i in range(cfg.lock_client_count)
             ]
             if cfg.lock_batching:
-                self.batcher = LockOpBatcher(sim, random.Random(rng.getrandbits(64)))
+                # One coalescing ClientCore carries every locker's acquires and releases: what
+                # piles up within a few ms leaves as one LockBatch, under every fault of the seed.
+                self.batcher = RpcClient(
+                    "lock-batcher", sim, random.Random(rng.getrandbits(64)), coalescing=True
+                )
                 for locker in self.lockers:
                     locker.batcher = self.batcher
         self.cache_keys = [f"c{i}" for i in range(cfg.cache_key_count)]
@@ -220,10 +225,10 @@ class Workloads:
             total["lock.calls"] += locker.calls
             total["lock.unknown"] += locker.unknown
         total.update({f"lock.ledger.{k}": v for k, v in self.ledger.stats.items()})
-        if self.batcher is not None:
-            total["lock.batches"] += self.batcher.batches
-            total["lock.batched_ops"] += self.batcher.batched_ops
-            total["lock.batch_waits"] += self.batcher.waits
+        for rpc in (*self.lockers, *([self.batcher] if self.batcher is not None else [])):
+            total["lock.batches"] += rpc.core.stats["lock_batches"]
+            total["lock.batched_ops"] += rpc.core.stats["batched_lock_ops"]
+            total["lock.batch_waits"] += rpc.core.stats["batch_waits"]
         for res in self.resources.values():
             total["lock.resource_accepted"] += res.accepted
             total["lock.resource_rejected"] += res.rejected

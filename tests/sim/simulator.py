@@ -23,7 +23,8 @@ heals everything and the cluster must converge; the KV clients' history must be 
 every lock client must finish and leave the table empty, the queue must drain.
 
 Workloads (sim_workloads.py): per seed some of kv (sim_clients.py), locks (sim_locks.py) and
-queues (sim_queues.py), all talking to the cluster through requests like a native client's.
+queues (sim_queues.py) and cache (sim_cache.py), every client a driver of the ClientCore the
+native client ships (sim_rpc.py): ids, routing, retries and coalescing are the real client's.
 
 Replay a seed from a REPL (from tests/sim): ``run_simulation(17)`` or, to narrow a regime down,
 ``run_simulation(17, packet_loss_probability=0.0)``.
@@ -91,11 +92,11 @@ class Simulation(SimClock):
             node.clock_offset_ms = self._sched_rng.randint(0, 1 << 40)
             node.clock_rate = 1.0 + self._sched_rng.uniform(-cfg.clock_drift_max, cfg.clock_drift_max)
             node.wall_skew_ms = wall_rng.randint(-cfg.wall_skew_ms_max, cfg.wall_skew_ms_max)
+        self._clients_by_route: dict[bytes, Endpoint] = {}  # every client adds itself (add_endpoint)
         self.clients = [
             SimClient(i, self, random.Random(client_rng.getrandbits(64)), cfg)
             for i in range(cfg.client_count if "kv" in cfg.workloads else 0)
         ]
-        self._clients_by_route: dict[bytes, Endpoint] = {c.route: c for c in self.clients}
         self.workloads = Workloads(self, workload_rng)
         for node in self.nodes.values():
             self._start(node)
@@ -351,7 +352,7 @@ class Simulation(SimClock):
         self._wake(dst, self.now + self._sched_rng.randint(0, self.config.processing_delay_ms_max))
 
     def add_endpoint(self, endpoint: Endpoint) -> None:
-        """Let a scenario's own client receive the replies addressed to its route."""
+        """Let a client (a workload's, a scenario's) receive the replies addressed to its route."""
         self._clients_by_route[endpoint.route] = endpoint
 
     def send_request(self, client: Endpoint, node_id: str, raw: bytes) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sim_locks import FencedResource
-from sim_scenario import Probe, answer, call, client, err, ok, quiet_simulation, start, wait_for
+from sim_scenario import Probe, RawProbe, answer, call, client, err, ok, quiet_simulation, start, wait_for
 from simulator import Simulation
 
 from syncfab.actors.locks import (
@@ -158,12 +158,13 @@ def test_a_lease_ending_mid_queue_leaves_the_same_wait_for_graph_as_a_snapshot()
 
 def test_a_batched_acquire_waits_and_is_answered_under_its_own_id() -> None:
     """The batch is answered as soon as it commits; its waiting op later, on its own; and a
-    leader that loses leadership fails a waiting op under that op's id, so it can be asked again."""
+    leader that loses leadership fails a waiting op under that op's id, so it can be asked again.
+    (The replicas' side of the protocol, with ids the test picks: ``b`` is a ``RawProbe``.)"""
     sim = quiet_simulation(307)
     wait_for(sim, "a group 0 leader", lambda: sim.leader_of(CONTROL_GROUP) is not None)
     leader = sim.leader_of(CONTROL_GROUP)
     assert leader is not None
-    a, b = Probe(sim, "probe-a"), Probe(sim, "probe-b")
+    a, b = Probe(sim, "probe-a"), RawProbe(sim, "probe-b")
     held = ok(a.call(leader, Acquire("x", EXCLUSIVE, "owner-a", 0, LONG_MS)))["fencing_token"]
 
     rid = b.send(
@@ -207,6 +208,6 @@ def test_a_batched_acquire_waits_and_is_answered_under_its_own_id() -> None:
     )
     sim.run_until(sim.now + 1_000)
     assert not b.results(rid + 1)  # parked again, not applied twice
-    ok(b.call(other, Release("x", "owner-b")))
+    ok(a.call(other, Release("x", "owner-b")))  # any client may carry owner-b's release
     sim.run_until(sim.now + 2_000, stop=lambda: bool(b.results(rid + 1)))
     assert ok(b.results(rid + 1)[0])["granted"]
