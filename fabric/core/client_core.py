@@ -194,7 +194,9 @@ class ClientCore:
             self._lock_queue.append(_Queued(handle, op, deadline_ms, size))
             return handle
         attempt_ms = attempt_timeout_ms or self.config.attempt_timeout_ms + (wait_ms if long_poll else 0)
-        self._start(handle, op, self.ids.next(), now_ms, deadline_ms, attempt_ms, node)
+        # A LockBatch's ops take the ids after its own (the replicas number them so).
+        rid = self.ids.reserve(len(op.ops) + 1) if t is LockBatch else self.ids.next()
+        self._start(handle, op, rid, now_ms, deadline_ms, attempt_ms, node)
         return handle
 
     def cancel(self, handle: int) -> None:
@@ -344,6 +346,9 @@ class ClientCore:
     def _finish(self, call: _Call, result: Result | Answers, now_ms: int) -> None:
         del self._calls[call.rid]
         self.ids.done(call.rid)
+        if call.locks is None and type(call.op) is LockBatch:  # a caller's own batch: its ops' ids
+            for k in range(len(call.op.ops)):
+                self.ids.done(call.rid + 1 + k)
         if call.handle is not None:
             self._of_handle.pop(call.handle, None)
         if call.locks is not None:
@@ -408,7 +413,8 @@ class ClientCore:
 
     def _answer_locks(self, batch: _Call, result: Result | Answers, now_ms: int) -> None:
         """Each op its own answer; one left waiting becomes a call under its own id, answered
-        by its own reply (perhaps already here) or asked again alone if that is late."""
+        by its own reply (perhaps already here) or asked again alone if that is late; one
+        answered with a retryable error (busy, say) is asked again alone, as a lone op is."""
         members = batch.locks
         assert members is not None
         whole = isinstance(result, Answers) and len(result.results) == len(members)
@@ -419,13 +425,13 @@ class ClientCore:
             answer = result.results[k] if whole else result  # type: ignore[union-attr]
             if self._dropped(handle):
                 self.ids.done(rid)
-            elif not whole or not isinstance(answer, Waiting):
+            elif not whole or not (isinstance(answer, Waiting) or _retryable(answer)):
                 self.ids.done(rid)
                 if not whole and not isinstance(result, Err):
                     answer = Err("bad_reply", f"a batch of {len(members)} answered {result!r}")
                 self._done.append((handle, answer))  # type: ignore[arg-type]
             else:
-                self.stats["batch_waits"] += 1
+                self.stats["batch_waits" if isinstance(answer, Waiting) else "retries"] += 1
                 raw = encode(Request(self.client_id, rid, self.ids.acked, op))
                 call = _Call(
                     handle,
@@ -442,9 +448,12 @@ class ClientCore:
                 )
                 self._calls[rid] = call
                 self._of_handle[handle] = rid
-                self._timer(call, now_ms + wait_of(op)[0] + call.attempt_timeout_ms, _ATTEMPT)
-                if early is not None:
-                    self._on_reply(call, early, now_ms)
+                if isinstance(answer, Waiting):
+                    self._timer(call, now_ms + wait_of(op)[0] + call.attempt_timeout_ms, _ATTEMPT)
+                    if early is not None:
+                        self._on_reply(call, early, now_ms)
+                else:  # as if its own attempt had been answered so: a backoff, then alone
+                    self._on_reply(call, Reply(rid, answer, None), now_ms)
 
     # -- produces, coalesced -----------------------------------------------------------------
 
@@ -568,3 +577,7 @@ def split(items: list[_Queued], cost: Any, count_max: int, bytes_max: int) -> li
     if current:
         batches.append(current)
     return batches
+
+
+def _retryable(result: Any) -> bool:
+    return isinstance(result, Err) and result.code in RETRYABLE
