@@ -534,6 +534,7 @@ class RaftCore:
         return self.log.committed
 
     @property
-    def applied_index(self) -> int:
-        """The last entry handed to the state machine (the runtime applies as it takes them)."""
+    def applying_index(self) -> int:
+        """The last entry handed to the state machine: the runtime applies each as it takes
+        it, so between turns this is also the last applied (what /status calls applied_index)."""
         return self.log.applying

@@ -247,8 +247,8 @@ class NodeCore:
                 self._active.add(gid)
             if ready.committed:
                 base = raft.snapshot.index if raft.snapshot is not None else 0
-                if raft.applied_index - base >= cfg.snapshot_entries:
-                    raft.compact(raft.applied_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
+                if raft.applying_index - base >= cfg.snapshot_entries:
+                    raft.compact(raft.applying_index, g.machine.snapshot(), cfg.snapshot_keep_entries)
                     self.counters["snapshots_taken"] += 1
 
     def _collect(self, g: HostedGroup, flush: Flush) -> None:
@@ -281,7 +281,7 @@ class NodeCore:
                 self._apply_entry(g, entry.index, entry.data)
         if ready.committed and g.parked:
             self._retry_parked(g)
-        applied = raft.applied_index
+        applied = raft.applying_index
         for rs in ready.reads:
             reads = g.reads.pop(rs.context, None)
             if reads is not None:

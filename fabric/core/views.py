@@ -40,7 +40,7 @@ def group_status(core: NodeCore) -> list[dict[str, Any]]:
             "term": g.raft.term,
             "leader": g.raft.leader,
             "commit_index": g.raft.commit_index,
-            "applied_index": g.raft.applied_index,
+            "applied_index": g.raft.applying_index,
             "last_index": g.raft.log.last_index,
         }
         for gid, g in core.groups.items()

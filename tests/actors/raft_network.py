@@ -141,7 +141,7 @@ class Network:
         """Take a node's Ready: send ``messages``, apply ``committed``, start the write; then
         complete the writes that are more than ``disk_lag`` readies old."""
         node = self.nodes[node_id]
-        expected = node.applied_index + 1  # taking committed entries moves it
+        expected = node.applying_index + 1  # taking committed entries moves it
         rd = node.ready()
         for e in rd.committed:
             # Only committed entries are applied (durable on a majority, though perhaps not yet

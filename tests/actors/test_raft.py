@@ -859,7 +859,7 @@ def test_a_restarted_follower_rebuilds_from_its_disk_and_catches_up() -> None:
     assert (b.term, b.vote, b.log.entries) == before
     # The commit index is written with entries only; a heartbeat's is learnt again.
     assert b.commit_index == net.disks["b"].hard_state.commit == 3
-    assert b.applied_index == 0  # the state machine is rebuilt from the log
+    assert b.applying_index == 0  # the state machine is rebuilt from the log
     net.run_for(3 * HEARTBEAT_MS)
     assert b.log.entries == a.log.entries
     assert net.data_applied("b") == [b"old0", b"old1", b"old2", b"new0", b"new1", b"new2"]
@@ -950,7 +950,7 @@ def test_a_far_behind_follower_installs_a_snapshot_then_replicates() -> None:
     net.crash("c")
     for n in range(5):
         net.propose("a", b"y%d" % n)
-    a.compact(a.applied_index, b"state@7")
+    a.compact(a.applying_index, b"state@7")
     net.settle()
     snap = Snapshot(7, 1, b"state@7")
     assert (a.log.base_index, net.disks["a"].snapshot, min(net.disks["a"].entries)) == (7, snap, 7)
@@ -972,7 +972,7 @@ def test_a_far_behind_follower_installs_a_snapshot_then_replicates() -> None:
     net.crash("c")
     net.restart("c")  # boots from the snapshot and the entries after it
     c = net.nodes["c"]
-    assert (c.log.base_index, c.applied_index, c.log.last_index) == (7, 7, 8)
+    assert (c.log.base_index, c.applying_index, c.log.last_index) == (7, 7, 8)
 
 
 def test_compaction_that_keeps_entries_spares_a_slightly_lagging_follower_a_snapshot() -> None:
@@ -981,7 +981,7 @@ def test_compaction_that_keeps_entries_spares_a_slightly_lagging_follower_a_snap
     net.crash("c")
     for n in range(4):
         net.propose("a", b"y%d" % n)
-    a.compact(a.applied_index, b"state", keep_entries=4)
+    a.compact(a.applying_index, b"state", keep_entries=4)
     net.settle()
     net.restart("c")
     net.run_for(3 * HEARTBEAT_MS)
@@ -998,7 +998,7 @@ def test_an_install_snapshot_that_does_not_match_replaces_the_log() -> None:
     rd = c.ready()
     assert (rd.restore, rd.persist.snapshot, rd.committed) == (snap, snap, [])
     assert rd.messages_after_persist == [("a", AppendReply(3, True, 6))]
-    assert (c.log.base_index, c.log.entries, c.commit_index, c.applied_index) == (6, [], 6, 6)
+    assert (c.log.base_index, c.log.entries, c.commit_index, c.applying_index) == (6, [], 6, 6)
     disk.write(rd.persist)
     assert (disk.snapshot, disk.log()) == (snap, [])
     rebuilt = RaftLog.from_disk(disk.snapshot, disk.log())
@@ -1029,7 +1029,7 @@ def test_a_lost_snapshot_is_sent_again() -> None:
     net.crash("c")
     for n in range(3):
         net.propose("a", b"y%d" % n)
-    a.compact(a.applied_index, b"state")
+    a.compact(a.applying_index, b"state")
     net.settle()
     lost: list[RaftMessage] = []
 
@@ -1279,8 +1279,8 @@ def test_nemesis_run_is_safe_then_converges(seed: int, disk_lag: int) -> None:
         elif roll < 0.5:
             for i in live:
                 node = net.nodes[i]
-                if node.applied_index > node.log.base_index + 5:
-                    node.compact(node.applied_index, b"snap", rng.choice([0, 2]))
+                if node.applying_index > node.log.base_index + 5:
+                    node.compact(node.applying_index, b"snap", rng.choice([0, 2]))
         elif roll < 0.52 and net.leaders():
             net.nodes[net.leaders()[0]].transfer_leadership(rng.choice(ids))
         elif roll < 0.55 and net.leaders():

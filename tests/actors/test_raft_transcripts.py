@@ -377,7 +377,7 @@ class Scenario:
             n = net.nodes[i]
             out.append(
                 f"{i}: {fmt_role(n)} vote={n.vote} commit={n.commit_index} "
-                f"applied={n.applied_index} log={fmt_span(n)}"
+                f"applied={n.applying_index} log={fmt_span(n)}"
             )
             for peer, pr in sorted(n.progress.items()):
                 out.append(f"  {peer}: match={pr.match} next={pr.next} {pr.flow.value}")

@@ -68,7 +68,7 @@ class InvariantChecker:
         """A (re)started node: its marks restart from what its disk gave it."""
         for gid, g in core.groups.items():
             raft = g.raft
-            self._marks[(node, gid)] = (raft.applied_index, raft.commit_index, raft.term)
+            self._marks[(node, gid)] = (raft.applying_index, raft.commit_index, raft.term)
             if raft.snapshot is not None:
                 self._check_snapshot(node, gid, raft.snapshot)
 

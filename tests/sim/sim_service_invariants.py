@@ -106,9 +106,9 @@ class ServiceChecker:
                 )
 
     def _compare(self, node: str, core: NodeCore, gid: int) -> None:
-        index = core.groups[gid].raft.applied_index
+        index = core.groups[gid].raft.applying_index
         twins = [
-            (n, c) for n, c in self._replicas(gid) if n != node and c.groups[gid].raft.applied_index == index
+            (n, c) for n, c in self._replicas(gid) if n != node and c.groups[gid].raft.applying_index == index
         ]
         if not twins:
             return

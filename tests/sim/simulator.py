@@ -462,7 +462,7 @@ class Simulation(SimClock):
             leaders = [r for r, g in zip(replicas, groups, strict=True) if g.raft.role is Role.LEADER]
             if len(leaders) != 1:
                 return f"group {gid}: leaders {leaders}"
-            marks = {(g.raft.applied_index, g.raft.commit_index, g.raft.log.last_index) for g in groups}
+            marks = {(g.raft.applying_index, g.raft.commit_index, g.raft.log.last_index) for g in groups}
             if len(marks) != 1:
                 return f"group {gid}: (applied, commit, last) per replica {sorted(marks)}"
             if gid != 0:
@@ -471,7 +471,7 @@ class Simulation(SimClock):
                     self.fail(
                         "replica agreement",
                         f"group {gid} replicas applied the same index "
-                        f"{groups[0].raft.applied_index} but hold different data: {images}",
+                        f"{groups[0].raft.applying_index} but hold different data: {images}",
                     )
         return None
 

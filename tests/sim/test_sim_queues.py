@@ -150,7 +150,7 @@ def test_a_deposed_shard_leader_hands_out_no_message_acked_elsewhere(check_quoru
         "the new leader caught up",
         lambda: (
             new_raft.log.term(new_raft.commit_index) == new_raft.term
-            and new_raft.applied_index == new_raft.commit_index
+            and new_raft.applying_index == new_raft.commit_index
         ),
     )
 
@@ -200,7 +200,7 @@ def test_a_new_shard_leader_serves_no_consume_before_applying_its_predecessors_a
     # Committed, and answered — but the heir has not heard so: the next heartbeat never comes.
     sim.network.cut([(old, heir)])
     heir_raft = sim.core(heir).groups[shard].raft
-    assert heir_raft.applied_index < sim.core(old).groups[shard].raft.applied_index
+    assert heir_raft.applying_index < sim.core(old).groups[shard].raft.applying_index
     wait_for(sim, "the ack acknowledged", lambda: bool(probe.results(rid)))
     assert ok(probe.results(rid)[0]) == {"acked": 1}
     sim.crash(old, "idle", down_ms=60_000)

@@ -42,7 +42,7 @@ def test_leader_crash_mid_write_burst_loses_no_acknowledged_write() -> None:
     leader = sim.leader_of(gid)
     assert leader is not None
     term = sim.core(leader).groups[gid].raft.term
-    applied_before = sim.core(leader).groups[gid].raft.applied_index
+    applied_before = sim.core(leader).groups[gid].raft.applying_index
     # The dangerous window: this turn's AppendEntries are out, its own write never happens.
     sim.crash(leader, "before_write", down_ms=800, when_writing=True)
     wait_for(sim, "the crash", lambda: not sim.is_up(leader), timeout_ms=200)
