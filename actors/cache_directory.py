@@ -89,6 +89,7 @@ class HomeOp:
     phase: Phase = Phase.QUEUED
     waits: dict[str, int] = field(default_factory=dict)  # holder -> seq its ack must reach
     recall_from: str | None = None
+    recall_seq: int = 0  # the stream seq of the Recall it waits on
     dropped: int = 0  # copies this op invalidated or recalled (a client invalidate's answer)
     inval_ms: int = 0
 

@@ -165,7 +165,12 @@ class CacheHome:
         if msg.epoch != self.epoch:
             return
         op = self._head(msg.key)
-        if op is not None and op.phase is Phase.RECALL and op.recall_from == node:
+        if (
+            op is not None
+            and op.phase is Phase.RECALL
+            and op.recall_from == node
+            and msg.recall_seq == op.recall_seq
+        ):
             self._recalled(op, msg.item)
 
     def ack(self, node: str, msg: CacheAck) -> None:
@@ -246,7 +251,7 @@ class CacheHome:
                 entry.sharers[owner], entry.owner = entry.owner_seq, None
             else:
                 op.phase, op.recall_from = Phase.RECALL, entry.owner
-                self._publish(Recall(entry.owner, key, shared=op.kind is Kind.FETCH))
+                op.recall_seq = self._publish(Recall(entry.owner, key, shared=op.kind is Kind.FETCH))
                 self._wait_for(op, entry.owner)
                 self.counters["recalls"] += 1
                 return

@@ -289,7 +289,7 @@ class NearCache:
             case Grant(node=node) if node == self.node_id:
                 self._granted(shard, session, seq, item, now_ms)
             case Recall(node=node, key=key, shared=shared) if node == self.node_id:
-                self._recall(shard, session, key, shared, now_ms)
+                self._recall(shard, session, key, shared, seq, now_ms)
             case Lease(node=node, renew_id=renew_id, resync=resync) if node == self.node_id:
                 asked = session.renews.pop(renew_id, None)
                 if resync:
@@ -329,17 +329,25 @@ class NearCache:
         self.lines.put(Line(key, shard, new, value, grant.version, grant.version, seq, grant.may_dirty))
         return new
 
-    def _recall(self, shard: int, session: HomeSession, key: str, shared: bool, now_ms: int) -> None:
+    def _recall(
+        self, shard: int, session: HomeSession, key: str, shared: bool, seq: int, now_ms: int
+    ) -> None:
         self.counters["recalls"] += 1
         line = self.lines.get(key)
+        returning = self.returning.get(key)
+        if returning is not None and isinstance(returning[1], CacheRecalled):
+            del self.returning[key]  # an answer to an older recall: this one's answer replaces it
         if line is None or line.state == SHARED:
             if line is not None and not shared:
                 self._drop(line)
-            self.sends.append((shard, CacheRecalled(session.epoch, key, None)))
+            self.sends.append((shard, CacheRecalled(session.epoch, key, None, seq)))
             return
         if line.releasing:
             item = _item(line, release=True)  # already on its way home: the same answer
-            self.sends.append((shard, CacheRecalled(session.epoch, key, item)))
+            answer = CacheRecalled(session.epoch, key, item, seq)
+            if returning is not None and isinstance(returning[1], CacheRecalled):
+                self.returning[key] = (shard, answer, now_ms)  # sent again until memory has it
+            self.sends.append((shard, answer))
             return
         dirty = line.dirty
         item = _item(line, release=not shared) if dirty else None
@@ -351,7 +359,7 @@ class NearCache:
             line.releasing = line.state == INVALID  # kept, unserved, until memory has it
         elif line.state == INVALID:
             self._drop(line)
-        answer = CacheRecalled(session.epoch, key, item)
+        answer = CacheRecalled(session.epoch, key, item, seq)
         if item is not None:
             self.returning[key] = (shard, answer, now_ms)  # sent again until memory has it
         self.sends.append((shard, answer))

@@ -246,8 +246,11 @@ class CacheAck(msgspec.Struct, frozen=True, tag="ca", array_like=True):
 
 
 class CacheRecalled(msgspec.Struct, frozen=True, tag="cy", array_like=True):
-    """The answer to a Recall: the owner's value if it is newer than memory, else None."""
+    """The answer to a Recall: the owner's value if it is newer than memory, else None.
+    ``recall_seq`` is the Recall's place in the stream: a resend of the answer to an older
+    recall of the key is not taken for the answer to a newer one."""
 
     epoch: int
     key: str
     item: WriteBackItem | None
+    recall_seq: int = 0
