@@ -128,8 +128,10 @@ class ClientCore:
         self.shard_count = 0
         self.leaders: dict[int, str] = {}  # group -> node id, as replies named it
         self._calls: dict[int, _Call] = {}  # request id -> call in flight
-        self._of_handle: dict[int, int] = {}  # handle -> request id, for cancel
-        self._handles = itertools.count(1)
+        # A direct call's handle is its request id; a coalesced op's is negative (it has no id
+        # until its batch leaves) and is mapped to the id it gets, for cancel.
+        self._of_handle: dict[int, int] = {}
+        self._handles = itertools.count(-1, -1)
         self._timers: list[tuple[int, int, int, int, int]] = []  # (at, seq, kind, rid, attempt)
         self._seq = itertools.count()
         self._outbox: dict[str, list[bytes]] = {}
@@ -181,28 +183,28 @@ class ClientCore:
         """Start ``op``; returns its handle, which ``completions()`` names with its result.
         ``node``: pin it to that node (a cache op); ``timeout_ms`` (None: never give up) and
         ``attempt_timeout_ms``: this call's own, instead of the config's."""
-        handle = next(self._handles)
         self.stats["calls"] += 1
         timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
         t = type(op)
         if node is None and t is Produce:  # the hot path first: a produce never waits
-            return self._queue_produce(handle, op, None if timeout is None else now_ms + timeout)
+            return self._queue_produce(next(self._handles), op, None if timeout is None else now_ms + timeout)
         wait_ms, long_poll = wait_of(op)
         deadline_ms = None if timeout is None else now_ms + timeout + wait_ms
         if node is None and (t is Acquire or t is Release):
+            handle = next(self._handles)
             size = len(op.resource) + len(op.owner) + _LOCK_FRAMING_BYTES
             self._lock_queue.append(_Queued(handle, op, deadline_ms, size))
             return handle
         attempt_ms = attempt_timeout_ms or self.config.attempt_timeout_ms + (wait_ms if long_poll else 0)
         # A LockBatch's ops take the ids after its own (the replicas number them so).
         rid = self.ids.reserve(len(op.ops) + 1) if t is LockBatch else self.ids.next()
-        self._start(handle, op, rid, now_ms, deadline_ms, attempt_ms, node)
-        return handle
+        self._start(rid, op, rid, now_ms, deadline_ms, attempt_ms, node)
+        return rid
 
     def cancel(self, handle: int) -> None:
         """The caller stopped waiting: its answer, when it comes, is dropped."""
-        rid = self._of_handle.pop(handle, None)
-        if rid is not None:
+        rid = handle if handle > 0 else self._of_handle.pop(handle, None)
+        if rid is not None and rid in self._calls:
             self._forget(rid)
         else:
             self._cancelled.add(handle)  # queued, or in a batch: dropped when it gets there
@@ -232,7 +234,7 @@ class ClientCore:
             return None
         call = _Call(handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, **batch)
         self._calls[rid] = call
-        if handle is not None:
+        if handle is not None and handle != rid:
             self._of_handle[handle] = rid
         self._send(call, self._target(call), now_ms)
         return call
@@ -349,7 +351,7 @@ class ClientCore:
         if call.locks is None and type(call.op) is LockBatch:  # a caller's own batch: its ops' ids
             for k in range(len(call.op.ops)):
                 self.ids.done(call.rid + 1 + k)
-        if call.handle is not None:
+        if call.handle is not None and call.handle < 0:
             self._of_handle.pop(call.handle, None)
         if call.locks is not None:
             self._answer_locks(call, result, now_ms)
@@ -380,7 +382,7 @@ class ClientCore:
     def _forget(self, rid: int) -> None:
         call = self._calls.pop(rid, None)
         self.ids.done(rid)
-        if call is not None and call.handle is not None:
+        if call is not None and call.handle is not None and call.handle < 0:
             self._of_handle.pop(call.handle, None)
 
     # -- lock ops, coalesced ---------------------------------------------------------------
