@@ -24,7 +24,6 @@ import zmq
 import syncfab.fabric.client.fanout as fanout
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.locks import LockInfo
-from syncfab.actors.queue_ops import Produce
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.client.cache import CachedValue, CacheWriteResult, ClientCache
@@ -248,7 +247,9 @@ class AsyncClient:
     ) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
         Concurrent calls share requests on the wire (fabric/core/client_core.py)."""
-        result = await self.call(Produce(queue, data, key, headers, dedup_id))
+        result = await self._await(
+            self._core.produce(queue, NewMessage(data, key, headers, dedup_id), self._now_ms())
+        )
         return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:

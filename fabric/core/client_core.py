@@ -186,8 +186,11 @@ class ClientCore:
         self.stats["calls"] += 1
         timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
         t = type(op)
-        if node is None and t is Produce:  # the hot path first: a produce never waits
-            return self._queue_produce(next(self._handles), op, None if timeout is None else now_ms + timeout)
+        if node is None and t is Produce:  # a produce never waits
+            message = NewMessage(op.data, op.key, op.headers, op.dedup_id)
+            return self._queue_produce(
+                next(self._handles), op.queue, message, None if timeout is None else now_ms + timeout
+            )
         wait_ms, long_poll = wait_of(op)
         deadline_ms = None if timeout is None else now_ms + timeout + wait_ms
         if node is None and (t is Acquire or t is Release):
@@ -459,25 +462,34 @@ class ClientCore:
 
     # -- produces, coalesced -----------------------------------------------------------------
 
-    def _queue_produce(self, handle: int, op: Produce, deadline_ms: int | None) -> int:
+    def produce(self, queue: str, message: NewMessage, now_ms: int) -> int:
+        """``call(Produce(...))`` for a message already built (a driver's hot path): coalesced
+        with the others of its queue and shard; its handle completes with its message id."""
+        self.stats["calls"] += 1
+        timeout = self.config.timeout_ms
+        return self._queue_produce(
+            next(self._handles), queue, message, None if timeout is None else now_ms + timeout
+        )
+
+    def _queue_produce(self, handle: int, queue: str, op: NewMessage, deadline_ms: int | None) -> int:
         plain = op.key is None and op.dedup_id is None and op.headers is None
-        err = check_queue(op.queue) or (None if plain else check_message(op))
+        err = check_queue(queue) or (None if plain else check_message(op))
         if err is None and not self.shard_count:
             err = Err("unavailable", "the client has not learnt the cluster yet")
         if err is not None:
             self._done.append((handle, err))
             return handle
         # None: any shard (sticky per batch)
-        shard = None if plain else produce_shard(op.queue, op.key, op.dedup_id, self.shard_count)
+        shard = None if plain else produce_shard(queue, op.key, op.dedup_id, self.shard_count)
         data = op.data
         try:
             size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
         except UNENCODABLE as e:  # refused alone, not with the batch it would have joined
             self._done.append((handle, bad_request("data", f"cannot be sent: {e}")))
             return handle
-        queued = self._produce_queue.get((op.queue, shard))
+        queued = self._produce_queue.get((queue, shard))
         if queued is None:
-            queued = self._produce_queue[op.queue, shard] = []
+            queued = self._produce_queue[queue, shard] = []
         queued.append(_Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
         return handle
 
@@ -487,7 +499,7 @@ class ClientCore:
             live = [q for q in items if not self._dropped(q.handle)] if self._cancelled else items
             for batch in split(live, _size, BATCH_MAX, PRODUCE_BATCH_BYTES_MAX):
                 target = shard if shard is not None else next(self._sticky) % self.shard_count + 1
-                messages = [NewMessage(q.op.data, q.op.key, q.op.headers, q.op.dedup_id) for q in batch]
+                messages = [q.op for q in batch]
                 self.stats["produce_batches"] += 1
                 self.stats["batched_produces"] += len(batch)
                 self._start(
