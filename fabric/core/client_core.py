@@ -31,7 +31,6 @@ What it decides:
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, Produced,
 from syncfab.actors.queues import NewMessage
 from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting, bad_request
 from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.core.call_timers import CallTimers
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
 from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
 
@@ -132,8 +132,7 @@ class ClientCore:
         # until its batch leaves) and is mapped to the id it gets, for cancel.
         self._of_handle: dict[int, int] = {}
         self._handles = itertools.count(-1, -1)
-        self._timers: list[tuple[int, int, int, int, int]] = []  # (at, seq, kind, rid, attempt)
-        self._seq = itertools.count()
+        self._timers = CallTimers(self.config.attempt_timeout_ms)
         self._outbox: dict[str, list[bytes]] = {}
         self._done: list[tuple[int, Result]] = []
         self._lock_queue: list[_Queued] = []
@@ -271,26 +270,21 @@ class ClientCore:
 
     def _timer(self, call: _Call, at_ms: int, kind: int) -> None:
         """A call has one live timer (its token's), never later than its deadline."""
-        deadline = call.deadline_ms
-        if deadline is not None and deadline < at_ms:
-            at_ms = deadline
-        heapq.heappush(self._timers, (at_ms, next(self._seq), kind, call.rid, call.token))
+        started = at_ms - call.attempt_timeout_ms if kind == _ATTEMPT else None
+        if call.deadline_ms is not None and call.deadline_ms < at_ms:
+            at_ms, started = call.deadline_ms, None
+        self._timers.add(at_ms, kind, call.rid, call.token, started)
+
+    def _live(self, rid: int, token: int) -> bool:
+        call = self._calls.get(rid)
+        return call is not None and call.token == token
 
     def next_timer_ms(self) -> int | None:
         """When ``tick`` has something to do next."""
-        timers, calls = self._timers, self._calls
-        while timers:
-            _, _, _, rid, token = timers[0]
-            call = calls.get(rid)
-            if call is not None and call.token == token:
-                return timers[0][0]
-            heapq.heappop(timers)  # answered, or superseded: nothing to do then
-        return None
+        return self._timers.next_ms(self._live)
 
     def tick(self, now_ms: int) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now_ms:
-            _, _, kind, rid, token = heapq.heappop(timers)
+        for kind, rid, token in self._timers.due(now_ms):
             call = self._calls.get(rid)
             if call is None or call.token != token:
                 continue  # answered, or another attempt went out since
