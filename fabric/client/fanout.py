@@ -89,45 +89,66 @@ async def consume(
     visibility_ms: int | None,
     wait_ms: int,
 ) -> Result:
-    """Up to ``max_messages`` from the shards in rotating order; if all are empty and
-    ``wait_ms`` > 0, long-poll every shard and take the first that has something."""
+    """Up to ``max_messages``: first from the next shard in rotation (a busy queue is served
+    in one round trip), then, if it had too few, from all the others at once (an empty queue
+    costs two round trips, not one per shard), what they hand out beyond ``max_messages``
+    given straight back. If all are empty and ``wait_ms`` > 0, long-poll every shard and take
+    the first that has something."""
     order = shard_order(shard_count)
-    got: list[Any] = []
-    for shard in order:
-        result = await call(OnShard(shard, Consume(queue, consumer, max_messages - len(got), visibility_ms)))
-        if isinstance(result, Err):
-            return result
-        got += result.value["messages"]
-        if len(got) >= max_messages:
-            return Ok({"messages": got})
+    first = await call(OnShard(order[0], Consume(queue, consumer, max_messages, visibility_ms)))
+    if isinstance(first, Err):
+        return first
+    got: list[Any] = first.value["messages"]
+    if len(got) < max_messages and shard_count > 1:
+        need = max_messages - len(got)
+        rest = order[1:]
+        results = await asyncio.gather(
+            *(call(OnShard(s, Consume(queue, consumer, need, visibility_ms))) for s in rest)
+        )
+        failed: Err | None = None
+        for result in results:
+            if isinstance(result, Err):
+                failed = failed or result
+                continue
+            got += _take(call, queue, result.value["messages"], max_messages - len(got))
+        if not got and failed is not None:
+            return failed  # nothing taken anywhere, and a shard could not say
     if got or wait_ms <= 0:
         return Ok({"messages": got})
     poll = Consume(queue, consumer, max_messages, visibility_ms, wait_ms)
     polls = [asyncio.ensure_future(call(OnShard(s, poll))) for s in order]
     pending = set(polls)
-    while pending:
+    while pending and not got:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for fut in done:
             result = fut.result()
-            if isinstance(result, Ok) and result.value["messages"] and not got:
-                got = result.value["messages"]
-        if got:
-            break
+            if isinstance(result, Ok):
+                got += _take(call, queue, result.value["messages"], max_messages - len(got))
     for fut in pending:
         # Those shards may still hand out messages nobody will read: give them straight back.
         fut.add_done_callback(lambda f: _return_unwanted(call, queue, f))
     return Ok({"messages": got})
 
 
+def _take(call: Call, queue: str, messages: list[Any], room: int) -> list[Any]:
+    """The first ``room`` of a shard's messages; the rest go straight back to it."""
+    if len(messages) > room:
+        _give_back(call, queue, [m["message_id"] for m in messages[room:]])
+    return messages[:room]
+
+
+def _give_back(call: Call, queue: str, ids: list[str]) -> None:
+    shard = message_shard(ids[0])
+    if shard is not None:
+        task = asyncio.ensure_future(call(OnShard(shard, Return(queue, ids))))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
 def _return_unwanted(call: Call, queue: str, fut: asyncio.Future[Result]) -> None:
     result = fut.result()
     if isinstance(result, Ok) and result.value["messages"]:
-        ids = [m["message_id"] for m in result.value["messages"]]
-        shard = message_shard(ids[0])
-        if shard is not None:
-            task = asyncio.ensure_future(call(OnShard(shard, Return(queue, ids))))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+        _give_back(call, queue, [m["message_id"] for m in result.value["messages"]])
 
 
 async def settle(call: Call, queue: str, message_ids: list[str], nack: bool = False) -> Result:
