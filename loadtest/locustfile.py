@@ -1,5 +1,5 @@
 """Load through the HTTP gateway, as outside clients would: a mixed workload of the three
-services. Point it at any node's gateway (every node forwards to the right leader):
+services, the cache included. Point it at any node's gateway (every node forwards to the right leader):
 
     syncfab cluster &
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8101 --headless -u 64 -r 16 -t 30s
@@ -76,3 +76,21 @@ class QueueUser(FastHttpUser):
         ids = [m["message_id"] for m in response.json()["messages"]]
         if ids:
             self.client.post("/queue/ack", json={"queue": "load", "message_ids": ids}, name="/queue/ack")
+
+
+class CacheUser(FastHttpUser):
+    """Zipf-ish reads and some writes through this gateway's node's own cache lines."""
+
+    wait_time = between(0, 0.01)
+
+    @task(9)
+    def read(self) -> None:
+        key = f"load-c-{int(random.paretovariate(1.2)) % 1_000}"
+        with self.client.get(f"/cache/read?key={key}", name="/cache/read", catch_response=True) as response:
+            if response.status_code in (200, 404):
+                response.success()
+
+    @task(1)
+    def write(self) -> None:
+        key = f"load-c-{int(random.paretovariate(1.2)) % 1_000}"
+        self.client.post("/cache/write", json={"key": key, "value": next(_ids)}, name="/cache/write")
