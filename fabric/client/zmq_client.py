@@ -27,6 +27,7 @@ from syncfab.actors.locks import LockInfo
 from syncfab.actors.queues import ConfigureQueue, NewMessage
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.client.cache import CachedValue, CacheWriteResult, ClientCache
+from syncfab.fabric.client.core_driver import CoreDriver
 from syncfab.fabric.client.locks import (
     Deadlock,
     Grant,
@@ -93,8 +94,8 @@ class _Link:
                 break
             receive(data, now_ms)
             got = True
-        if got:
-            self._client._settle()
+        if got and self._client._driver is not None:
+            self._client._driver.settle()
 
 
 class AsyncClient:
@@ -128,15 +129,12 @@ class AsyncClient:
             config,
         )
         self._links: dict[str, _Link] = {}  # address -> link
-        self._futures: dict[int, asyncio.Future[Result]] = {}  # handle -> its caller's
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_ms = 0
+        self._driver: CoreDriver | None = None  # once connected: the loop is known then
         self.locks = LockSession(self.call, self.client_id)
         # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
         self.cache = ClientCache(self, cache_node)
         self._ctx = zmq.Context.instance()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_scheduled = False
 
     @property
     def shard_count(self) -> int:
@@ -166,6 +164,7 @@ class AsyncClient:
 
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._driver = CoreDriver(self._core, self._loop, self._send)
         for address in self._core.nodes:
             self._link(address)
         await self.refresh()
@@ -174,9 +173,8 @@ class AsyncClient:
         """Release this client's locks (if the cluster answers), then the sockets."""
         with contextlib.suppress(SyncfabError):
             await self.locks.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._driver is not None:
+            self._driver.close()
         for link in self._links.values():
             if self._loop is not None:
                 self._loop.remove_reader(link.fd)
@@ -322,31 +320,14 @@ class AsyncClient:
         return await self._await(self._core.call(op, self._now_ms(), node=address))
 
     async def _await(self, handle: int) -> Result:
-        loop = self._loop
-        assert loop is not None, "call connect() first"
-        fut: asyncio.Future[Result] = loop.create_future()
-        self._futures[handle] = fut
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self._futures.pop(handle, None)
-            self._core.cancel(handle)
-            raise
+        assert self._driver is not None, "call connect() first"
+        return await self._driver.wait(handle)
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
-        assert self._loop is not None
-        return int(self._loop.time() * 1000)
-
-    def _flush(self) -> None:
-        """Once per loop iteration with calls made: what the core has to send goes out."""
-        self._flush_scheduled = False
-        self._send(self._core.outbox(self._now_ms()))
-        self._settle()
+        assert self._driver is not None, "call connect() first"
+        return self._driver.now_ms()
 
     def _send(self, out: dict[str, list[bytes]]) -> None:
         for address, requests in out.items():
@@ -356,28 +337,6 @@ class AsyncClient:
             # look once more (asking EVENTS costs less than a receive that finds nothing).
             if link.sock.get(_EVENTS) & _POLLIN:
                 link.drain()
-
-    def _settle(self) -> None:
-        """Answer finished calls; keep one timer, at the core's next one."""
-        futures = self._futures
-        for handle, result in self._core.completions():
-            fut = futures.pop(handle, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
-        at_ms = self._core.next_timer_ms()
-        if at_ms is not None and (self._timer is None or at_ms < self._timer_ms):
-            if self._timer is not None:
-                self._timer.cancel()
-            assert self._loop is not None
-            self._timer_ms = at_ms
-            self._timer = self._loop.call_at(at_ms / 1000, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now_ms = max(self._now_ms(), self._timer_ms)  # the loop may wake a hair early
-        self._core.tick(now_ms)
-        self._send(self._core.outbox(now_ms))
-        self._settle()
 
     def _link(self, address: str) -> _Link:
         link = self._links.get(address)

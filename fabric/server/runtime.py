@@ -27,6 +27,7 @@ import zmq
 
 from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.results import Err, Result
+from syncfab.fabric.client.core_driver import CoreDriver
 from syncfab.fabric.core.client_core import ClientConfig, ClientCore
 from syncfab.fabric.core.codec import (
     DecodeError,
@@ -83,15 +84,12 @@ class NodeRuntime:
             ClientConfig(timeout_ms=GATEWAY_TIMEOUT_MS, attempt_timeout_ms=GATEWAY_ATTEMPT_TIMEOUT_MS),
         )
         self.client.shard_count = settings.core.shard_count
-        self._client_flush_scheduled = False
         self._ending = False  # end_calls: the node is stopping
-        self._client_timer: asyncio.TimerHandle | None = None
-        self._client_timer_ms = 0
+        self._driver: CoreDriver  # once started: the loop is known then
         self.turns = 0
         self.created_s = time.time()
         self.metrics = NodeMetrics(self)
         self.streams = StreamTracker()
-        self._futures: dict[int, asyncio.Future[Result]] = {}
         self._hits: dict[bytes, list[bytes]] = {}  # cache hits answered while draining
         self._scheduled = False
         self._closed = False
@@ -109,6 +107,7 @@ class NodeRuntime:
     def start(self) -> None:
         s = self.settings
         self._loop = asyncio.get_running_loop()
+        self._driver = CoreDriver(self.client, self._loop, self._deliver_local)
         os.makedirs(s.data_dir, exist_ok=True)
         self._check_identity()
         self.store = LmdbLogStore(os.path.join(s.data_dir, "log"), fsync=s.fsync)
@@ -174,9 +173,8 @@ class NodeRuntime:
         self.writer.stop()
         self._durable_links.close()  # the writer thread's: closed once it has ended
         self.store.close()
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_result(Err("unavailable", "node shutting down"))
+        self._driver.end(Err("unavailable", "node shutting down"))
+        self._driver.close()
 
     def _check_identity(self) -> None:
         """A data dir belongs to one node of one cluster shape: refuse to start on a mismatch
@@ -310,17 +308,16 @@ class NodeRuntime:
         """One frame per client per turn, however many replies it has."""
         by_route: dict[bytes, list[bytes]] = {}
         local = False
-        now_ms = monotonic_ms()
         for route, data in replies:
             if route == LOCAL_ROUTE:  # the gateway's
-                self.client.receive(data, now_ms)
+                self.client.receive(data, self._driver.now_ms())
                 local = True
             else:
                 by_route.setdefault(route, []).append(data)
         for route, datas in by_route.items():
             self.transport.reply(route, [frame_of(Replies, datas)])
         if local:
-            self._settle_client()
+            self._driver.settle()
 
     def _on_router_frames(self, frames: list[bytes]) -> None:
         """[identity, payload, payload, ...]: a client may send several requests at once."""
@@ -396,11 +393,7 @@ class NodeRuntime:
         answered now, and any new one at once, with ``shutting_down`` (HTTP 503), so the HTTP
         server's stop waits for nobody."""
         self._ending = True
-        futures, self._futures = self._futures, {}
-        for handle, fut in futures.items():
-            self.client.cancel(handle)
-            if not fut.done():
-                fut.set_result(SHUTTING_DOWN)
+        self._driver.end(SHUTTING_DOWN)
 
     async def call(self, op: Any) -> Result:
         """Run one operation on the cluster from this node: a ``ClientCore`` of the gateway's
@@ -412,59 +405,22 @@ class NodeRuntime:
         hit = self.core.cache.hit(op, monotonic_ms())
         if hit is not None:
             return hit
-        now_ms = monotonic_ms()
+        driver = self._driver
         if isinstance(op, NEAR_OPS):
             # This node's own cache serves it and always answers (``unavailable`` once the home
             # stays silent past its deadline): one attempt, as long as the call.
             attempt_ms = GATEWAY_TIMEOUT_MS + wait_of(op)[0]
-            handle = self.client.call(op, now_ms, node=LOCAL_NODE, attempt_timeout_ms=attempt_ms)
+            handle = self.client.call(op, driver.now_ms(), node=LOCAL_NODE, attempt_timeout_ms=attempt_ms)
         else:
-            handle = self.client.call(op, now_ms)
-        fut: asyncio.Future[Result] = self._loop.create_future()
-        self._futures[handle] = fut
-        if not self._client_flush_scheduled:
-            self._client_flush_scheduled = True
-            self._loop.call_soon(self._flush_client)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self._futures.pop(handle, None)
-            self.client.cancel(handle)
-            raise
+            handle = self.client.call(op, driver.now_ms())
+        return await driver.wait(handle)
 
-    def _flush_client(self) -> None:
-        self._client_flush_scheduled = False
-        self._deliver_local(monotonic_ms())
-
-    def _deliver_local(self, now_ms: int) -> None:
-        """The gateway's requests into this node's own inbox, then its finished calls answered."""
-        out = self.client.outbox(now_ms)
+    def _deliver_local(self, out: dict[str, list[bytes]]) -> None:
+        """The gateway's requests into this node's own inbox (its core forwards them)."""
         if self._closed:
-            out = {}
+            return
         for raws in out.values():
             for raw in raws:
                 self.core.deliver_client(LOCAL_ROUTE, decode_request(raw), raw)
         if out:
             self._wake()
-        self._settle_client()
-
-    def _settle_client(self) -> None:
-        futures = self._futures
-        for handle, result in self.client.completions():
-            fut = futures.pop(handle, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
-        at_ms = self.client.next_timer_ms()
-        if at_ms is not None and (self._client_timer is None or at_ms < self._client_timer_ms):
-            if self._client_timer is not None:
-                self._client_timer.cancel()
-            self._client_timer_ms = at_ms
-            self._client_timer = self._loop.call_later(
-                max(0, at_ms - monotonic_ms()) / 1000, self._on_client_timer
-            )
-
-    def _on_client_timer(self) -> None:
-        self._client_timer = None
-        now_ms = max(monotonic_ms(), self._client_timer_ms)
-        self.client.tick(now_ms)
-        self._deliver_local(now_ms)
