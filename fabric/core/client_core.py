@@ -208,8 +208,9 @@ class ClientCore:
         rid = handle if handle > 0 else self._of_handle.pop(handle, None)
         if rid is not None and rid in self._calls:
             self._forget(rid)
-        else:
+        elif handle < 0:
             self._cancelled.add(handle)  # queued, or in a batch: dropped when it gets there
+        # else a direct call already finished: nothing is left to drop
 
     def _start(
         self,
@@ -289,8 +290,7 @@ class ClientCore:
             if call is None or call.token != token:
                 continue  # answered, or another attempt went out since
             if call.deadline_ms is not None and now_ms >= call.deadline_ms:
-                self.stats["timeouts"] += 1
-                self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
+                self._give_up(call, now_ms)
             else:
                 self._retry(call, kind, now_ms)
 
@@ -298,8 +298,7 @@ class ClientCore:
         if kind == _ATTEMPT:
             call.silent += 1
             if self.config.attempts_max is not None and call.silent >= self.config.attempts_max:
-                self.stats["timeouts"] += 1
-                self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
+                self._give_up(call, now_ms)
                 return
         self.stats["retries"] += 1
         if kind == _BACKOFF:  # to the leader as now known; not again to a node that refused
@@ -311,6 +310,11 @@ class ClientCore:
             self._send(call, call.pinned, now_ms)  # its own node twice, then the others
         else:
             self._send(call, self._other(call.node), now_ms)
+
+    def _give_up(self, call: _Call, now_ms: int) -> None:
+        """Out of time or of unanswered attempts: the latest retryable answer, else timeout."""
+        self.stats["timeouts"] += 1
+        self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
 
     # -- replies -----------------------------------------------------------------------------
 

@@ -296,10 +296,12 @@ def test_produces_are_batched_per_queue_and_a_bad_message_fails_alone() -> None:
     a = core.call(Produce("qa", "1"), 0)
     b = core.call(Produce("qb", "2"), 0)
     bad = core.call(Produce("qa", "3", headers={"h": 1}), 0)  # type: ignore[dict-item]
-    batches = [decode_request(r).op for r in core.outbox(0)["n1"]]
-    assert [(o.op.queue, len(o.op.messages)) for o in batches] == [("qa", 1), ("qb", 1)]
+    requests = [decode_request(r) for r in core.outbox(0)["n1"]]
+    assert [(r.op.op.queue, len(r.op.op.messages)) for r in requests] == [("qa", 1), ("qb", 1)]
     assert [(h, r.code) for h, r in core.completions()] == [(bad, "bad_request")]
-    assert {a, b}.isdisjoint({bad})
+    for n, request in enumerate(requests):
+        core.receive(encode(Reply(request.id, Ok({"message_ids": [f"1:{n}"]}))), 1)
+    assert core.completions() == [(a, Ok({"message_id": "1:0"})), (b, Ok({"message_id": "1:1"}))]
 
 
 def test_a_produce_before_the_cluster_is_known_is_refused_as_unavailable() -> None:
@@ -326,5 +328,7 @@ def test_a_value_that_cannot_be_encoded_is_refused_and_its_id_given_back() -> No
         (produce, "bad_request", {"field": "data"}),
     ]
     (raw,) = core.outbox(0)["n1"]  # the good produce goes on alone
-    assert len(decode_request(raw).op.op.messages) == 1 and fine
+    assert len(decode_request(raw).op.op.messages) == 1
     assert core.ids.acked == decode_request(raw).id  # no id left open by the refused put
+    core.receive(encode(Reply(decode_request(raw).id, Ok({"message_ids": ["1:7"]}))), 1)
+    assert core.completions() == [(fine, Ok({"message_id": "1:7"}))]
