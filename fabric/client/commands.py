@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from syncfab.actors.queue_ops import SETTINGS_LOW
+
 ENDPOINTS_DEFAULT = "127.0.0.1:8101,127.0.0.1:8201,127.0.0.1:8301"  # syncfab cluster's gateways
 REQUEST_TIMEOUT_S = 70.0  # longer than the longest long-poll a call may ask for (60 s)
 DONE, REFUSED, USAGE = 0, 1, 2
@@ -102,7 +104,7 @@ def add_commands(sub: Any) -> None:
     command(cache, "stats", "this node's cache counters", lambda a: ("GET", "/cache/stats", None))
 
 
-SETTINGS = ("visibility_ms", "max_deliveries", "retention_ms", "max_depth", "dedup_window_ms")
+SETTINGS = tuple(SETTINGS_LOW)  # a queue's settings, as the queue names them
 POLICIES = ["write_through", "write_back"]
 Request = Callable[[argparse.Namespace], tuple[str, str, Any]]  # args -> (method, path, body)
 
