@@ -105,7 +105,9 @@ class Beat(msgspec.Struct, frozen=True, tag="bt", array_like=True):
     """Node-to-node liveness for the phi-accrual detector (independent of Raft's timers).
 
     It also gossips which groups the sender leads, as (group, term), so a node learns the
-    leaders of shards it does not replicate and can forward to them in one hop.
+    leaders of shards it does not replicate and can forward to them in one hop; and the
+    address native clients should dial for the sender, so every node's cluster view hands
+    out addresses a client can use (``--advertise``), not the ones peers use.
     """
 
     seq: int
@@ -113,6 +115,7 @@ class Beat(msgspec.Struct, frozen=True, tag="bt", array_like=True):
     # (shard, epoch, last seq) of every cache stream the sender publishes: a subscriber that
     # has not seen that seq lost part of the stream (the Clone pattern's heartbeat).
     cache_streams: list[tuple[int, int, int]] = []
+    advertise: str = ""  # host:port of the sender's ROUTER for clients ("": its --peers entry)
 
 
 class Forward(msgspec.Struct, frozen=True, tag="fw", array_like=True):

@@ -89,9 +89,12 @@ class NodeCore:
         rng: random.Random,
         now_ms: int,
         config: NodeConfig | None = None,
+        advertise: str | None = None,
     ) -> None:
         self.id = node_id
-        self.members = dict(sorted(members.items()))
+        self.members = dict(sorted(members.items()))  # id -> the address peers dial
+        # id -> the address native clients dial: this node's own, and each peer's from its beats.
+        self.advertised = {node_id: advertise or self.members[node_id]}
         self.config = cfg = config or NodeConfig()
         self.placement = ShardPlacement.build(
             list(self.members), cfg.shard_count, cfg.replication, cfg.vnodes
@@ -464,6 +467,8 @@ class NodeCore:
         match msg:
             case Beat():
                 self.detector.heartbeat(src, self._now)
+                if msg.advertise:
+                    self.advertised[src] = msg.advertise
                 self.cache.on_beat(msg.cache_streams, self._now)
                 for group, term in msg.leading:
                     known = self._remote_leaders.get(group)
@@ -525,7 +530,7 @@ class NodeCore:
     def _send_beats(self) -> None:
         self._beat_seq += 1
         leading = [(gid, g.raft.term) for gid, g in self.groups.items() if g.raft.role is Role.LEADER]
-        beat = Beat(self._beat_seq, leading, self.cache.stream_positions())
+        beat = Beat(self._beat_seq, leading, self.cache.stream_positions(), self.advertised[self.id])
         self._flush.publishes.append((BEAT_TOPIC, beat))
 
     # -- views (fabric/core/views.py) ---------------------------------------------------------

@@ -5,21 +5,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.core.addresses import pub_address
 
 if TYPE_CHECKING:
     from syncfab.fabric.core.node import NodeCore
 
 
 def cluster_view(core: NodeCore) -> dict[str, Any]:
+    """What a client learns the cluster from: members at the addresses clients dial — what each
+    advertises; a peer not heard from since this node started, at its --peers entry."""
     control = core.groups[CONTROL_GROUP].raft
+    members = []
+    for m, peer_address in core.members.items():
+        address = core.advertised.get(m, peer_address)
+        alive = m == core.id or core.detector.is_alive(m, core._now)
+        members.append({"id": m, "address": address, "pub_address": pub_address(address), "alive": alive})
     return {
         "node": core.id,
         "leader": control.leader,
         "term": control.term,
-        "members": [
-            {"id": m, "address": addr, "alive": m == core.id or core.detector.is_alive(m, core._now)}
-            for m, addr in core.members.items()
-        ],
+        "members": members,
         "shards": [
             {
                 "id": s,

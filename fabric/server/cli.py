@@ -130,7 +130,8 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     http = f" http://{settings.http}" if settings.http else ""
-    print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{http}", flush=True)
+    clients = f" (clients: tcp://{settings.advertised})" if settings.advertise else ""
+    print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{clients}{http}", flush=True)
     await stop.wait()
     runtime.end_calls()
     if runner is not None:

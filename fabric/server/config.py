@@ -1,7 +1,9 @@
 """A node's settings: from command-line flags, falling back to SYNCFAB_* environment variables.
 
 Ports: a node binds its own ``--peers`` entry (host:P) as its ROUTER (peers and native
-clients), P+1 as its PUB socket; its HTTP gateway listens on ``--http``.
+clients), P+1 as its PUB socket (``--bind`` changes the host it binds); its HTTP gateway
+listens on ``--http``. Native clients are told to dial ``--advertise`` (default: that same
+``--peers`` entry), PUB at its port + 1 (fabric/core/addresses.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from dataclasses import dataclass, field
 
 from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
+from syncfab.fabric.core.addresses import pub_address
 from syncfab.fabric.core.node_config import NodeConfig
 
-PUB_PORT_OFFSET = 1
+__all__ = [
+    "ConfigError",
+    "NodeSettings",
+    "add_node_arguments",
+    "pub_address",
+    "settings_from_args",
+    "split_address",
+]
 
 
 class ConfigError(ValueError):
@@ -44,11 +54,6 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def pub_address(address: str) -> str:
-    host, port = split_address(address)
-    return f"{host}:{port + PUB_PORT_OFFSET}"
-
-
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     node_id: str
@@ -59,16 +64,24 @@ class NodeSettings:
     core: NodeConfig = field(default_factory=NodeConfig)
     tick_ms: int = 10
     log_level: str = "info"
+    advertise: str | None = None  # what native clients dial; None: this node's --peers entry
 
     @property
     def address(self) -> str:
+        """This node's --peers entry: what its peers dial, and what it binds."""
         return self.peers[self.node_id]
+
+    @property
+    def advertised(self) -> str:
+        """The ROUTER address native clients are told to dial (PUB at its port + 1)."""
+        return self.advertise or self.address
 
 
 _ENV = {
     "id": "SYNCFAB_ID",
     "peers": "SYNCFAB_PEERS",
     "http": "SYNCFAB_HTTP",
+    "advertise": "SYNCFAB_ADVERTISE",
     "data_dir": "SYNCFAB_DATA_DIR",
     "fsync": "SYNCFAB_FSYNC",
     "shards": "SYNCFAB_SHARDS",
@@ -91,6 +104,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         "--peers",
         default=env(_ENV["peers"]),
         help="every member as id=host:port, this node included (env SYNCFAB_PEERS)",
+    )
+    parser.add_argument(
+        "--advertise",
+        default=env(_ENV["advertise"]),
+        help="host:port native clients should dial for this node's ROUTER (its PUB at port + 1), "
+        "when that is not its --peers entry: a published container port, say (env SYNCFAB_ADVERTISE)",
     )
     parser.add_argument(
         "--http",
@@ -163,6 +182,8 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         raise ConfigError(f"--id {args.id!r} is not one of --peers {sorted(peers)}")
     if args.http:
         split_address(args.http)
+    if args.advertise:
+        split_address(args.advertise)
     if args.shards < 1:
         raise ConfigError("--shards must be at least 1")
     if args.heartbeat_ms < 1 or args.election_timeout_ms <= 2 * args.heartbeat_ms:
@@ -193,4 +214,5 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         fsync=args.fsync == "on",
         core=core,
         log_level=args.log_level,
+        advertise=args.advertise or None,
     )

@@ -60,11 +60,13 @@ def port_free(host: str, port: int) -> bool:
 @dataclass
 class LocalCluster:
     """Node processes n1..nN on ``host``. Ports are picked free unless given; ``extra_args``
-    go to every node; ``log_to_files`` sends each node's output to <data_dir>/<id>.log."""
+    go to every node, then ``node_args`` to the one they are keyed by; ``log_to_files`` sends
+    each node's output to <data_dir>/<id>.log."""
 
     size: int = 3
     data_dir: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    node_args: dict[str, list[str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     peer_ports: dict[str, int] = field(default_factory=dict)
@@ -117,6 +119,7 @@ class LocalCluster:
                 "--log-level",
                 self.log_level,
                 *self.extra_args,
+                *self.node_args.get(n, []),
             ]
             os.makedirs(self.data_dir, exist_ok=True)
             out = None

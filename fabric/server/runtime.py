@@ -122,6 +122,7 @@ class NodeRuntime:
             rng=random.Random(self.epoch),
             now_ms=monotonic_ms(),
             config=s.core,
+            advertise=s.advertised,
         )
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
@@ -140,9 +141,10 @@ class NodeRuntime:
         self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._sub_ready)
         self._tick()
         log.info(
-            "node %s up: router %s, %d groups, fsync %s",
+            "node %s up: router %s (clients: %s), %d groups, fsync %s",
             s.node_id,
             s.address,
+            s.advertised,
             len(self.core.groups),
             "on" if s.fsync else "off",
         )
