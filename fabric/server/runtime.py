@@ -47,7 +47,13 @@ from syncfab.fabric.core.node import LOCAL_ROUTE, Flush, NodeCore
 from syncfab.fabric.core.routing import wait_of
 from syncfab.fabric.server.config import ConfigError, NodeSettings
 from syncfab.fabric.server.metrics import NodeMetrics
-from syncfab.fabric.server.transport import PeerLinks, StreamTracker, Transport, decode_publication
+from syncfab.fabric.server.transport import (
+    PeerLinks,
+    StreamTracker,
+    Transport,
+    decode_publication,
+    io_context,
+)
 from syncfab.fabric.server.writer import DiskWriter
 from syncfab.storage.lmdb_store import LmdbLogStore
 
@@ -124,11 +130,12 @@ class NodeRuntime:
             config=s.core,
             advertise=s.advertised,
         )
+        self._zmq, affinity = io_context(s.node_id, s.peers)
         self.transport = Transport(
-            zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
+            self._zmq, s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host, affinity=affinity
         )
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
-        self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers, name="/disk")
+        self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, name="/disk", affinity=affinity)
         self.writer = DiskWriter(
             self.store,
             self._loop,
@@ -174,6 +181,7 @@ class NodeRuntime:
         self.transport.close()
         self.writer.stop()
         self._durable_links.close()  # the writer thread's: closed once it has ended
+        self._zmq.destroy(linger=0)  # the writer thread has ended: nothing else uses it
         self.store.close()
         self._driver.end(Err("unavailable", "node shutting down"))
         self._driver.close()

@@ -14,6 +14,13 @@
 
 Every limit is a high-water mark: when a peer or a client cannot keep up, sends fail fast and
 are counted, never buffered without bound.
+
+Each peer's connections (its DEALERs, our SUB's connection to its PUB) run on an I/O thread of
+their own, and the bound sockets on another (``io_context``): libzmq resolves a peer's host
+name on the I/O thread that connects to it and blocks that thread until DNS answers. In a
+compose network a stopping peer's name can go unanswered for 5 s (the resolver's timeout)
+while the runtime removes it; on one shared thread that froze every socket of the node —
+Raft between the survivors, replies to clients — and the survivors lost their leaders too.
 """
 
 from __future__ import annotations
@@ -61,6 +68,17 @@ class StreamTracker:
         return gap
 
 
+def io_context(node_id: str, peers: dict[str, str]) -> tuple[zmq.Context, dict[str, int]]:
+    """A ZeroMQ context for one node: I/O thread 0 for the bound sockets (ROUTER, PUB, and the
+    connections they accept), thread k for the k-th peer's. Returns it and each peer's
+    affinity mask (see the module's docstring for why)."""
+    others = sorted(p for p in peers if p != node_id)
+    return zmq.Context(io_threads=len(others) + 1), {p: 1 << (k + 1) for k, p in enumerate(others)}
+
+
+BOUND_AFFINITY = 1  # I/O thread 0
+
+
 class Transport:
     def __init__(
         self,
@@ -71,7 +89,11 @@ class Transport:
         epoch: int,
         bind_host: str | None = None,
         hwm_messages: int = 50_000,
+        affinity: dict[str, int] | None = None,
     ) -> None:
+        """``affinity``: peer -> I/O thread mask for its connections (``io_context``); none
+        given, every socket may use any of the context's threads."""
+        affinity = affinity or {}
         self.node_id = node_id
         self.epoch = epoch
         self._seq = 0
@@ -83,23 +105,27 @@ class Transport:
         _, pub_port = split_address(pub_address(peers[node_id]))
 
         self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.AFFINITY, BOUND_AFFINITY if affinity else 0)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, hwm_messages)
         self.router.setsockopt(zmq.SNDHWM, hwm_messages)
         self.router.bind(f"tcp://{host}:{port}")
 
         self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.AFFINITY, BOUND_AFFINITY if affinity else 0)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, hwm_messages)
         self.pub.bind(f"tcp://{host}:{pub_port}")
 
-        self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages)
+        self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages, affinity=affinity)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, hwm_messages)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         for peer, address in peers.items():
             if peer != node_id:
+                # The mask in force at connect() picks the thread of that connection.
+                self.sub.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
                 self.sub.connect(f"tcp://{pub_address(address)}")
 
     def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
@@ -182,13 +208,16 @@ class PeerLinks:
         *,
         hwm_messages: int = 50_000,
         name: str = "",
+        affinity: dict[str, int] | None = None,
     ) -> None:
+        affinity = affinity or {}
         self.dropped = 0
         self.dealers: dict[str, zmq.Socket] = {}
         for peer, address in peers.items():
             if peer == node_id:
                 continue
             dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
             # A ROUTER refuses a second connection with an identity it already has.
             dealer.setsockopt(zmq.IDENTITY, f"{node_id}{name}".encode())
             dealer.setsockopt(zmq.LINGER, 0)
