@@ -116,6 +116,7 @@ class Beat(msgspec.Struct, frozen=True, tag="bt", array_like=True):
     # has not seen that seq lost part of the stream (the Clone pattern's heartbeat).
     cache_streams: list[tuple[int, int, int]] = []
     advertise: str = ""  # host:port of the sender's ROUTER for clients ("": its --peers entry)
+    leaving: bool = False  # the sender is stopping: hand it no leadership
 
 
 class Forward(msgspec.Struct, frozen=True, tag="fw", array_like=True):

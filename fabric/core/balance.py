@@ -1,5 +1,6 @@
-"""Leaders where the ring prefers them: a shard leader hands its shard to the shard's preferred
-leader once that node has been alive (phi-accrual) and caught up for a while."""
+"""Where leaders go: a shard leader hands its shard to the shard's preferred leader once that
+node has been alive (phi-accrual) and caught up for a while; a stopping node hands every group
+it leads to a live replica before it goes."""
 
 from __future__ import annotations
 
@@ -27,3 +28,25 @@ def balance_leaders(core: NodeCore) -> None:
             and raft.progress[preferred].match >= raft.commit_index
         ) and raft.transfer_leadership(preferred):
             core.counters["leader_transfers"] += 1
+
+
+def hand_over_leadership(core: NodeCore) -> int:
+    """A stopping node's turn: hand each group it leads to the live replica furthest along its
+    log (the preferred leader among equals), so the group's next request finds a leader instead
+    of waiting out an election. Returns how many groups it leads that a live replica could take
+    (0: nothing left to wait for). A transfer that has not finished in an election timeout is
+    dropped by RaftCore and asked again here."""
+    waiting = 0
+    for gid, g in core.groups.items():
+        raft = g.raft
+        if raft.role is not Role.LEADER:
+            continue
+        live = sorted(p for p in raft.progress if p != core.id and core.detector.is_alive(p, core._now))
+        if not live:
+            continue
+        waiting += 1
+        preferred = core.placement.preferred_leader(gid)
+        target = max(live, key=lambda p: (raft.progress[p].match, p == preferred))
+        if raft.transfer_leadership(target):
+            core.counters["leader_transfers"] += 1
+    return waiting

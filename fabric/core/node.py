@@ -38,7 +38,7 @@ from syncfab.actors.raft import Busy, NotLeader, RaftCore, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
-from syncfab.fabric.core.balance import balance_leaders
+from syncfab.fabric.core.balance import balance_leaders, hand_over_leadership
 from syncfab.fabric.core.codec import (
     CACHE_MESSAGES,
     ClusterInfo,
@@ -134,6 +134,9 @@ class NodeCore:
         self._next_beat = now_ms
         self._next_balance = now_ms + cfg.balance_interval_ms
         self._read_context = 0
+        # A clean stop (leave): hand every group over; how many a live replica could still take.
+        self.leaving = False
+        self.handing_over = 0
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "forwarded",
@@ -172,6 +175,13 @@ class NodeCore:
             return
         self._client_inbox.append((None, route, request, raw))
 
+    def leave(self) -> None:
+        """A clean stop begins: from the next turn on, hand every group this node leads to a
+        live replica, and tell the peers (in the beats) to hand it none."""
+        self.leaving = True
+        self.handing_over = sum(g.raft.role is Role.LEADER for g in self.groups.values())
+        self._next_beat = self._now  # say so now
+
     def has_work(self) -> bool:
         return bool(
             self._peer_inbox
@@ -208,6 +218,8 @@ class NodeCore:
         if now_ms >= self._next_balance:
             self._next_balance = now_ms + self.config.balance_interval_ms
             balance_leaders(self)
+        if self.leaving:
+            self.handing_over = hand_over_leadership(self)
         while self._peer_inbox:
             src, items = self._peer_inbox.popleft()
             for gid, msg in items:
@@ -466,7 +478,10 @@ class NodeCore:
     def _on_peer(self, src: str, gid: int, msg: PeerMessage) -> None:
         match msg:
             case Beat():
-                self.detector.heartbeat(src, self._now)
+                if msg.leaving:  # stopping: no group is handed to it (balance, hand-over)
+                    self.detector.forget(src)
+                else:
+                    self.detector.heartbeat(src, self._now)
                 if msg.advertise:
                     self.advertised[src] = msg.advertise
                 self.cache.on_beat(msg.cache_streams, self._now)
@@ -530,7 +545,9 @@ class NodeCore:
     def _send_beats(self) -> None:
         self._beat_seq += 1
         leading = [(gid, g.raft.term) for gid, g in self.groups.items() if g.raft.role is Role.LEADER]
-        beat = Beat(self._beat_seq, leading, self.cache.stream_positions(), self.advertised[self.id])
+        beat = Beat(
+            self._beat_seq, leading, self.cache.stream_positions(), self.advertised[self.id], self.leaving
+        )
         self._flush.publishes.append((BEAT_TOPIC, beat))
 
     # -- views (fabric/core/views.py) ---------------------------------------------------------

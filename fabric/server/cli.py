@@ -133,6 +133,8 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     clients = f" (clients: tcp://{settings.advertised})" if settings.advertise else ""
     print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{clients}{http}", flush=True)
     await stop.wait()
+    if runtime.writer.failed is None:
+        await runtime.hand_over()
     runtime.end_calls()
     if runner is not None:
         await runner.cleanup()
