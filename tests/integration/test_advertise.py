@@ -89,7 +89,7 @@ def test_a_client_given_only_advertised_addresses_reaches_every_node_fast(publis
     assert leaders == set(cluster.ids), "shard leaders should be spread over every node"
     # No call waited out an attempt (1 s each) on an address it could not use.
     assert client.stats["retries"] == 0 and client.stats["timeouts"] == 0, client.stats
-    assert elapsed_s < 3.0, f"{elapsed_s:.2f} s for ~20 calls"
+    assert elapsed_s < 5.0, f"{elapsed_s:.2f} s for ~20 calls"
     # Every node was dialled through its published (advertised) port.
     assert all(routers[n].connections > before[n] for n in cluster.ids), {
         n: f.connections for n, f in routers.items()
