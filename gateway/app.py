@@ -53,9 +53,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(500, "internal", "internal error")
-    metrics = request.app[RUNTIME].metrics
-    metrics.http_requests.labels(endpoint, request.method, str(response.status)).inc()
-    metrics.http_latency.labels(endpoint, request.method).observe(time.perf_counter() - started)
+    elapsed_s = time.perf_counter() - started
+    request.app[RUNTIME].metrics.http.record(endpoint, request.method, response.status, elapsed_s)
     return response
 
 

@@ -1,7 +1,9 @@
 """Prometheus metrics for one node: a private registry, so several nodes can share a process.
 
-Raft state is read at scrape time from the core (no bookkeeping on the hot path); request
-counters and latency histograms are kept by the gateway middleware.
+Raft, lock, queue and cache state is read at scrape time from the core (no bookkeeping on the
+hot path); HTTP requests are counted in plain ints by the gateway middleware and rendered at
+scrape time too (fabric/server/http_metrics.py). The README's "Monitoring" lists what is here
+and docker/grafana-dashboard.json draws it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.server.http_metrics import HttpRequestStats
 
 if TYPE_CHECKING:
     from syncfab.fabric.server.runtime import NodeRuntime
@@ -25,25 +28,14 @@ class NodeMetrics:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.http_requests = Counter(
-            "syncfab_http_requests",
-            "HTTP requests by endpoint and status",
-            ["endpoint", "method", "status"],
-            registry=r,
-        )
-        self.http_latency = Histogram(
-            "syncfab_http_request_seconds",
-            "HTTP request latency",
-            ["endpoint", "method"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
+        self.http = HttpRequestStats(LATENCY_BUCKETS_S)
+        r.register(self.http)
         self.bad_frames = Counter(
             "syncfab_bad_frames", "Frames on a ZeroMQ socket that were not our protocol", registry=r
         )
         self.disk_write_seconds = Histogram(
             "syncfab_disk_write_seconds",
-            "One turn's group-commit write, fsync included",
+            "One group commit to the WAL: its append and fdatasync (no sync with fsync off)",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
