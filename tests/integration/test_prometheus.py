@@ -130,17 +130,22 @@ def drive_traffic(c: LocalCluster) -> None:
 
 def loopback_config(c: LocalCluster) -> dict[str, Any]:
     """docker/prometheus.yml with each target ``nX:port`` turned into node nX's gateway here,
-    and scrapes every ``SCRAPE_INTERVAL``."""
+    scrapes every ``SCRAPE_INTERVAL``, and only the jobs that scrape nodes (one scraping
+    Prometheus itself would reach for the compose file's port 9090)."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"]["scrape_interval"] = config["global"]["scrape_timeout"] = SCRAPE_INTERVAL
-    nodes = []
+    nodes, jobs = [], []
     for job in config["scrape_configs"]:
-        for static in job["static_configs"]:
-            nodes += [target.split(":")[0] for target in static["targets"]]
-            static["targets"] = [
-                c.url(target.split(":")[0]).removeprefix("http://") for target in static["targets"]
-            ]
+        statics = job.get("static_configs", [])
+        hosts = [target.split(":")[0] for static in statics for target in static["targets"]]
+        if not hosts or not set(hosts) <= set(c.ids):
+            continue
+        nodes += hosts
+        for static in statics:
+            static["targets"] = [c.url(t.split(":")[0]).removeprefix("http://") for t in static["targets"]]
+        jobs.append(job)
     assert sorted(nodes) == c.ids, f"{PROMETHEUS_CONFIG} scrapes {nodes}, not the cluster's {c.ids}"
+    config["scrape_configs"] = jobs
     return config
 
 
