@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import Ok, Result
 from syncfab.fabric.core.routing import KEY_BYTES_MAX
-from syncfab.fabric.server.metrics import NodeMetrics
 from syncfab.fabric.server.runtime import NodeRuntime
 from syncfab.gateway import cache, locks, queues
 from syncfab.gateway.http_server import HttpServer
@@ -29,30 +28,10 @@ log = logging.getLogger("syncfab.gateway")
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
-class RequestMetrics:
-    """Counts every answered request and its latency by route template, method and status.
-    A label lookup costs more than the count: the children are looked up once per combination."""
-
-    def __init__(self, metrics: NodeMetrics) -> None:
-        self._metrics = metrics
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        key = (endpoint, method, status)
-        children = self._children.get(key)
-        if children is None:
-            m = self._metrics
-            children = self._children[key] = (
-                m.http_requests.labels(endpoint, method, str(status)),
-                m.http_latency.labels(endpoint, method),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
-
-
 def serve(runtime: NodeRuntime) -> HttpServer:
-    """The gateway of ``runtime``'s node, ready to ``start(host, port)``."""
-    return HttpServer(create_router(), runtime, RequestMetrics(runtime.metrics).observe)
+    """The gateway of ``runtime``'s node, ready to ``start(host, port)``; every request it
+    answers is counted in the node's metrics (fabric/server/http_metrics.py)."""
+    return HttpServer(create_router(), runtime, runtime.metrics.http.record)
 
 
 def key_of(request: Request) -> tuple[str, Response | None]:

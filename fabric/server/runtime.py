@@ -123,6 +123,7 @@ class NodeRuntime:
             now_ms=monotonic_ms(),
             config=s.core,
         )
+        self.metrics.core_started()
         self.transport = Transport(
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
