@@ -31,7 +31,7 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 def serve(runtime: NodeRuntime) -> HttpServer:
     """The gateway of ``runtime``'s node, ready to ``start(host, port)``; every request it
     answers is counted in the node's metrics (fabric/server/http_metrics.py)."""
-    return HttpServer(create_router(), runtime, runtime.metrics.http.record)
+    return HttpServer(create_router(), runtime, runtime.metrics.http)
 
 
 def key_of(request: Request) -> tuple[str, Response | None]:

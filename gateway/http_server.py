@@ -20,9 +20,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -66,16 +65,22 @@ REASONS = {
 
 _STATUS_LINES = {status: f"HTTP/1.1 {status} {reason}\r\n".encode() for status, reason in REASONS.items()}
 
-Observe = Callable[[str, str, int, float], None]  # endpoint, method, status, seconds
+
+class RequestStats(Protocol):
+    """Where the server counts its requests (fabric/server/http_metrics.py in a node)."""
+
+    in_progress: int
+
+    def record(self, endpoint: str, method: str, status: int, elapsed_s: float) -> None: ...
 
 
 class HttpServer:
     """The gateway's listener: routes every request of every connection to its handler."""
 
-    def __init__(self, router: Router, runtime: Any, observe: Observe | None = None) -> None:
+    def __init__(self, router: Router, runtime: Any, stats: RequestStats | None = None) -> None:
         self.router = router
         self.runtime = runtime
-        self.observe = observe
+        self.stats = stats
         self.connections: set[HttpConnection] = set()
         self.date = b""
         self._server: asyncio.Server | None = None
@@ -116,6 +121,18 @@ class HttpServer:
     async def handle(self, request: Request) -> Response:
         """The handler's response, or the error that stands in for it; never raises."""
         started = time.perf_counter()
+        stats = self.stats
+        if stats is None:
+            return await self._route(request)
+        stats.in_progress += 1
+        try:
+            response = await self._route(request)
+        finally:
+            stats.in_progress -= 1  # also when the answering task is cancelled at stop
+        stats.record(request.endpoint, request.method, response.status, time.perf_counter() - started)
+        return response
+
+    async def _route(self, request: Request) -> Response:
         route, match_info, allowed = self.router.resolve(request.method, request.path)
         if route is None:
             if allowed:
@@ -123,17 +140,14 @@ class HttpServer:
                 response.headers = {"Allow": ", ".join(sorted(set(allowed)))}
             else:
                 response = error_response(404, "not_found", "Not Found")
-        else:
-            request.match_info = match_info
-            request.endpoint = route.canonical
-            try:
-                response = await route.handler(request)
-            except Exception:
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                response = error_response(500, "internal", "internal error")
-        if self.observe is not None:
-            self.observe(request.endpoint, request.method, response.status, time.perf_counter() - started)
-        return response
+            return response
+        request.match_info = match_info
+        request.endpoint = route.canonical
+        try:
+            return await route.handler(request)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error")
 
 
 class HttpConnection(asyncio.Protocol):
@@ -202,8 +216,8 @@ class HttpConnection(asyncio.Protocol):
         path = httptools.parse_url(b"".join(self._url)).path.decode("latin-1") if self._url else ""
         log.info("client left during %s %s", method, path[:200])
         route = server.router.resolve(method, path)[0] if path else None
-        if server.observe is not None:
-            server.observe(route.canonical if route else "unmatched", method, 400, 0.0)
+        if server.stats is not None:
+            server.stats.record(route.canonical if route else "unmatched", method, 400, 0.0)
 
     # -- httptools callbacks --------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import bisect
 from collections.abc import Iterator, Sequence
 
 from aiohttp.hdrs import METH_ALL
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -37,8 +37,9 @@ class RouteStats:
 
 
 class HttpRequestStats(Collector):
-    """``syncfab_http_requests_total{endpoint,method,status}`` and the histogram
-    ``syncfab_http_request_seconds{endpoint,method}``."""
+    """``syncfab_http_requests_total{endpoint,method,status}``, the histogram
+    ``syncfab_http_request_seconds{endpoint,method}`` and the gauge
+    ``syncfab_http_requests_in_progress`` (long-polls included; a scrape counts itself)."""
 
     def __init__(self, buckets_s: Sequence[float]) -> None:
         self._bounds_s = list(buckets_s)
@@ -46,6 +47,7 @@ class HttpRequestStats(Collector):
         # Keyed by what the request said, so the common call skips the method check; a made-up
         # method finds no entry, takes the slow path and lands in its endpoint's "other".
         self._by_route: dict[tuple[str, str], RouteStats] = {}
+        self.in_progress = 0  # the server adds one as it routes a request, takes it off as it answers
 
     def record(self, endpoint: str, method: str, status: int, elapsed_s: float) -> None:
         stats = self._by_route.get((endpoint, method))
@@ -84,3 +86,8 @@ class HttpRequestStats(Collector):
             latency.add_metric([endpoint, method], buckets, stats.seconds_sum)
         yield requests
         yield latency
+        yield GaugeMetricFamily(
+            "syncfab_http_requests_in_progress",
+            "HTTP requests being answered now, long-polls included (a scrape counts itself)",
+            value=self.in_progress,
+        )
