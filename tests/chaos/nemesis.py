@@ -160,6 +160,8 @@ class Clock(Nemesis):
     decides: leader-stamped times are lock leases, queue visibility and cache ttl. Heal
     restarts it on true time."""
 
+    kills = True  # it restarts the node with kill -9, twice
+
     def __init__(self, clock: FakeClock, name: str, nudges_max: int = 4, nudge_s: float = 1.5) -> None:
         self.clock, self.name = clock, name
         self.nudges_max, self.nudge_s = nudges_max, nudge_s

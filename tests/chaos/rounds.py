@@ -60,7 +60,7 @@ async def run_round(c: ChaosCluster, nemesis: Nemesis, seed: int, fault_s: float
     h, schedule = w.History(), Schedule()
     result = RoundResult(nemesis.name, seed, h, schedule, {})
     kv_keys = [f"kv/{tag}/{i}" for i in range(3)]
-    cache_keys = [f"cache/{tag}/{i}" for i in range(3)]
+    cache_keys = [f"cache/{tag}/{i}" for i in range(2)] + [f"cache/{tag}{w.WRITE_BACK_SUFFIX}"]
     queue = f"q-{tag}"
     result.resources = {f"lock/{tag}/{i}": w.FencedResource(f"lock/{tag}/{i}") for i in range(2)}
     stop = asyncio.Event()
@@ -132,7 +132,8 @@ async def run_round(c: ChaosCluster, nemesis: Nemesis, seed: int, fault_s: float
         for client in natives:
             await client.close()
         await session.close()
-    result.violations += check_kv(h) + check_cache(h) + check_locks(h, result.resources) + check_queue(h)
+    result.violations += check_kv(h) + check_cache(h, write_back_lossy=nemesis.kills)
+    result.violations += check_locks(h, result.resources) + check_queue(h)
     schedule.note(f"checked: {len(result.violations)} violations")
     result.seconds = time.monotonic() - started
     return result

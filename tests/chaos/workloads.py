@@ -30,6 +30,7 @@ LOCK_WAIT_MS = 1000
 # for the test's own scheduling).
 LOCK_SAFE_S = LOCK_TTL_MS / 1000 * 0.99 - 0.2
 VISIBILITY_MS = 2000
+WRITE_BACK_SUFFIX = "/wb"  # cache keys written with policy write_back (a CAS still goes home)
 
 
 def now_us() -> int:
@@ -169,8 +170,9 @@ async def _kv_op(target: Any, kind: str, key: str, value: Any) -> Any:
 async def cache_worker(
     h: History, process: str, rng: random.Random, keys: list[str], stop: asyncio.Event, target: Any, node: str
 ) -> None:
-    """read / write (write_through) / compare-and-set / delete through one node's cache. A
-    CAS expects the version (and so the value) this worker last saw of the key."""
+    """read / write / compare-and-set / delete through one node's cache (writes write_through,
+    or write_back for a key ending in WRITE_BACK_SUFFIX). A CAS expects the version (and so
+    the value) this worker last saw of the key."""
     serial = itertools.count()
     seen: dict[str, tuple[int, Any]] = {}  # key -> (version, value) last observed
     interface = "http" if isinstance(target, HttpNode) else "native"
@@ -212,6 +214,8 @@ async def _cache_op(target: Any, kind: str, key: str, value: Any, expected_versi
             await target.request("POST", "/cache/delete", json={"key": key})
             return {}
         body = {"key": key, "value": value}
+        if key.endswith(WRITE_BACK_SUFFIX):
+            body["policy"] = "write_back"
         if kind == "cas":
             body["expected_version"] = expected_version
         status, reply = await target.request("POST", "/cache/write", json=body, verdicts=(409,))
@@ -237,8 +241,9 @@ async def _cache_op(target: Any, kind: str, key: str, value: Any, expected_versi
             await target.cache.delete(key)
             return {}
         expected = expected_version if kind == "cas" else None
+        policy = "write_back" if key.endswith(WRITE_BACK_SUFFIX) else "write_through"
         try:
-            written = await target.cache.write(key, value, expected_version=expected)
+            written = await target.cache.write(key, value, policy=policy, expected_version=expected)
         except VersionMismatch as e:
             return {"current_version": (e.detail or {}).get("version")}
         return {"version": written.version, "state": written.state}
@@ -322,11 +327,14 @@ async def lock_worker(
         if token is None:  # lock_timeout or deadlock: not granted
             continue
         safe_until_us = e.call_us + round(LOCK_SAFE_S * 1e6)
-        for _ in range(rng.randint(1, 4)):
-            if now_us() >= safe_until_us:
-                break
+        # Half the holds use the resource until the lease it is sure of ends: a leader change
+        # or an expiry decided too early then falls inside a hold.
+        hold_until_us = safe_until_us if rng.random() < 0.5 else now_us() + rng.randint(0, 800_000)
+        while True:
             resources[name].access(token, process)
-            await asyncio.sleep(rng.uniform(0.02, 0.2))
+            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            if now_us() >= min(hold_until_us, safe_until_us):
+                break
         r = h.begin(process, "release", name, interface, node, owner)
         try:
             await _release(target, name, owner, definite=True)
