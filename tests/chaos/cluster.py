@@ -8,6 +8,7 @@ dir, optionally under ``faketime``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,12 @@ from .netns import ChaosNet
 
 # The test's own requests to the nodes never go through a proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """The node's process group (its leader's pid): the node, and faketime if it runs under it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +100,16 @@ class ChaosCluster:
             *self.extra_args,
         ]
         with open(os.path.join(self.data_dir, f"{node}.log"), "ab") as log:
-            # ip netns exec and faketime both exec, so this pid is the node's own.
+            # Its own process group: ip netns exec execs, but faketime forks the node and waits
+            # (to clean up its shared memory), so signals go to the group, or a kill -9 would
+            # leave the node running, orphaned, on its port.
             self.procs[node] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
             )
 
     def start_all(self) -> None:
@@ -106,17 +120,17 @@ class ChaosCluster:
     def kill(self, node: str) -> None:
         """kill -9: what was not fsynced is gone."""
         proc = self.procs.pop(node)
-        proc.send_signal(signal.SIGKILL)
+        _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=10)
         self.paused.discard(node)
 
     def pause(self, node: str) -> None:
-        self.procs[node].send_signal(signal.SIGSTOP)
+        _signal_group(self.procs[node], signal.SIGSTOP)
         self.paused.add(node)
 
     def resume(self, node: str) -> None:
         if node in self.paused:
-            self.procs[node].send_signal(signal.SIGCONT)
+            _signal_group(self.procs[node], signal.SIGCONT)
             self.paused.discard(node)
 
     def running(self) -> list[str]:
@@ -126,14 +140,14 @@ class ChaosCluster:
         for node in list(self.paused):
             self.resume(node)  # a stopped process would hold SIGTERM until continued
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+            _signal_group(proc, signal.SIGKILL)  # whatever of the group outlived its leader
         self.procs.clear()
 
     def exited(self) -> dict[str, int]:

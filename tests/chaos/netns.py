@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 
@@ -81,6 +82,11 @@ def remove_stale() -> list[str]:
         m = _STALE_NETNS.match(name)
         if m and not _pid_alive(int(m.group(1))):
             with contextlib.suppress(RuntimeError):
+                # A namespace lives on while a process runs in it: the dead run's nodes (one
+                # under faketime escapes the parent-death signal) go first.
+                for pid in run_ip("netns", "pids", name).split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
                 run_ip("netns", "del", name)
                 removed.append(name)
     for line in run_ip("-o", "link").splitlines():

@@ -69,6 +69,7 @@ async def run_round(c: ChaosCluster, nemesis: Nemesis, seed: int, fault_s: float
         return random.Random(rng.getrandbits(64))
 
     natives: list[Any] = []
+    running: list[asyncio.Future[None]] = []
     session = w.http_session()
     try:
         http = {n: w.HttpNode(session, n, c.url(n)) for n in c.ids}
@@ -105,7 +106,7 @@ async def run_round(c: ChaosCluster, nemesis: Nemesis, seed: int, fault_s: float
         tasks.append(w.consumer(h, "consume-native", worker_rng(), queue, stop, await native(rotate=2)))
         tasks.append(w.consumer(h, "consume-http", worker_rng(), queue, stop, http[c.ids[0]]))
         tasks.append(w.directory_poller(h, c, cache_keys, stop, session))
-        running = [asyncio.ensure_future(t) for t in tasks]
+        running += [asyncio.ensure_future(t) for t in tasks]
         schedule.note(f"workloads started ({len(running)} workers), seed {seed}")
         await asyncio.sleep(WARMUP_S)
         try:
@@ -129,6 +130,8 @@ async def run_round(c: ChaosCluster, nemesis: Nemesis, seed: int, fault_s: float
         schedule.note("queue drained")
     finally:
         stop.set()
+        # A round cut short by an error still ends its workers before their clients close.
+        await asyncio.gather(*running, return_exceptions=True)
         for client in natives:
             await client.close()
         await session.close()

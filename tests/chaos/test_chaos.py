@@ -95,13 +95,18 @@ def _report(result: RoundResult, c: ChaosCluster) -> str:
             indent=1,
             default=repr,
         )
-    logs = os.path.join(REPORT_DIR, os.path.basename(path)[: -len(".json")] + "-logs")
+    _copy_logs(c, os.path.basename(path)[: -len(".json")] + "-logs")
+    return path
+
+
+def _copy_logs(c: ChaosCluster, name: str) -> str:
+    logs = os.path.join(REPORT_DIR, name)
     os.makedirs(logs, exist_ok=True)
     for n in c.ids:
         log = os.path.join(c.data_dir, f"{n}.log")
         if os.path.exists(log):
             shutil.copy(log, logs)
-    return path
+    return logs
 
 
 BUDGET_S = MINUTES * 60 / len(NEMESES)  # each nemesis's share of a long run
@@ -124,8 +129,10 @@ def test_history_stays_valid_under(chaos_cluster: ChaosCluster, nemesis: Nemesis
         try:
             result = asyncio.run(run_round(c, nemesis, seed, fault_s, tag))
         except BaseException:
-            _restore(c)
+            logs = _copy_logs(c, f"{nemesis.name}-seed{seed}-{int(time.time())}-logs")
             print(f"round failed to run: SYNCFAB_CHAOS_SEED={SEED} {nemesis.name} round {rounds} seed {seed}")
+            print(f"node logs in {logs}")
+            _restore(c)
             raise
         rounds += 1
         print(
