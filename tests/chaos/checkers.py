@@ -118,6 +118,12 @@ def check_locks(h: History, resources: dict[str, FencedResource]) -> list[str]:
             violations.append(f"fencing token {g.output} granted to {who} and to {(g.value, g.key)}")
     # Tokens grow with real time: a grant that returned before another was asked for has the
     # smaller token (a re-entrant grant of the same lock to the same owner repeats its own).
+    # A repeated token is a re-entrant grant (a release whose outcome was unknown left the lock
+    # held): only each token's first grant is ordered.
+    firsts: dict[int, Event] = {}
+    for g in sorted(grants, key=lambda g: g.call_us):
+        firsts.setdefault(g.output, g)
+    grants = sorted(firsts.values(), key=lambda g: g.call_us)
     by_ret = sorted(grants, key=lambda g: g.ret_us or 0)
     i, top, top_grant = 0, 0, None
     for g in sorted(grants, key=lambda g: g.call_us):
