@@ -128,7 +128,7 @@ class NodeRuntime:
             zmq.Context.instance(), s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host
         )
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
-        self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers, name="/disk")
+        self._durable_links = PeerLinks(zmq.Context.instance(), s.node_id, s.peers)
         self.writer = DiskWriter(
             self.store,
             self._loop,

@@ -172,7 +172,8 @@ class Transport:
 
 class PeerLinks:
     """One DEALER per peer, for one thread's sends. The receiving node knows the sender by
-    the batch's ``src``, not by the socket, so a node may have several."""
+    the batch's ``src``, not by the socket, so a node may have several, and a reconnection
+    is a new connection like any other."""
 
     def __init__(
         self,
@@ -181,7 +182,6 @@ class PeerLinks:
         peers: dict[str, str],
         *,
         hwm_messages: int = 50_000,
-        name: str = "",
     ) -> None:
         self.dropped = 0
         self.dealers: dict[str, zmq.Socket] = {}
@@ -189,8 +189,9 @@ class PeerLinks:
             if peer == node_id:
                 continue
             dealer = ctx.socket(zmq.DEALER)
-            # A ROUTER refuses a second connection with an identity it already has.
-            dealer.setsockopt(zmq.IDENTITY, f"{node_id}{name}".encode())
+            # No fixed identity: a ROUTER refuses a connection whose identity it already has,
+            # and a peer's ROUTER never writes to us, so it keeps a connection that died on our
+            # side (a reset it never saw) open for good and would refuse every reconnection.
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.SNDHWM, hwm_messages)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
