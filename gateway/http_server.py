@@ -10,8 +10,9 @@ time in that order (pipelining); past ``PIPELINED_REQUESTS_MAX`` unanswered requ
 reading until it catches up. Limits are checked as the bytes arrive: a ``Content-Length``
 over ``BODY_BYTES_MAX`` is refused with 413 before any of the body is read, a URL over
 ``URL_BYTES_MAX`` with 400, headers over ``HEADER_BYTES_MAX`` with 431, bytes that are not
-HTTP with 400; each of those closes the connection. Idle keep-alive connections close after
-``KEEPALIVE_IDLE_S``.
+HTTP with 400; each of those closes the connection, after the answers to the requests that
+came whole before it. An ``Upgrade`` is answered as plain HTTP and then the connection closes.
+Idle keep-alive connections close after ``KEEPALIVE_IDLE_S``.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class HttpConnection(asyncio.Protocol):
         self._refusal: Response | None = None  # set mid-parse: answer it and close
         self._answering_task: asyncio.Future[None] | None = None
         self._lingered_bytes = 0
+        self._stop_reading = False  # after an Upgrade: answer what came, read nothing more
 
     @property
     def idle(self) -> bool:
@@ -187,7 +189,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is not None:  # answered: what still comes is dropped
+        if self._refusal is not None or self._stop_reading:  # answered: what still comes is dropped
             self._lingered_bytes += len(data)
             if self._lingered_bytes > LINGER_BYTES_MAX:
                 self.close()
@@ -195,7 +197,12 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._stop(error_response(400, "bad_request", "protocol upgrades are not served"))
+            # No protocol is upgraded to: the request is answered as plain HTTP (a server may
+            # ignore Upgrade, RFC 9110 §7.8) and, since what follows its headers is in the
+            # protocol asked for, the connection closes after the answer.
+            self._stop_reading = True
+            if self.pending:
+                self.pending[-1].keep_alive = False
         except httptools.HttpParserError as e:
             self._stop(error_response(400, "bad_request", f"malformed HTTP: {e}"))
         if self._refusal is not None:
@@ -309,6 +316,8 @@ class HttpConnection(asyncio.Protocol):
                     transport.resume_reading()
         finally:
             self.answering = False
+        if self._refusal is not None:
+            self._refuse(self._refusal)
 
     def _encode(self, response: Response, keep_alive: bool, head: bool) -> bytes:
         """The status line, headers and body as one buffer: one write, one send."""
@@ -336,10 +345,13 @@ class HttpConnection(asyncio.Protocol):
             self._refusal = response
 
     def _refuse(self, response: Response) -> None:
-        """Answer, stop writing, and close once the client has had time to read the answer."""
-        transport = self.transport
+        """Answer, stop writing, and close once the client has had time to read the answer.
+        Requests that came whole before the refused one are answered first: a pipelining client
+        takes answers in order, so a refusal sent ahead would read as the answer to one of them."""
         self._in_message = False
-        self.pending.clear()
+        if self.answering:
+            return  # _answer sends it after the last of them
+        transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(self._encode(response, False, False))
             if transport.can_write_eof():
