@@ -16,7 +16,6 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import msgspec
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
 from syncfab.actors.cache_ops import (
@@ -33,8 +32,8 @@ from syncfab.actors.cache_ops import (
 )
 from syncfab.actors.results import Err, Ok, Result
 from syncfab.fabric.server.metrics import LATENCY_BUCKETS_S
-from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import bad_request, error_response, json_response, read_body, result_error
+from syncfab.gateway.router import Request, Response, Router
 
 VERSION_MAX = (1 << 64) - 1  # what MessagePack can carry; no version gets anywhere near it
 
@@ -82,9 +81,9 @@ class _CacheMetrics:
 _METRICS: WeakKeyDictionary[CollectorRegistry, _CacheMetrics] = WeakKeyDictionary()
 
 
-def _metrics(request: web.Request) -> _CacheMetrics:
+def _metrics(request: Request) -> _CacheMetrics:
     """One pair per node registry (several nodes may share a process)."""
-    registry = request.app[RUNTIME].metrics.registry
+    registry = request.runtime.metrics.registry
     found = _METRICS.get(registry)
     if found is None:
         found = _METRICS[registry] = _CacheMetrics(registry)
@@ -99,7 +98,7 @@ def _fields(value: Any) -> dict[str, Any]:
     return msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else dict(value)
 
 
-def _key_param(request: web.Request) -> tuple[str, web.Response | None]:
+def _key_param(request: Request) -> tuple[str, Response | None]:
     key = request.query.get("key")
     if key is None:
         return "", bad_request("key", "key is required")
@@ -107,18 +106,18 @@ def _key_param(request: web.Request) -> tuple[str, web.Response | None]:
     return key, result_error(err) if err is not None else None
 
 
-async def _call(request: web.Request, op: Any) -> Result:
-    return await request.app[RUNTIME].call(op)
+async def _call(request: Request, op: Any) -> Result:
+    return await request.runtime.call(op)
 
 
-def _answer(result: Result) -> web.Response:
+def _answer(result: Result) -> Response:
     return json_response(_fields(result.value)) if isinstance(result, Ok) else result_error(result)
 
 
 # -- handlers ------------------------------------------------------------------------------
 
 
-async def read(request: web.Request) -> web.Response:
+async def read(request: Request) -> Response:
     key, bad = _key_param(request)
     if bad:
         return bad
@@ -153,8 +152,8 @@ async def read(request: web.Request) -> web.Response:
         return error_response(406, "not_json", "the value has no JSON form", field="value", key=key)
 
 
-async def write(request: web.Request) -> web.Response:
-    body, bad = await read_body(request, WriteBody)
+async def write(request: Request) -> Response:
+    body, bad = read_body(request, WriteBody)
     if bad:
         return bad
     assert body is not None
@@ -174,16 +173,16 @@ async def write(request: web.Request) -> web.Response:
     return _answer(result)
 
 
-async def delete(request: web.Request) -> web.Response:
+async def delete(request: Request) -> Response:
     return await _key_op(request, CacheDelete)
 
 
-async def invalidate(request: web.Request) -> web.Response:
+async def invalidate(request: Request) -> Response:
     return await _key_op(request, CacheInvalidate)
 
 
-async def _key_op(request: web.Request, kind: type[CacheDelete] | type[CacheInvalidate]) -> web.Response:
-    body, bad = await read_body(request, KeyBody)
+async def _key_op(request: Request, kind: type[CacheDelete] | type[CacheInvalidate]) -> Response:
+    body, bad = read_body(request, KeyBody)
     if bad:
         return bad
     assert body is not None
@@ -194,21 +193,21 @@ async def _key_op(request: web.Request, kind: type[CacheDelete] | type[CacheInva
     return _answer(await _call(request, op))
 
 
-async def line(request: web.Request) -> web.Response:
+async def line(request: Request) -> Response:
     key, bad = _key_param(request)
     if bad:
         return bad
     return _answer(await _call(request, CacheLine(key)))
 
 
-async def stats(request: web.Request) -> web.Response:
+async def stats(request: Request) -> Response:
     return _answer(await _call(request, CacheStats()))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/cache/read", read)
-    app.router.add_post("/cache/write", write)
-    app.router.add_post("/cache/delete", delete)
-    app.router.add_post("/cache/invalidate", invalidate)
-    app.router.add_get("/cache/line", line)
-    app.router.add_get("/cache/stats", stats)
+def add_routes(router: Router) -> None:
+    router.add_get("/cache/read", read)
+    router.add_post("/cache/write", write)
+    router.add_post("/cache/delete", delete)
+    router.add_post("/cache/invalidate", invalidate)
+    router.add_get("/cache/line", line)
+    router.add_get("/cache/stats", stats)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import msgspec
-from aiohttp import web
 
 from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
 from syncfab.actors.locks import EXCLUSIVE, Acquire, LockInfo, OwnerInfo, Release, Renew
 from syncfab.actors.results import Err, Ok
-from syncfab.gateway.context import RUNTIME
 from syncfab.gateway.responses import json_response, read_body, result_error
+from syncfab.gateway.router import Request, Response, Router
 
 
 class AcquireBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,13 +38,13 @@ def _http_names(result: Err) -> Err:
     return result
 
 
-async def acquire(request: web.Request) -> web.Response:
-    body, bad = await read_body(request, AcquireBody)
+async def acquire(request: Request) -> Response:
+    body, bad = read_body(request, AcquireBody)
     if bad:
         return bad
     assert body is not None
     op = Acquire(body.resource, body.mode, body.client_id, body.wait_ms, body.ttl_ms)
-    result = await request.app[RUNTIME].call(op)
+    result = await request.runtime.call(op)
     if isinstance(result, Ok):
         return json_response(result.value)
     if result.code == "lock_timeout":  # the lock stayed held for the whole wait
@@ -55,39 +54,39 @@ async def acquire(request: web.Request) -> web.Response:
     return result_error(_http_names(result))
 
 
-async def release(request: web.Request) -> web.Response:
-    body, bad = await read_body(request, ReleaseBody)
+async def release(request: Request) -> Response:
+    body, bad = read_body(request, ReleaseBody)
     if bad:
         return bad
     assert body is not None
-    result = await request.app[RUNTIME].call(Release(body.resource, body.client_id))
+    result = await request.runtime.call(Release(body.resource, body.client_id))
     return json_response(result.value) if isinstance(result, Ok) else result_error(_http_names(result))
 
 
-async def renew(request: web.Request) -> web.Response:
-    body, bad = await read_body(request, RenewBody)
+async def renew(request: Request) -> Response:
+    body, bad = read_body(request, RenewBody)
     if bad:
         return bad
     assert body is not None
-    result = await request.app[RUNTIME].call(Renew(body.client_id, body.ttl_ms))
+    result = await request.runtime.call(Renew(body.client_id, body.ttl_ms))
     if isinstance(result, Ok):
         return json_response({"renewed": True, **result.value})
     return result_error(_http_names(result))
 
 
-async def info(request: web.Request) -> web.Response:
-    result = await request.app[RUNTIME].call(LockInfo(request.match_info["resource"]))
+async def info(request: Request) -> Response:
+    result = await request.runtime.call(LockInfo(request.match_info["resource"]))
     return json_response(result.value) if isinstance(result, Ok) else result_error(result)
 
 
-async def owner(request: web.Request) -> web.Response:
-    result = await request.app[RUNTIME].call(OwnerInfo(request.match_info["owner"]))
+async def owner(request: Request) -> Response:
+    result = await request.runtime.call(OwnerInfo(request.match_info["owner"]))
     return json_response(result.value) if isinstance(result, Ok) else result_error(result)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/lock/acquire", acquire)
-    app.router.add_post("/lock/release", release)
-    app.router.add_post("/lock/renew", renew)
-    app.router.add_get("/lock/{resource:.+}", info)
-    app.router.add_get("/lock-owner/{owner:.+}", owner)
+def add_routes(router: Router) -> None:
+    router.add_post("/lock/acquire", acquire)
+    router.add_post("/lock/release", release)
+    router.add_post("/lock/renew", renew)
+    router.add_get("/lock/{resource:.+}", info)
+    router.add_get("/lock-owner/{owner:.+}", owner)

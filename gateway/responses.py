@@ -9,9 +9,9 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import web
 
 from syncfab.actors.results import Err
+from syncfab.gateway.router import Request, Response
 
 T = TypeVar("T")
 
@@ -43,29 +43,29 @@ _MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_json_encode(body), status=status, content_type="application/json")
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(_json_encode(body), status)
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
     return json_response({"error": code, "message": message, **extra}, status)
 
 
-def bad_request(field: str, message: str) -> web.Response:
+def bad_request(field: str, message: str) -> Response:
     return error_response(400, "bad_request", message, field=field)
 
 
-def result_error(err: Err, status: int | None = None, **extra: Any) -> web.Response:
+def result_error(err: Err, status: int | None = None, **extra: Any) -> Response:
     detail = dict(err.detail) if isinstance(err.detail, dict) else {}
     if err.detail is not None and not detail:
         detail["detail"] = err.detail
     return error_response(status or STATUS_OF.get(err.code, 500), err.code, err.message, **detail, **extra)
 
 
-async def read_body(request: web.Request, kind: type[T]) -> tuple[T | None, web.Response | None]:
+def read_body(request: Request, kind: type[T]) -> tuple[T | None, Response | None]:
     """The body decoded as ``kind`` (a msgspec Struct, or Any), or the 4xx that says why not —
     naming the field for a wrong type or a missing one."""
-    body = await request.read()
+    body = request.body
     if not body:
         return None, bad_request("body", "a JSON body is required")
     try:
@@ -91,8 +91,8 @@ def _field_of(message: str) -> str:
 
 
 def int_param(
-    request: web.Request, name: str, default: int | None, low: int = 0, high: int = 1 << 31
-) -> tuple[int | None, web.Response | None]:
+    request: Request, name: str, default: int | None, low: int = 0, high: int = 1 << 31
+) -> tuple[int | None, Response | None]:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default, None

@@ -146,6 +146,8 @@ def _give_back(call: Call, queue: str, ids: list[str]) -> None:
 
 
 def _return_unwanted(call: Call, queue: str, fut: asyncio.Future[Result]) -> None:
+    if fut.cancelled():  # the client closed first: what it took comes back after its visibility
+        return
     result = fut.result()
     if isinstance(result, Ok) and result.value["messages"]:
         _give_back(call, queue, [m["message_id"] for m in result.value["messages"]])

@@ -180,6 +180,19 @@ class _DecodedBatch(msgspec.Struct, frozen=True, array_like=True):
 _decode_batch = msgspec.msgpack.Decoder(_DecodedBatch).decode
 
 
+class _BatchStamp(msgspec.Struct, frozen=True, array_like=True):
+    now_ms: int
+    requests: msgspec.Raw  # skipped, not decoded
+
+
+_decode_stamp = msgspec.msgpack.Decoder(_BatchStamp).decode
+
+
+def batch_stamp(data: bytes) -> int:
+    """A log entry's stamp alone (its requests are skipped over)."""
+    return _decode_stamp(data).now_ms
+
+
 def encode_batch(now_ms: int, requests: list[bytes]) -> bytes:
     return encode(Batch(now_ms, [msgspec.Raw(r) for r in requests]))
 

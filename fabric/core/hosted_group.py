@@ -46,6 +46,15 @@ class HostedGroup:
     housekeeping_index: int = 0  # our last housekeeping entry, until it is applied
     lead_term: int = -1  # the term in which our waiters were registered
     leading_since_ms: int = 0
+    # The log's clock as this replica last saw it: the stamp of the last entry it appended
+    # since this process started, and our monotonic time then (None: none yet).
+    log_stamp_ms: int | None = None
+    log_stamp_seen_ms: int = 0
+    # How far our wall clock ran ahead of the log's clock when we took over, in the term we
+    # lead (computed by the first stamp we write in it), and our monotonic time then.
+    stamp_offset_ms: int = 0
+    stamp_term: int = -1
+    stamp_since_ms: int = 0
 
     def waiters(self) -> list[Waiter | None]:
         """Every request waiting in or on this group, wherever it waits: what a lost leadership

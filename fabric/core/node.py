@@ -47,6 +47,7 @@ from syncfab.fabric.core.codec import (
     PeerMessage,
     Reply,
     Request,
+    batch_stamp,
     decode_batch,
     decode_request,
     encode,
@@ -282,6 +283,10 @@ class NodeCore:
             self._committed.append((g, ready))
         if ready.persist:
             flush.writes.append((g.id, ready.persist))
+            for entry in reversed(ready.persist.entries):
+                if entry.data:  # b"" is a new leader's no-op
+                    g.log_stamp_ms, g.log_stamp_seen_ms = batch_stamp(entry.data), self._now
+                    break
         _route(flush.sends, g.id, ready.messages)
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
         flush.readies.append((g.id, ready))
@@ -310,10 +315,11 @@ class NodeCore:
         if not g.machine.is_local(op):
             self._answer(waiter, g.machine.query(op))
             return
-        result = g.machine.local(self._wall, op)
+        stamp = self._stamp(g)
+        result = g.machine.local(stamp, op)
         if isinstance(result, Waiting):
             self._park_seq += 1
-            deadline = self._wall + getattr(op, "wait_ms", 0)
+            deadline = stamp + getattr(op, "wait_ms", 0)
             heapq.heappush(g.parked, (deadline, self._park_seq, waiter, op))
         else:
             self._answer(waiter, result)
@@ -349,7 +355,7 @@ class NodeCore:
         writes, writers = g.writes, g.writers
         g.writes, g.writers = [], []
         try:
-            index = g.raft.propose(encode_batch(self._wall, writes))
+            index = g.raft.propose(encode_batch(self._stamp(g), writes))
         except (Busy, NotLeader) as e:
             code = "busy" if isinstance(e, Busy) else "not_leader"
             for w in writers:
@@ -364,7 +370,7 @@ class NodeCore:
         """Propose what the services' clocks say is due (lease expiry, visibility deadlines) —
         one housekeeping entry at a time, so a slow commit does not repeat it every tick — and
         answer parked long-polls whose wait is over."""
-        wall = self._wall
+        wall = self._stamp(g)
         if not g.housekeeping_index:
             for op in g.machine.due(wall):
                 g.writes.append(encode(Request("", 0, 0, op)))
@@ -377,7 +383,7 @@ class NodeCore:
         """New entries were applied: a parked long-poll may now find what it waits for."""
         still: list[tuple[int, int, Waiter, Any]] = []
         for item in sorted(g.parked):
-            result = g.machine.local(self._wall, item[3])
+            result = g.machine.local(self._stamp(g), item[3])
             if isinstance(result, Waiting):
                 still.append(item)
             else:
@@ -417,6 +423,34 @@ class NodeCore:
         g.lead_term = raft.term if leading else -1
         if leading:
             g.leading_since_ms = self._now
+
+    def _clock_offset(self, g: HostedGroup) -> int:
+        """How far our wall clock runs ahead of the log's clock, beyond what is tolerated: the
+        last stamp we appended, carried on by our monotonic clock, is the earliest the clock of
+        the leader that wrote it can read now. Every lease in the log is a deadline on that
+        clock; reading it on a clock that is ahead would end the lease early (the chaos
+        suite's clock-skew nemesis: a second owner granted 1 s into a 3 s lease)."""
+        if g.log_stamp_ms is None:
+            return 0  # nothing appended since we started: trust the wall clock
+        log_now = g.log_stamp_ms + (self._now - g.log_stamp_seen_ms)
+        ahead = self._wall - log_now - self.config.clock_skew_max_ms
+        return min(max(ahead, 0), self.config.clock_correction_max_ms)
+
+    def _stamp(self, g: HostedGroup) -> int:
+        """The time a leader writes into its entries and reads the services' deadlines by: its
+        wall clock, less the offset it found at takeover, which slews away at 1% of the time
+        since (a lease granted meanwhile is at most 1% short, the clock rate error the cache
+        assumes too), so a log clock held back always comes back to the wall clock."""
+        if g.stamp_term != g.raft.term:
+            g.stamp_term, g.stamp_since_ms = g.raft.term, self._now
+            g.stamp_offset_ms = self._clock_offset(g)
+        if not g.stamp_offset_ms:
+            return self._wall
+        offset = g.stamp_offset_ms - (self._now - g.stamp_since_ms) // 100
+        if offset <= 0:
+            g.stamp_offset_ms = 0
+            return self._wall
+        return self._wall - offset
 
     # -- requests -------------------------------------------------------------------------
 

@@ -107,24 +107,20 @@ def run_node(settings: NodeSettings, bind_host: str | None) -> int:
 
 async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     """Run until SIGINT/SIGTERM (True) or until the disk fails under us (False)."""
-    from aiohttp import web
-
     from syncfab.fabric.server.config import split_address
     from syncfab.fabric.server.runtime import NodeRuntime
-    from syncfab.gateway.app import create_app
+    from syncfab.gateway.app import serve
+    from syncfab.gateway.http_server import HttpServer
 
     runtime = NodeRuntime(settings, bind_host=bind_host)
     stop = asyncio.Event()
     runtime.on_fatal = stop.set
     runtime.start()
-    runner: web.AppRunner | None = None
+    gateway: HttpServer | None = None
     if settings.http:
         host, port = split_address(settings.http)
-        # Handlers still running when the node stops get this long to finish (long-polls are
-        # answered at once: runtime.end_calls).
-        runner = web.AppRunner(create_app(runtime), access_log=None, shutdown_timeout=STOP_HTTP_S)
-        await runner.setup()
-        await web.TCPSite(runner, bind_host or host, port).start()
+        gateway = serve(runtime)
+        await gateway.start(bind_host or host, port)
     _settle_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -136,8 +132,10 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     if runtime.writer.failed is None:
         await runtime.hand_over()
     runtime.end_calls()
-    if runner is not None:
-        await runner.cleanup()
+    if gateway is not None:
+        # Requests still being answered get this long to finish (long-polls are answered at
+        # once: runtime.end_calls).
+        await gateway.stop(STOP_HTTP_S)
     if runtime.writer.failed is None:
         await runtime.write_back_cache()
     runtime.close()

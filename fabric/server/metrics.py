@@ -1,11 +1,14 @@
 """Prometheus metrics for one node: a private registry, so several nodes can share a process.
 
-Raft state is read at scrape time from the core (no bookkeeping on the hot path); request
-counters and latency histograms are kept by the gateway middleware.
+Raft, lock, queue and cache state is read at scrape time from the core (no bookkeeping on the
+hot path); HTTP requests are counted in plain ints by the gateway (gateway/http_server.py)
+and rendered at scrape time too (fabric/server/http_metrics.py). The README's "Monitoring"
+lists what is here and docker/grafana-dashboard.json draws it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from syncfab.actors.ring import CONTROL_GROUP
+from syncfab.fabric.server.http_metrics import HttpRequestStats
 
 if TYPE_CHECKING:
     from syncfab.fabric.server.runtime import NodeRuntime
@@ -23,27 +27,17 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 class NodeMetrics:
     def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.http_requests = Counter(
-            "syncfab_http_requests",
-            "HTTP requests by endpoint and status",
-            ["endpoint", "method", "status"],
-            registry=r,
-        )
-        self.http_latency = Histogram(
-            "syncfab_http_request_seconds",
-            "HTTP request latency",
-            ["endpoint", "method"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
+        self.http = HttpRequestStats(LATENCY_BUCKETS_S)
+        r.register(self.http)
         self.bad_frames = Counter(
             "syncfab_bad_frames", "Frames on a ZeroMQ socket that were not our protocol", registry=r
         )
         self.disk_write_seconds = Histogram(
             "syncfab_disk_write_seconds",
-            "One turn's group-commit write, fsync included",
+            "One group commit to the WAL: its append and fdatasync (no sync with fsync off)",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -62,12 +56,26 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=None,
         )
-        r.register(_CoreCollector(runtime))
+        self._core_collector = _CoreCollector(runtime)
+        r.register(self._core_collector)
+
+    def core_started(self) -> None:
+        """Once the runtime has its core: Raft's entry counters count from here."""
+        self._core_collector.core_started(self.runtime.core)
 
 
 class _CoreCollector(Collector):
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
+        # Per group: its commit and applied index when the core started, and when. The entry
+        # counters count from there, so a restarted replica replaying its log from a snapshot
+        # counts what it really applies, not a jump from zero to its whole log.
+        self._first_seen: dict[int, tuple[int, int, float]] = {}
+
+    def core_started(self, core: Any) -> None:
+        now_s = time.time()
+        for g in core.group_status():
+            self._first_seen[g["group"]] = (g["commit_index"], g["applied_index"], now_s)
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -88,6 +96,17 @@ class _CoreCollector(Collector):
         is_leader = GaugeMetricFamily(
             "syncfab_raft_is_leader", "1 if this node leads the group", labels=["group"]
         )
+        committed = CounterMetricFamily(
+            "syncfab_raft_committed_entries",
+            "Entries this node learned committed in the group (its rate is the commit rate)",
+            labels=["group"],
+        )
+        applied_entries = CounterMetricFamily(
+            "syncfab_raft_applied_entries",
+            "Entries this replica handed to the group's state machine",
+            labels=["group"],
+        )
+        first_seen = self._first_seen
         for g in core.group_status():
             gid = str(g["group"])
             term.add_metric([gid], g["term"])
@@ -96,7 +115,12 @@ class _CoreCollector(Collector):
             last.add_metric([gid], g["last_index"])
             leader.add_metric([gid, g["leader"] or ""], 1)
             is_leader.add_metric([gid], 1 if g["role"] == "leader" else 0)
-        yield from (term, commit, applied, last, leader, is_leader)
+            base = first_seen.get(g["group"])
+            if base is None:  # a core not started by a runtime (tests): count from now
+                base = first_seen[g["group"]] = (g["commit_index"], g["applied_index"], time.time())
+            committed.add_metric([gid], g["commit_index"] - base[0], created=base[2])
+            applied_entries.add_metric([gid], g["applied_index"] - base[1], created=base[2])
+        yield from (term, commit, applied, last, leader, is_leader, committed, applied_entries)
 
         alive = GaugeMetricFamily("syncfab_member_alive", "Phi-accrual verdict per member", labels=["member"])
         for member in core.cluster_view()["members"]:

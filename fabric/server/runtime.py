@@ -133,12 +133,13 @@ class NodeRuntime:
             config=s.core,
             advertise=s.advertised,
         )
+        self.metrics.core_started()
         self._zmq, affinity = io_context(s.node_id, s.peers)
         self.transport = Transport(
             self._zmq, s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host, affinity=affinity
         )
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
-        self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, name="/disk", affinity=affinity)
+        self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, affinity=affinity)
         self.writer = DiskWriter(
             self.store,
             self._loop,

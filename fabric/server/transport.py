@@ -198,7 +198,8 @@ class Transport:
 
 class PeerLinks:
     """One DEALER per peer, for one thread's sends. The receiving node knows the sender by
-    the batch's ``src``, not by the socket, so a node may have several."""
+    the batch's ``src``, not by the socket, so a node may have several, and a reconnection
+    is a new connection like any other."""
 
     def __init__(
         self,
@@ -207,7 +208,6 @@ class PeerLinks:
         peers: dict[str, str],
         *,
         hwm_messages: int = 50_000,
-        name: str = "",
         affinity: dict[str, int] | None = None,
     ) -> None:
         affinity = affinity or {}
@@ -218,8 +218,9 @@ class PeerLinks:
                 continue
             dealer = ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
-            # A ROUTER refuses a second connection with an identity it already has.
-            dealer.setsockopt(zmq.IDENTITY, f"{node_id}{name}".encode())
+            # No fixed identity: a ROUTER refuses a connection whose identity it already has,
+            # and a peer's ROUTER never writes to us, so it keeps a connection that died on our
+            # side (a reset it never saw) open for good and would refuse every reconnection.
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.SNDHWM, hwm_messages)
             dealer.setsockopt(zmq.IMMEDIATE, 1)

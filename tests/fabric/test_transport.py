@@ -72,28 +72,57 @@ def test_after_a_reply_readable_reports_what_arrived_meanwhile(link: tuple[Trans
     assert client.recv_multipart() == [b"answer"]
 
 
+def _send_until_both_arrive(
+    receiver: Transport, first: tuple[PeerLinks | Transport, bytes], second: tuple[PeerLinks, bytes]
+) -> set[bytes]:
+    got: set[bytes] = set()
+    deadline = time.monotonic() + WAIT_S
+    # IMMEDIATE: a send before the connection is up is dropped, so send until it arrives.
+    while len(got) < 2 and time.monotonic() < deadline:
+        for sender, payload in (first, second):
+            if payload not in got:
+                if isinstance(sender, Transport):
+                    sender.send_peer("n2", payload)
+                else:
+                    sender.send("n2", payload)
+        if receiver.router.poll(50):
+            got |= {f[1] for f in receiver.drain(receiver.router, 100)}
+    return got
+
+
 def test_a_second_set_of_peer_links_reaches_the_same_peer() -> None:
-    # The disk writer's thread sends on DEALERs of its own; a ROUTER refuses a second
-    # connection with an identity it already has, so theirs must differ.
+    # The disk writer's thread sends on DEALERs of its own, connected beside the loop's.
     ctx = zmq.Context.instance()
     a, b = free_ports(2)
     peers = {"n1": f"127.0.0.1:{a}", "n2": f"127.0.0.1:{b}"}
     n1 = Transport(ctx, "n1", peers, epoch=1)
     n2 = Transport(ctx, "n2", peers, epoch=2)
-    disk = PeerLinks(ctx, "n1", peers, name="/disk")
+    disk = PeerLinks(ctx, "n1", peers)
     try:
-        got: set[tuple[bytes, bytes]] = set()
-        deadline = time.monotonic() + WAIT_S
-        # IMMEDIATE: a send before the connection is up is dropped, so send until it arrives.
-        while len(got) < 2 and time.monotonic() < deadline:
-            if (b"n1", b"loop") not in got:
-                n1.send_peer("n2", b"loop")
-            if (b"n1/disk", b"disk") not in got:
-                disk.send("n2", b"disk")
-            if n2.router.poll(50):
-                got |= {(f[0], f[1]) for f in n2.drain(n2.router, 100)}
-        assert got == {(b"n1", b"loop"), (b"n1/disk", b"disk")}
+        assert _send_until_both_arrive(n2, (n1, b"loop"), (disk, b"disk")) == {b"loop", b"disk"}
     finally:
         disk.close()
         n1.close()
+        n2.close()
+
+
+def test_a_peer_that_reconnects_is_heard_while_its_old_connection_lingers() -> None:
+    """A node's new connection must be taken even though the peer still holds the old one:
+    after a reset only one side saw (a relay or NAT dropped, a node restarted behind a
+    partition that ate its FIN), the peer's end stays open, because a ROUTER never writes to
+    a peer's DEALER and so never learns it is dead. Found by the chaos suite's delay nemesis:
+    with a fixed identity per node, the ROUTER refused the reconnection as a duplicate and
+    the link stayed one-way for good (no leader, 30 s after the fault healed)."""
+    ctx = zmq.Context.instance()
+    a, b = free_ports(2)
+    peers = {"n1": f"127.0.0.1:{a}", "n2": f"127.0.0.1:{b}"}
+    n2 = Transport(ctx, "n2", peers, epoch=2)
+    lingering = PeerLinks(ctx, "n1", peers)  # the old connection, still open at n2
+    reconnected = PeerLinks(ctx, "n1", peers)
+    try:
+        got = _send_until_both_arrive(n2, (lingering, b"old"), (reconnected, b"new"))
+        assert got == {b"old", b"new"}
+    finally:
+        lingering.close()
+        reconnected.close()
         n2.close()

@@ -254,8 +254,12 @@ def test_a_dead_gateway_is_passed_over_and_none_answering_is_exit_1(gateways: st
     assert code == 1 and "no gateway answered" in err
 
 
-def test_version() -> None:
+def test_version_and_python_dash_m_syncfab() -> None:
+    """``python -m syncfab`` is the ``syncfab`` command (run from elsewhere than the repo, so the
+    installed package answers, not the working directory)."""
     out = subprocess.run(
-        [sys.executable, "-m", "syncfab.fabric.server.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "syncfab", "--version"], capture_output=True, text=True, cwd="/", timeout=60
     )
-    assert out.returncode == 0 and out.stdout.startswith("syncfab ")
+    assert out.returncode == 0 and out.stdout.startswith("syncfab "), out.stderr
+    out = subprocess.run([sys.executable, "-m", "syncfab", "kv", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "get" in out.stdout and "put" in out.stdout

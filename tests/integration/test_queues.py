@@ -483,6 +483,13 @@ def test_no_acknowledged_message_is_lost_when_a_shard_leader_is_killed() -> None
         assert (view["depth"], view["acked"]) == (0, view["produced"])
 
 
+def requests_in_progress(c: LocalCluster, node: str) -> float:
+    """What the node's gateway is answering now: this scrape and whatever else is open."""
+    _, text = http(c, node, "GET", "/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("syncfab_http_requests_in_progress "))
+    return float(line.split()[1])
+
+
 def test_a_stopping_node_answers_its_open_long_polls_at_once() -> None:
     """SIGTERM with a long-poll open: the poll is answered (empty) and the node is gone in well
     under its 10 s of patience, not after the poll's 20 s."""
@@ -491,7 +498,8 @@ def test_a_stopping_node_answers_its_open_long_polls_at_once() -> None:
         with ThreadPoolExecutor(1) as pool:
             query = urlencode({"queue": "stopping", "consumer": "c", "wait_ms": 20_000})
             poll = pool.submit(http, c, "n1", "GET", f"/queue/consume?{query}")
-            wait_for("the long-poll to be open", lambda: c.get_json("n1", "/status") and not poll.done())
+            open_at_n1 = lambda: requests_in_progress(c, "n1") >= 2 and not poll.done()  # noqa: E731
+            wait_for("the long-poll to reach n1", open_at_n1)
             assert c.terminate("n1") == 0  # within LocalCluster's 10 s, or it raises
             status, body = poll.result(timeout=5)
     # Empty if it was parked at the leaders, refused if it was still visiting the shards.

@@ -16,6 +16,11 @@ Conventions (deliberately lenient, so a failure is always a real bug):
   unknown puts/deletes are placed without blowing up the search.
 * A get's ``output=None`` means "key absent"; a put of ``None`` is therefore
   indistinguishable from a delete.
+* ``cas`` (compare-and-set, the chaos suite's cache): writes ``value`` only if the register
+  holds ``expected`` (``None``: absent). Record only the ones that succeeded (a failed one is
+  a get of what it found, when that is known). One whose outcome is unknown is checked as an
+  unknown put: that admits more histories than it should, never fewer, so a failure is still
+  a real bug.
 * ``max_states`` caps memoised configurations *per key* (~100 bytes each).  Exceeding it
   gives ``ok=False, inconclusive=True``: neither a pass nor a proven violation.  A
   definite violation on any key takes precedence over an inconclusive key.
@@ -33,8 +38,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
-_PUT, _DELETE, _GET = 0, 1, 2
-_KINDS = {"put": _PUT, "delete": _DELETE, "get": _GET}
+_PUT, _DELETE, _GET, _CAS = 0, 1, 2, 3
+_KINDS = {"put": _PUT, "delete": _DELETE, "get": _GET, "cas": _CAS}
 _ABSENT = 0  # interned id of "key absent"
 
 
@@ -43,10 +48,11 @@ class Operation:
     client: int
     call: int  # time the call was issued (simulated ms or step)
     ret: int | None  # time the reply arrived; None = outcome unknown
-    kind: str  # "put" | "get" | "delete"
+    kind: str  # "put" | "get" | "delete" | "cas"
     key: str
-    value: object = None  # put: the value written
+    value: object = None  # put, cas: the value written
     output: object = None  # get: the value read (None = key absent)
+    expected: object = None  # cas: the value it required (None = key absent)
 
 
 @dataclass
@@ -84,7 +90,12 @@ class _Interner:
 
 
 def _describe(op: Operation) -> str:
-    call = f"put({op.key!r}, {op.value!r})" if op.kind == "put" else f"{op.kind}({op.key!r})"
+    if op.kind == "put":
+        call = f"put({op.key!r}, {op.value!r})"
+    elif op.kind == "cas":
+        call = f"cas({op.key!r}, {op.expected!r} -> {op.value!r})"
+    else:
+        call = f"{op.kind}({op.key!r})"
     out = f" -> {op.output!r}" if op.kind == "get" else ""
     return f"client {op.client} {call}{out} [{op.call}, {'?' if op.ret is None else op.ret}]"
 
@@ -116,11 +127,12 @@ def _check(ops: Sequence[Operation], max_states: int, *, precheck: bool) -> Chec
 def _check_key(key: str, raw_ops: list[Operation], max_states: int, precheck: bool) -> CheckResult:
     interner = _Interner()
     for op in raw_ops:
-        if op.kind == "put":
+        if op.kind in ("put", "cas"):
             interner.lookup(op.value, create=True)
     ops: list[Operation] = []
     kinds: list[int] = []
-    args: list[int] = []  # put: value id written; get: value id read; delete: _ABSENT
+    args: list[int] = []  # put, cas: value id written; get: value id read; delete: _ABSENT
+    conds: list[int] = []  # cas: value id required (-1: none, as for an unknown cas)
     for op in raw_ops:
         kind = _KINDS[op.kind]
         if kind == _GET:
@@ -130,15 +142,19 @@ def _check_key(key: str, raw_ops: list[Operation], max_states: int, precheck: bo
             if arg is None:
                 return CheckResult(False, key, f"{_describe(op)} reads a value never written to the key")
         else:
-            arg = interner.lookup(op.value, create=True) if kind == _PUT else _ABSENT
+            arg = interner.lookup(op.value, create=True) if kind in (_PUT, _CAS) else _ABSENT
+        cond = -1
+        if kind == _CAS and op.ret is not None:
+            cond = interner.lookup(op.expected, create=True)  # type: ignore[assignment]
         assert arg is not None
         ops.append(op)
         kinds.append(kind)
         args.append(arg)
+        conds.append(cond)
     if precheck and (stale := _stale_read(ops, kinds, args, interner.size)) is not None:
         why = "every write of that value started after it returned or was overwritten before it was called"
         return CheckResult(False, key, f"stale read: {_describe(stale)} cannot be placed: {why}")
-    return _search(key, ops, kinds, args, interner.size, max_states)
+    return _search(key, ops, kinds, args, conds, interner.size, max_states)
 
 
 def _stale_read(ops: list[Operation], kinds: list[int], args: list[int], n_values: int) -> Operation | None:
@@ -186,15 +202,21 @@ def _stale_read(ops: list[Operation], kinds: list[int], args: list[int], n_value
 
 
 def _search(
-    key: str, ops: list[Operation], kinds: list[int], args: list[int], n_values: int, max_states: int
+    key: str,
+    ops: list[Operation],
+    kinds: list[int],
+    args: list[int],
+    conds: list[int],
+    n_values: int,
+    max_states: int,
 ) -> CheckResult:
     """Wing & Gong / Lowe search for one key; ``args`` are interned value ids.
 
     Unknown-outcome writes are kept out of the event list.  In any linearization such a
     write is either useless (the next op is a write, or the state already held its value)
     and can be deleted, or it is immediately followed by a get reading its value.  So it
-    is only ever placed as a macro step "unknown write of v, then a get of v" when the
-    state is not already v.  Every step therefore linearizes one completed op, and which
+    is only ever placed as a macro step "unknown write of v, then a get of v" (or a cas
+    requiring v) when the state is not already v.  Every step therefore linearizes one completed op, and which
     unknown writes were consumed is tracked apart from the completed set.
     """
     done = sorted((i for i in range(len(ops)) if ops[i].ret is not None), key=lambda i: ops[i].call)
@@ -245,13 +267,14 @@ def _search(
             i = node_op[entry]
             kind, arg = kinds[i], args[i]
             new_state, extra = arg, -1
-            if kind == _GET and state != arg:
+            need = arg if kind == _GET else conds[i]  # the state this op requires (-1: any)
+            if need >= 0 and state != need:
                 r = entry
                 while is_call[r]:
                     r = nxt[r]
                 # An unknown write is placeable iff its call is no later than the
                 # earliest outstanding return (the usual list-prefix rule).
-                for w in pending[arg]:
+                for w in pending[need]:
                     if ops[w].call > node_time[r]:
                         break
                     if not used & bit[w]:

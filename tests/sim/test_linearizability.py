@@ -188,7 +188,7 @@ def test_definite_violation_wins_over_inconclusive_key() -> None:
 
 
 def test_invalid_operations_are_rejected() -> None:
-    for bad in (Operation(0, 0, 1, "cas", "k"), put(0, 5, 4, "a")):
+    for bad in (Operation(0, 0, 1, "swap", "k"), put(0, 5, 4, "a")):
         try:
             check_kv_history([bad])
         except ValueError:
@@ -305,8 +305,10 @@ def test_property_large_concurrent_history() -> None:
         assert result.ok, f"seed={seed}: {result.explanation}"
 
 
-def brute_force(ops: list[Operation]) -> bool:
-    """Oracle: try every order (and every subset of unknown-outcome writes)."""
+def brute_force(ops: list[Operation], *, unknown_cas_conditional: bool = False) -> bool:
+    """Oracle: try every order (and every subset of unknown-outcome writes). A cas needs the
+    state it expects; one of unknown outcome only if ``unknown_cas_conditional`` (the
+    checker's model places it as a plain put)."""
     ops = [o for o in ops if o.kind != "get" or o.ret is not None]
 
     def extend(placed: int, state: object) -> bool:
@@ -317,6 +319,8 @@ def brute_force(ops: list[Operation]) -> bool:
                 not placed >> j & 1 and p.ret is not None and p.ret < o.call for j, p in enumerate(ops)
             )
             if placed >> i & 1 or blocked or (o.kind == "get" and o.output != state):
+                continue
+            if o.kind == "cas" and (o.ret is not None or unknown_cas_conditional) and o.expected != state:
                 continue
             if extend(placed | 1 << i, o.value if o.kind != "get" else state):
                 return True
@@ -344,3 +348,44 @@ def test_property_matches_brute_force_on_small_random_histories() -> None:
         for result in (check_kv_history(ops), search_only(ops)):
             assert result.ok == want and not result.inconclusive, f"seed={seed}: {ops} -> {result}"
     assert min(seen) > 300, seen  # both outcomes are well represented
+
+
+def cas(client: int, call: int, ret: int | None, expected: object, value: object) -> Operation:
+    return Operation(client, call, ret, "cas", "k", value=value, expected=expected)
+
+
+def test_a_cas_takes_effect_only_on_the_value_it_expects() -> None:
+    ok = [put(0, 0, 1, "a"), cas(1, 2, 3, "a", "b"), get(0, 4, 5, "b")]
+    assert check_kv_history(ok).ok
+    stale = [put(0, 0, 1, "a"), put(0, 2, 3, "c"), cas(1, 4, 5, "a", "b")]
+    assert not check_kv_history(stale).ok
+    absent = [cas(1, 0, 1, None, "b"), get(0, 2, 3, "b")]
+    assert check_kv_history(absent).ok
+    # Concurrent with the put it expects: it can go after it.
+    assert check_kv_history([put(0, 0, 4, "a"), cas(1, 1, 2, "a", "b"), get(0, 5, 6, "b")]).ok
+    # An unknown put of the expected value may be placed just before it.
+    assert check_kv_history([put(0, 0, None, "a"), cas(1, 1, 2, "a", "b")]).ok
+
+
+def test_property_cas_matches_brute_force_and_never_blames_a_true_history() -> None:
+    seen = [0, 0]
+    for seed in range(1500):
+        rng = random.Random(seed)
+        n = rng.randint(1, 6)
+        kinds = [rng.choice(["put", "get", "cas", "cas", "delete"]) for _ in range(n)]
+        written = [f"v{i}" for i, k in enumerate(kinds) if k in ("put", "cas")]
+        ops = []
+        for i, kind in enumerate(kinds):
+            call = rng.randint(0, 8)
+            ret = None if rng.random() < 0.25 else call + rng.randint(0, 4)
+            value = f"v{i}" if kind in ("put", "cas") else None
+            output = rng.choice([None, *written]) if kind == "get" else None
+            expected = rng.choice([None, *written]) if kind == "cas" else None
+            ops.append(Operation(rng.randint(0, 3), call, ret, kind, "k", value, output, expected))
+        want = brute_force(ops)
+        seen[want] += 1
+        for result in (check_kv_history(ops), search_only(ops)):
+            assert result.ok == want and not result.inconclusive, f"seed={seed}: {ops} -> {result}"
+            # Sound under the true semantics: a history it rejects no order explains.
+            assert result.ok or not brute_force(ops, unknown_cas_conditional=True), f"seed={seed}"
+    assert min(seen) > 300, seen

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 from sim_config import SimConfig
-from sim_scenario import Probe, wait_for
+from sim_scenario import Probe, quiet_simulation, wait_for
 from simulator import Simulation
 
 from syncfab.actors.kv import Get, Put
+from syncfab.actors.lock_ops import Acquire
 from syncfab.actors.raft import Role
 from syncfab.actors.results import RETRYABLE, Err, Ok
 from syncfab.actors.ring import shard_for_key
@@ -183,4 +184,34 @@ def test_follower_crashing_before_its_sync_has_acknowledged_nothing() -> None:
     read = probe.call(sim.leader_of(gid) or "", Get("k0"))
     assert not acknowledged, "seed=104: v1 was acknowledged with one durable copy"
     assert read == Ok("v0"), read
+    sim.finish()
+
+
+def test_a_lock_leader_whose_wall_clock_is_ahead_expires_no_lease_early() -> None:
+    """Leases are deadlines in the leader's stamps. A node whose wall clock is 8 s ahead (an NTP
+    step, a bad host clock) that takes over group 0 must not read a lease its predecessor
+    granted as 8 s over: the chaos suite's clock-skew nemesis found a second owner granted 1 s
+    into a 3 s lease while the first still held it. The lease must last ttl, less the skew a
+    leader's stamps may have over the log's clock (``clock_skew_max_ms``)."""
+    sim = quiet_simulation(105, wall_skew_ms_max=0)
+    wait_for(sim, "a control leader", lambda: sim.leader_of(0) is not None)
+    sim.run_until(sim.now + 1_000)
+    old = sim.leader_of(0)
+    assert old is not None
+    ahead = next(n for n in sim.node_ids if n != old)
+    sim.nodes[ahead].wall_skew_ms = 8_000
+    probe = Probe(sim, "probe")
+    asked_ms = sim.now
+    assert isinstance(probe.call(old, Acquire("r", "exclusive", "a", 0, 3_000)), Ok)
+    assert sim.core(old).groups[0].raft.transfer_leadership(ahead)
+    wait_for(sim, "the node ahead to lead group 0", lambda: sim.leader_of(0) == ahead, timeout_ms=2_000)
+    moved_ms = sim.now
+    result = probe.call(ahead, Acquire("r", "exclusive", "b", 6_000, 3_000), timeout_ms=7_000)
+    assert isinstance(result, Ok), result
+    lease_ms = sim.now - asked_ms
+    skew_max = getattr(sim.config.node_config(), "clock_skew_max_ms", 0)
+    assert lease_ms >= 3_000 - skew_max, (
+        f"seed=105: b got the lock {lease_ms} ms after a asked for its 3 s lease "
+        f"({sim.now - moved_ms} ms after {ahead}, 8 s ahead, took over)"
+    )
     sim.finish()
