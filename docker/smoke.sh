@@ -153,7 +153,9 @@ down() {
 		done
 	fi
 	phase "down -v"
+	echo "--- down -v $(date +%T.%N)" >>"$LOG"
 	compose down -v >>"$LOG" 2>&1 || true
+	echo "--- down -v done $(date +%T.%N)" >>"$LOG"
 	# What an older podman-compose leaves (its network), and anything a failed start left.
 	podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f >>"$LOG" 2>&1 || true
 	podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >>"$LOG" 2>&1 || true
@@ -171,7 +173,7 @@ down() {
 		echo "docker/smoke.sh: ok, nothing left behind"
 		echo "smoke: $((PASSED + 1)) passed, 0 failed"
 	fi
-	rm -f "$LOG"
+	if ((status == 0)); then rm -f "$LOG"; else echo "docker/smoke.sh: its log: $LOG" >&2; fi
 	exit "$status"
 }
 trap down EXIT

@@ -185,6 +185,14 @@ def check_rejoin(engine: str, containers: dict[str, str], node: str) -> None:
     wait_for(f"{node} to apply what the others had committed", caught_up, 30)
     check(http(node, "PUT", "/kv/smoke/rejoined", node)[0] == 200, f"write through {node}")
 
+    # The balancer hands a rejoined node its preferred shards once it has been alive and caught
+    # up a while: every node leads again (the native check reaches each through its leaders).
+    def every_node_leads() -> bool:
+        view = http(reference, "GET", "/cluster")[1]
+        return {s["leader"] for s in view["shards"]} == set(GATEWAYS)
+
+    wait_for(f"{node} to lead shards again", every_node_leads, 60)
+
 
 def check_native() -> None:
     """The native client on the host, given the published ports: it must learn those same
