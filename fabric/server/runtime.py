@@ -52,6 +52,7 @@ from syncfab.fabric.server.transport import (
     StreamTracker,
     Transport,
     decode_publication,
+    end_context,
     io_context,
 )
 from syncfab.fabric.server.writer import DiskWriter
@@ -199,7 +200,9 @@ class NodeRuntime:
         self.transport.close()
         self.writer.stop()
         self._durable_links.close()  # the writer thread's: closed once it has ended
-        self._zmq.destroy(linger=0)  # the writer thread has ended: nothing else uses it
+        # The writer thread has ended: nothing else uses the context.
+        if not end_context(self._zmq):
+            log.warning("ZeroMQ's I/O threads still resolving a peer's name: left to the exit")
         self.store.close()
         self._driver.end(Err("unavailable", "node shutting down"))
         self._driver.close()

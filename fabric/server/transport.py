@@ -25,6 +25,8 @@ Raft between the survivors, replies to clients — and the survivors lost their 
 
 from __future__ import annotations
 
+import threading
+
 import msgspec
 import zmq
 
@@ -77,6 +79,20 @@ def io_context(node_id: str, peers: dict[str, str]) -> tuple[zmq.Context, dict[s
 
 
 BOUND_AFFINITY = 1  # I/O thread 0
+# Terminating a context waits for its I/O threads, and one resolving a gone peer's name waits
+# for DNS (5 s a try in a compose network, and several tries: the last node of a `compose down`
+# took 25 s and was killed). Past this a stopping node leaves the context to the process's exit.
+CONTEXT_END_MAX_S = 1.0
+
+
+def end_context(ctx: zmq.Context, wait_s: float = CONTEXT_END_MAX_S) -> bool:
+    """Close ``ctx``'s sockets (linger 0) and terminate it, waiting ``wait_s`` at most, on a
+    daemon thread (nothing else may use the context by then). True if it ended in time; if not,
+    its I/O threads go with the process."""
+    ender = threading.Thread(target=ctx.destroy, kwargs={"linger": 0}, name="zmq-end", daemon=True)
+    ender.start()
+    ender.join(wait_s)
+    return not ender.is_alive()
 
 
 class Transport:
