@@ -153,9 +153,19 @@ down() {
 		done
 	fi
 	phase "down -v"
-	echo "--- down -v $(date +%T.%N)" >>"$LOG"
+	if ((status == 0)); then
+		# Every node stops cleanly within the grace period: exit 0, not 137 (killed at its end).
+		compose stop >>"$LOG" 2>&1 || true
+		for node in n1 n2 n3; do
+			code=$(podman inspect "${PROJECT}_${node}_1" --format '{{.State.ExitCode}}' 2>>"$LOG" || echo "?")
+			if [[ $code != 0 ]]; then
+				echo "docker/smoke.sh: FAILED: $node exited $code on compose stop" >&2
+				status=1
+			fi
+		done
+		((status != 0)) || PASSED=$((PASSED + 1))
+	fi
 	compose down -v >>"$LOG" 2>&1 || true
-	echo "--- down -v done $(date +%T.%N)" >>"$LOG"
 	# What an older podman-compose leaves (its network), and anything a failed start left.
 	podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f >>"$LOG" 2>&1 || true
 	podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >>"$LOG" 2>&1 || true
