@@ -105,6 +105,10 @@ class RaftCore:
         self.leader: str | None = None
         self.role = Role.FOLLOWER
         self.progress: dict[str, Progress] = {}
+        # Elections this replica started, by why: its own timer, or a leader's TimeoutNow. A
+        # clean handover shows as transfers only (operators and tests read these).
+        self.elections_on_timeout = 0
+        self.elections_on_transfer = 0
         self._saved = (hs.term, hs.vote, hs.commit)
         self._msgs: list[tuple[str, RaftMessage]] = []
         self._msgs_after: list[tuple[str, RaftMessage]] = []
@@ -346,6 +350,7 @@ class RaftCore:
                 self._heard_from_leader(sender)
                 self._on_snapshot(sender, msg)
             case TimeoutNow() if sender == self.leader:
+                self.elections_on_transfer += 1
                 self._campaign(pre_vote=False, transfer=True)
             case _:
                 pass  # replies to a role we no longer hold
@@ -381,6 +386,7 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         if self._now >= self._election_deadline:
+            self.elections_on_timeout += 1
             self._campaign(pre_vote=self.config.pre_vote)
 
     def _tick_leader(self) -> None:

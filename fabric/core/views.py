@@ -47,6 +47,8 @@ def group_status(core: NodeCore) -> list[dict[str, Any]]:
             "commit_index": g.raft.commit_index,
             "applied_index": g.raft.applying_index,
             "last_index": g.raft.log.last_index,
+            "elections_on_timeout": g.raft.elections_on_timeout,
+            "elections_on_transfer": g.raft.elections_on_transfer,
         }
         for gid, g in core.groups.items()
     ]

@@ -106,8 +106,15 @@ class _CoreCollector(Collector):
             "Entries this replica handed to the group's state machine",
             labels=["group"],
         )
+        elections = CounterMetricFamily(
+            "syncfab_raft_elections",
+            "Elections this replica started: cause=timeout (no leader heard) or transfer (handed over)",
+            labels=["group", "cause"],
+        )
         first_seen = self._first_seen
         for g in core.group_status():
+            elections.add_metric([str(g["group"]), "timeout"], g["elections_on_timeout"])
+            elections.add_metric([str(g["group"]), "transfer"], g["elections_on_transfer"])
             gid = str(g["group"])
             term.add_metric([gid], g["term"])
             commit.add_metric([gid], g["commit_index"])
@@ -120,7 +127,7 @@ class _CoreCollector(Collector):
                 base = first_seen[g["group"]] = (g["commit_index"], g["applied_index"], time.time())
             committed.add_metric([gid], g["commit_index"] - base[0], created=base[2])
             applied_entries.add_metric([gid], g["applied_index"] - base[1], created=base[2])
-        yield from (term, commit, applied, last, leader, is_leader, committed, applied_entries)
+        yield from (term, commit, applied, last, leader, is_leader, committed, applied_entries, elections)
 
         alive = GaugeMetricFamily("syncfab_member_alive", "Phi-accrual verdict per member", labels=["member"])
         for member in core.cluster_view()["members"]:

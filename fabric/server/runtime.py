@@ -103,6 +103,8 @@ class NodeRuntime:
         self._hits: dict[bytes, list[bytes]] = {}  # cache hits answered while draining
         self._scheduled = False
         self._closed = False
+        # A shutdown step waiting for the core to settle: (its condition, the event to set).
+        self._turn_check: tuple[Callable[[], bool], asyncio.Event] | None = None
         self._router_readable = self._sub_readable = True
         self.store: LmdbLogStore
         self.core: NodeCore
@@ -167,10 +169,7 @@ class NodeRuntime:
         groups' next requests find a leader at once instead of waiting out an election after
         this node is gone. Requests keep being served meanwhile. Returns how many were left."""
         self.core.leave()
-        deadline = self._loop.time() + timeout_s
-        while self.core.handing_over and self._loop.time() < deadline and not self._closed:
-            self._wake()
-            await asyncio.sleep(0.01)
+        await self._turns_until(lambda: not self.core.handing_over, timeout_s)
         if self.core.handing_over:
             log.warning("%d groups still led by this node at shutdown", self.core.handing_over)
         return self.core.handing_over
@@ -181,13 +180,25 @@ class NodeRuntime:
         near = self.core.cache.near
         if not near.write_back_all(monotonic_ms()):
             return 0
-        deadline = self._loop.time() + timeout_s
-        while near.returning and self._loop.time() < deadline and not self._closed:
-            self._wake()
-            await asyncio.sleep(0.01)
+        await self._turns_until(lambda: not near.returning, timeout_s)
         if near.returning:
             log.warning("%d dirty cache lines did not reach their home before shutdown", len(near.returning))
         return len(near.returning)
+
+    async def _turns_until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until ``done()`` holds after a turn (every turn ends by checking it: what changes
+        it is a peer's reply or a timer, both handled in turns), or ``timeout_s`` has passed."""
+        if done():
+            return
+        settled = asyncio.Event()
+        self._turn_check = (done, settled)
+        self._wake()
+        try:
+            await asyncio.wait_for(settled.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._turn_check = None
 
     def close(self) -> None:
         if self._closed:
@@ -282,6 +293,8 @@ class NodeRuntime:
             self._send_after_persist([flush], self.transport.send_peer)
             self._advance([flush])
         self.turns += 1
+        if self._turn_check is not None and self._turn_check[0]():
+            self._turn_check[1].set()
         # Edge-triggered FDs: a socket may hold messages its FD will not announce again.
         self._router_readable, self._sub_readable = t.readable()
         if (core.has_work() or self._router_readable or self._sub_readable) and (

@@ -65,9 +65,8 @@ def test_a_client_given_only_advertised_addresses_reaches_every_node_fast(publis
     cluster, advertised, routers = published
     before = {n: f.connections for n, f in routers.items()}
 
-    async def run() -> tuple[AsyncClient, float, set[str]]:
+    async def run() -> tuple[AsyncClient, set[str]]:
         async with AsyncClient(list(advertised.values()), timeout_s=5.0) as client:
-            started = time.monotonic()
             leaders = set()
             # A key in every shard: the writes go straight to each shard's leader, all three nodes.
             keys = {shard_for_key(f"k{i}", client.shard_count): f"k{i}" for i in range(200)}
@@ -82,14 +81,13 @@ def test_a_client_given_only_advertised_addresses_reaches_every_node_fast(publis
             messages = await client.consume("advertise-q", "w1", max=1, wait_ms=2000)
             assert [m["data"] for m in messages] == [{"n": 1}]
             assert await client.ack("advertise-q", [messages[0]["message_id"]]) == 1
-            return client, time.monotonic() - started, leaders
+            return client, leaders
 
-    client, elapsed_s, leaders = asyncio.run(run())
+    client, leaders = asyncio.run(run())
     assert client.members == advertised
     assert leaders == set(cluster.ids), "shard leaders should be spread over every node"
     # No call waited out an attempt (1 s each) on an address it could not use.
     assert client.stats["retries"] == 0 and client.stats["timeouts"] == 0, client.stats
-    assert elapsed_s < 5.0, f"{elapsed_s:.2f} s for ~20 calls"
     # Every node was dialled through its published (advertised) port.
     assert all(routers[n].connections > before[n] for n in cluster.ids), {
         n: f.connections for n, f in routers.items()
