@@ -35,13 +35,13 @@ reads confirmed, and (with ``disk_lag``) writes completed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import transcript_format
 from raft_network import Delivery, Network
+from transcript_format import check_file, parse, render
 
 from syncfab.actors.messages import (
     AppendEntries,
@@ -58,7 +58,6 @@ from syncfab.actors.messages import (
 from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
-REWRITE = os.environ.get("SYNCFAB_REWRITE") == "1"
 TICK_STEP_MS = 10
 ENTRIES_SHOWN_MAX = 4
 
@@ -402,54 +401,8 @@ def fmt_error(e: Exception) -> str:
     return f"{type(e).__name__} ({e})"
 
 
-# -- the file format ----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Block:
-    comments: list[str]
-    command: str
-    output: list[str]
-
-
-def parse(text: str) -> list[Block]:
-    blocks: list[Block] = []
-    lines = text.splitlines()
-    n = 0
-    while n < len(lines):
-        comments: list[str] = []
-        while n < len(lines) and (not lines[n].strip() or lines[n].startswith("#")):
-            if lines[n].startswith("#"):
-                comments.append(lines[n])
-            n += 1
-        if n == len(lines):
-            assert not comments, "comments after the last command"
-            break
-        command = lines[n]
-        n += 1
-        assert n < len(lines) and lines[n] == "----", f"line {n + 1}: expected ---- after {command!r}"
-        n += 1
-        output: list[str] = []
-        while n < len(lines) and lines[n].strip():
-            output.append(lines[n])
-            n += 1
-        blocks.append(Block(comments, command, output))
-    return blocks
-
-
-def render(blocks: list[Block]) -> str:
-    parts = []
-    for b in blocks:
-        parts.append("\n".join([*b.comments, b.command, "----", *(b.output or ["ok"])]))
-    return "\n\n".join(parts) + "\n"
-
-
 def replay(text: str) -> str:
-    scenario = Scenario()
-    blocks = parse(text)
-    for b in blocks:
-        b.output = scenario.run(b.command) or ["ok"]
-    return render(blocks)
+    return transcript_format.replay(text, Scenario().run)
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -457,16 +410,7 @@ def replay(text: str) -> str:
 
 @pytest.mark.parametrize("path", sorted(TRANSCRIPTS.glob("*.txt")), ids=lambda p: p.stem)
 def test_transcript(path: Path) -> None:
-    recorded = path.read_text()
-    actual = replay(recorded)
-    if REWRITE:
-        path.write_text(actual)
-        return
-    if actual != recorded:
-        diff = difflib.unified_diff(
-            recorded.splitlines(), actual.splitlines(), "recorded", "replayed", lineterm=""
-        )
-        pytest.fail(f"{path.name} replays differently (SYNCFAB_REWRITE=1 to accept):\n" + "\n".join(diff))
+    check_file(path, Scenario().run)
 
 
 def test_there_are_transcripts() -> None:
