@@ -12,7 +12,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 
 class CallTimers:
@@ -23,8 +24,20 @@ class CallTimers:
         self._fifo_from_ms = 0  # the latest start in the FIFO: later ones keep it in order
         self._seq = itertools.count()
 
-    def add(self, at_ms: int, kind: int, rid: int, token: int, started_ms: int | None = None) -> None:
-        """A timer ending at ``at_ms``; ``started_ms`` for an attempt that runs its full length."""
+    def add(
+        self,
+        at_ms: int,
+        kind: int,
+        rid: int,
+        token: int,
+        started_ms: int | None = None,
+        deadline_ms: int | None = None,
+    ) -> None:
+        """A timer ending at ``at_ms``, or at ``deadline_ms`` if that comes first (a call's
+        timer is never later than its deadline); ``started_ms`` for an attempt that runs its
+        full length."""
+        if deadline_ms is not None and deadline_ms < at_ms:
+            at_ms, started_ms = deadline_ms, None
         started = started_ms if started_ms is not None else -1
         if started >= self._fifo_from_ms and at_ms - started == self.fifo_ms:
             self._fifo_from_ms = started
@@ -32,12 +45,20 @@ class CallTimers:
         else:
             heapq.heappush(self._heap, (at_ms, next(self._seq), kind, rid, token))
 
-    def next_ms(self, live: Callable[[int, int], bool]) -> int | None:
-        """When the first live timer ends (stale ones at the front are dropped)."""
+    def next_ms(self, tokens: Mapping[int, Any]) -> int | None:
+        """When the first live timer ends: one whose call is in ``tokens`` (request id -> an
+        object with the call's ``token``) with the same token. Stale ones at the front are
+        dropped (checked inline: this runs after every drain)."""
         heap, fifo = self._heap, self._fifo
-        while heap and not live(heap[0][3], heap[0][4]):
+        while heap:
+            call = tokens.get(heap[0][3])
+            if call is not None and call.token == heap[0][4]:
+                break
             heapq.heappop(heap)
-        while fifo and not live(fifo[0][2], fifo[0][3]):
+        while fifo:
+            call = tokens.get(fifo[0][2])
+            if call is not None and call.token == fifo[0][3]:
+                break
             fifo.popleft()
         if heap and fifo:
             return min(heap[0][0], fifo[0][0])

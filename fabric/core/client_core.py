@@ -221,21 +221,24 @@ class ClientCore:
         deadline_ms: int | None,
         attempt_ms: int,
         pinned: str | None,
-        **batch: Any,
+        locks: list[tuple[int, Acquire | Release, int | None]] | None = None,
+        produces: list[int] | None = None,
     ) -> _Call | None:
         group: int | None = None
         if self.shard_count and type(op) is not ClusterInfo and pinned is None:
             routed = group_for(op, self.shard_count, self.client_id, rid)
             if isinstance(routed, Err):
-                self._refuse(handle, rid, routed, batch)
+                self._refuse(handle, rid, routed, locks, produces)
                 return None
             group = routed
         try:
             raw = encode(Request(self.client_id, rid, self.ids.acked, op))
         except UNENCODABLE as e:  # a value nested past the encoder's depth, say
-            self._refuse(handle, rid, bad_request("value", f"cannot be sent: {e}"), batch)
+            self._refuse(handle, rid, bad_request("value", f"cannot be sent: {e}"), locks, produces)
             return None
-        call = _Call(handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, **batch)
+        call = _Call(
+            handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, locks=locks, produces=produces
+        )
         self._calls[rid] = call
         if handle is not None and handle != rid:
             self._of_handle[handle] = rid
@@ -251,7 +254,9 @@ class ClientCore:
             self._outbox[node] = [call.raw]
         else:
             out.append(call.raw)
-        self._timer(call, now_ms + call.attempt_timeout_ms, _ATTEMPT)
+        self._timers.add(
+            now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token, now_ms, call.deadline_ms
+        )
 
     def _target(self, call: _Call) -> str:
         if call.pinned is not None:
@@ -272,17 +277,11 @@ class ClientCore:
     def _timer(self, call: _Call, at_ms: int, kind: int) -> None:
         """A call has one live timer (its token's), never later than its deadline."""
         started = at_ms - call.attempt_timeout_ms if kind == _ATTEMPT else None
-        if call.deadline_ms is not None and call.deadline_ms < at_ms:
-            at_ms, started = call.deadline_ms, None
-        self._timers.add(at_ms, kind, call.rid, call.token, started)
-
-    def _live(self, rid: int, token: int) -> bool:
-        call = self._calls.get(rid)
-        return call is not None and call.token == token
+        self._timers.add(at_ms, kind, call.rid, call.token, started, call.deadline_ms)
 
     def next_timer_ms(self) -> int | None:
         """When ``tick`` has something to do next."""
-        return self._timers.next_ms(self._live)
+        return self._timers.next_ms(self._calls)
 
     def tick(self, now_ms: int) -> None:
         for kind, rid, token in self._timers.due(now_ms):
@@ -324,10 +323,17 @@ class ClientCore:
             replies = replies_in(frame)
         except Exception:  # garbage from the network: nothing to answer
             return []
+        calls = self._calls
         for reply in replies:
-            call = self._calls.get(reply.id)
+            call = calls.get(reply.id)
             if call is not None:
-                self._on_reply(call, reply, now_ms)
+                result = reply.result
+                if type(result) is Ok:  # the common answer: _on_reply's path for it, inline
+                    if reply.leader is not None and call.group is not None:
+                        self.leaders[call.group] = reply.leader
+                    self._finish(call, result, now_ms)
+                else:
+                    self._on_reply(call, reply, now_ms)
             elif reply.id in self._member_of:
                 self._early[reply.id] = reply
         return replies
@@ -361,10 +367,16 @@ class ClientCore:
         elif call.handle is not None:
             self._done.append((call.handle, result))  # type: ignore[arg-type]
 
-    def _refuse(self, handle: int | None, rid: int, err: Err, batch: dict[str, Any]) -> None:
+    def _refuse(
+        self,
+        handle: int | None,
+        rid: int,
+        err: Err,
+        locks: list[tuple[int, Acquire | Release, int | None]] | None,
+        produces: list[int] | None,
+    ) -> None:
         """A call refused before it left (unroutable): its caller, or its batch's, hear now."""
         self.ids.done(rid)
-        locks, produces = batch.get("locks"), batch.get("produces")
         if locks is not None:
             for k in range(len(locks)):
                 self.ids.done(rid + 1 + k)
@@ -524,8 +536,9 @@ class ClientCore:
             self._done += [(h, Err("bad_reply", f"a produce answered {e}")) for h in handles]
             return
         duplicates = set(produced.duplicates)
+        cancelled = self._cancelled
         for n, (handle, message_id) in enumerate(zip(handles, produced.message_ids, strict=True)):
-            if not self._dropped(handle):
+            if not cancelled or not self._dropped(handle):
                 value = (
                     {"message_id": message_id, "duplicate": True}
                     if n in duplicates
