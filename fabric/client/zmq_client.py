@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import zmq
@@ -310,9 +310,11 @@ class AsyncClient:
         assert isinstance(result, Ok)
         return result.value
 
-    async def call(self, op: Any) -> Result:
-        """Run ``op`` on its group's leader: routed, retried, coalesced and timed by the core."""
-        return await self._await(self._core.call(op, self._now_ms()))
+    def call(self, op: Any) -> Coroutine[Any, Any, Result]:
+        """Run ``op`` on its group's leader: routed, retried, coalesced and timed by the core.
+        The call starts here (await the result); not a coroutine itself, so every call has one
+        frame less."""
+        return self._await(self._core.call(op, self._now_ms()))
 
     async def call_at(self, address: str, op: Any) -> Result:
         """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it)."""

@@ -110,6 +110,7 @@ class _Queued:
 
 # What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
 UNENCODABLE = (RecursionError, TypeError, OverflowError, ValueError)
+GOOD_QUEUES_MAX = 1_024  # queue names a client remembers as valid
 _ATTEMPT, _BACKOFF = 0, 1  # what a call's one live timer ends: an attempt, or a backoff
 _CONFIG: Any = object()  # a call's timeout: the config's
 
@@ -141,6 +142,7 @@ class ClientCore:
         self._early: dict[int, Reply] = {}  # a batched op's own reply that beat its batch's
         self._member_of: dict[int, int] = {}  # batched op's id -> its batch's id, while in flight
         self._cancelled: set[int] = set()  # handles given up on by their callers
+        self._good_queues: set[str] = set()  # queue names check_queue passed (bounded)
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "calls",
@@ -433,14 +435,15 @@ class ClientCore:
         members = batch.locks
         assert members is not None
         whole = isinstance(result, Answers) and len(result.results) == len(members)
+        cancelled, early_replies = self._cancelled, self._early
         for k, (handle, op, deadline_ms) in enumerate(members):
             rid = batch.rid + 1 + k
             self._member_of.pop(rid, None)
-            early = self._early.pop(rid, None)
+            early = early_replies.pop(rid, None) if early_replies else None
             answer = result.results[k] if whole else result  # type: ignore[union-attr]
-            if self._dropped(handle):
+            if cancelled and self._dropped(handle):
                 self.ids.done(rid)
-            elif not whole or not (isinstance(answer, Waiting) or _retryable(answer)):
+            elif not whole or type(answer) is Ok or not (isinstance(answer, Waiting) or _retryable(answer)):
                 self.ids.done(rid)
                 if not whole and not isinstance(result, Err):
                     answer = Err("bad_reply", f"a batch of {len(members)} answered {result!r}")
@@ -483,7 +486,12 @@ class ClientCore:
 
     def _queue_produce(self, handle: int, queue: str, op: NewMessage, deadline_ms: int | None) -> int:
         plain = op.key is None and op.dedup_id is None and op.headers is None
-        err = check_queue(queue) or (None if plain else check_message(op))
+        good = self._good_queues
+        err = None if queue in good else check_queue(queue)
+        if err is None and len(good) < GOOD_QUEUES_MAX:
+            good.add(queue)  # check_queue is pure: a name it passed passes again
+        if err is None and not plain:
+            err = check_message(op)
         if err is None and not self.shard_count:
             err = Err("unavailable", "the client has not learnt the cluster yet")
         if err is not None:
@@ -583,7 +591,7 @@ def _size(q: _Queued) -> int:
 def _latest(batch: list[_Queued]) -> int | None:
     """A batch waits as long as its most patient op."""
     deadlines = [q.deadline_ms for q in batch]
-    return None if None in deadlines else max(d for d in deadlines if d is not None)
+    return None if None in deadlines else max(deadlines)  # type: ignore[type-var]
 
 
 def split(items: list[_Queued], cost: Any, count_max: int, bytes_max: int) -> list[list[_Queued]]:
