@@ -11,6 +11,7 @@ from typing import Any
 from syncfab.actors.machine import GroupMachine
 from syncfab.actors.raft import RaftCore
 from syncfab.actors.results import Answers, Result
+from syncfab.fabric.core.log_clock import LogClock
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class HostedGroup:
     id: int
     raft: RaftCore
     machine: GroupMachine
+    clock: LogClock  # what this replica stamps its entries with when it leads
     writes: list[bytes] = field(default_factory=list)  # this turn's requests, encoded
     writers: list[Waiter | None] = field(default_factory=list)  # None: our own housekeeping
     queries: list[Read] = field(default_factory=list)  # this turn's reads
@@ -46,15 +48,6 @@ class HostedGroup:
     housekeeping_index: int = 0  # our last housekeeping entry, until it is applied
     lead_term: int = -1  # the term in which our waiters were registered
     leading_since_ms: int = 0
-    # The log's clock as this replica last saw it: the stamp of the last entry it appended
-    # since this process started, and our monotonic time then (None: none yet).
-    log_stamp_ms: int | None = None
-    log_stamp_seen_ms: int = 0
-    # How far our wall clock ran ahead of the log's clock when we took over, in the term we
-    # lead (computed by the first stamp we write in it), and our monotonic time then.
-    stamp_offset_ms: int = 0
-    stamp_term: int = -1
-    stamp_since_ms: int = 0
 
     def waiters(self) -> list[Waiter | None]:
         """Every request waiting in or on this group, wherever it waits: what a lost leadership

@@ -55,6 +55,7 @@ from syncfab.fabric.core.codec import (
 )
 from syncfab.fabric.core.detector import PhiAccrualDetector
 from syncfab.fabric.core.hosted_group import HostedGroup, Waiter
+from syncfab.fabric.core.log_clock import LogClock
 from syncfab.fabric.core.node_cache import NodeCache
 from syncfab.fabric.core.node_config import NodeConfig
 from syncfab.fabric.core.routing import group_for
@@ -120,7 +121,8 @@ class NodeCore:
             machine = self._machine_for(gid)
             if raft.snapshot is not None:
                 machine.restore(raft.snapshot.data)
-            self.groups[gid] = HostedGroup(gid, raft, machine)
+            clock = LogClock(cfg.clock_skew_max_ms, cfg.clock_correction_max_ms)
+            self.groups[gid] = HostedGroup(gid, raft, machine, clock)
         # Drawn after the groups' own, so adding it left their elections as they were.
         self.cache.near.number_ops_from(rng.getrandbits(32) << 24)
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
@@ -285,7 +287,7 @@ class NodeCore:
             flush.writes.append((g.id, ready.persist))
             for entry in reversed(ready.persist.entries):
                 if entry.data:  # b"" is a new leader's no-op
-                    g.log_stamp_ms, g.log_stamp_seen_ms = batch_stamp(entry.data), self._now
+                    g.clock.appended(batch_stamp(entry.data), self._now)
                     break
         _route(flush.sends, g.id, ready.messages)
         _route(flush.sends_after_persist, g.id, ready.messages_after_persist)
@@ -424,33 +426,10 @@ class NodeCore:
         if leading:
             g.leading_since_ms = self._now
 
-    def _clock_offset(self, g: HostedGroup) -> int:
-        """How far our wall clock runs ahead of the log's clock, beyond what is tolerated: the
-        last stamp we appended, carried on by our monotonic clock, is the earliest the clock of
-        the leader that wrote it can read now. Every lease in the log is a deadline on that
-        clock; reading it on a clock that is ahead would end the lease early (the chaos
-        suite's clock-skew nemesis: a second owner granted 1 s into a 3 s lease)."""
-        if g.log_stamp_ms is None:
-            return 0  # nothing appended since we started: trust the wall clock
-        log_now = g.log_stamp_ms + (self._now - g.log_stamp_seen_ms)
-        ahead = self._wall - log_now - self.config.clock_skew_max_ms
-        return min(max(ahead, 0), self.config.clock_correction_max_ms)
-
     def _stamp(self, g: HostedGroup) -> int:
-        """The time a leader writes into its entries and reads the services' deadlines by: its
-        wall clock, less the offset it found at takeover, which slews away at 1% of the time
-        since (a lease granted meanwhile is at most 1% short, the clock rate error the cache
-        assumes too), so a log clock held back always comes back to the wall clock."""
-        if g.stamp_term != g.raft.term:
-            g.stamp_term, g.stamp_since_ms = g.raft.term, self._now
-            g.stamp_offset_ms = self._clock_offset(g)
-        if not g.stamp_offset_ms:
-            return self._wall
-        offset = g.stamp_offset_ms - (self._now - g.stamp_since_ms) // 100
-        if offset <= 0:
-            g.stamp_offset_ms = 0
-            return self._wall
-        return self._wall - offset
+        """The time this leader writes into its entries and reads the services' deadlines by
+        (fabric/core/log_clock.py: its wall clock, corrected if it runs ahead of the log's)."""
+        return g.clock.stamp(g.raft.term, self._now, self._wall)
 
     # -- requests -------------------------------------------------------------------------
 

@@ -33,6 +33,6 @@ class NodeConfig:
     # How far a new leader's wall clock may run ahead of the log's clock (the stamps its
     # predecessors wrote, carried on by its monotonic clock) before it corrects its own stamps:
     # a lease lasts at least its ttl less this, whatever the nodes' wall clocks say. Larger
-    # corrections slew away at 1% of the time since (node.py ``_stamp``), at most this much.
+    # corrections slew away at 1% of the time since (fabric/core/log_clock.py), at most this much.
     clock_skew_max_ms: int = 100
     clock_correction_max_ms: int = 600_000
