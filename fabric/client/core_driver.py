@@ -29,27 +29,17 @@ class CoreDriver:
 
     async def wait(self, handle: int) -> Result:
         """The call's result; its request leaves with this loop iteration's others."""
-        fut = self.future(handle)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self.cancelled(handle)
-            raise
-
-    def future(self, handle: int) -> asyncio.Future[Result]:
-        """``wait`` without its coroutine, for the hottest callers (one frame less a call): the
-        caller awaits it and, when it is cancelled, calls ``cancelled``."""
         fut: asyncio.Future[Result] = self.loop.create_future()
         self._futures[handle] = fut
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
-        return fut
-
-    def cancelled(self, handle: int) -> None:
-        """The caller stopped waiting: its answer, when it comes, is dropped."""
-        self._futures.pop(handle, None)
-        self.core.cancel(handle)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(handle, None)
+            self.core.cancel(handle)
+            raise
 
     def settle(self) -> None:
         """Answer finished calls; keep one timer, at the core's next one."""

@@ -457,12 +457,7 @@ class NodeRuntime:
             handle = self.client.call(op, driver.now_ms(), node=LOCAL_NODE, attempt_timeout_ms=attempt_ms)
         else:
             handle = self.client.call(op, driver.now_ms())
-        fut = driver.future(handle)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            driver.cancelled(handle)
-            raise
+        return await driver.wait(handle)
 
     def _deliver_local(self, out: dict[str, list[bytes]]) -> None:
         """The gateway's requests into this node's own inbox (its core forwards them)."""
