@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     commands.add_credential_arguments(status)
 
+    keygen_cmd = sub.add_parser("keygen", help="write a CURVE key pair for a node or a native client")
+    keygen_cmd.add_argument(
+        "--out", required=True, help="DIR/NAME: writes NAME.key (secret, mode 0600) and NAME.key.pub"
+    )
+
     commands.add_commands(sub)
 
     args = parser.parse_args(argv)
@@ -91,16 +97,36 @@ def main(argv: list[str] | None = None) -> int:
             return run_node(settings_from_args(args), args.bind)
         if args.command == "cluster":
             return run_cluster(args)
+        if args.command == "keygen":
+            return keygen(args.out)
         return show_status(args.http, args.json, commands.Credentials.of(args))
     except (ConfigError, commands.Usage) as e:
         print(f"syncfab: {e}", file=sys.stderr)
         return 2
 
 
+# -- keys ----------------------------------------------------------------------------------
+
+
+def keygen(out: str) -> int:
+    from syncfab.fabric.server.curve import CurveKeyError, write_keypair
+
+    try:
+        secret_path, public_path = write_keypair(out)
+    except (CurveKeyError, OSError) as e:
+        raise ConfigError(str(e)) from e
+    print(f"secret key: {secret_path} (keep it on this machine only)")
+    print(f"public key: {public_path} (give it to whoever must accept this one)")
+    return 0
+
+
 # -- node ----------------------------------------------------------------------------------
 
 
 def run_node(settings: NodeSettings, bind_host: str | None) -> int:
+    warning = open_door_warning(settings, bind_host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
@@ -112,6 +138,32 @@ def run_node(settings: NodeSettings, bind_host: str | None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run
         healthy = asyncio.run(_serve(settings, bind_host))
     return 0 if healthy else 1
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: whatever it resolves to, it is not known to be loopback
+        return False
+
+
+def open_door_warning(settings: NodeSettings, bind_host: str | None) -> str | None:
+    """One line for a node that listens beyond this machine with neither a gateway token nor
+    CURVE: anyone who reaches its ports may take every lock and read every queue."""
+    from syncfab.fabric.server.config import split_address
+
+    hosts = [bind_host or split_address(settings.address)[0]]
+    if settings.http:
+        hosts.append(bind_host or split_address(settings.http)[0])
+    exposed = sorted({h for h in hosts if not _loopback(h)})
+    if not exposed or settings.auth_tokens or settings.curve is not None:
+        return None
+    return (
+        f"WARNING: node {settings.node_id} listens on {', '.join(exposed)} with no --auth-token-file "
+        "and no CURVE: anyone who reaches its ports can use and change everything (README: Security)"
+    )
 
 
 async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:

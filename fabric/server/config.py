@@ -16,6 +16,7 @@ from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
 from syncfab.fabric.core.addresses import pub_address
 from syncfab.fabric.core.node_config import NodeConfig
+from syncfab.fabric.server.curve import CurveKeyError, CurveKeys, node_curve_keys
 from syncfab.fabric.server.http_auth import TokenFileError, read_tokens
 
 __all__ = [
@@ -72,6 +73,7 @@ class NodeSettings:
     metrics_tokens: tuple[bytes, ...] = ()  # also accepted for /metrics, and only there
     tls_cert: str | None = None  # the gateway serves HTTPS with this chain and key
     tls_key: str | None = None
+    curve: CurveKeys | None = None  # CURVE on the fabric (fabric/server/curve.py); None: plain TCP
 
     @property
     def address(self) -> str:
@@ -104,6 +106,8 @@ _ENV = {
     "metrics_token_file": "SYNCFAB_METRICS_TOKEN_FILE",
     "tls_cert": "SYNCFAB_TLS_CERT",
     "tls_key": "SYNCFAB_TLS_KEY",
+    "curve_secret_key": "SYNCFAB_CURVE_SECRET_KEY",
+    "curve_accept": "SYNCFAB_CURVE_ACCEPT",
 }
 _CACHE = CacheConfig()
 
@@ -134,6 +138,18 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tls-key", default=env(_ENV["tls_key"]), help="its PEM private key (env SYNCFAB_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        default=env(_ENV["curve_secret_key"]),
+        help="run the fabric over CURVE with this secret key file (syncfab keygen; env "
+        "SYNCFAB_CURVE_SECRET_KEY); needs --curve-accept",
+    )
+    parser.add_argument(
+        "--curve-accept",
+        default=env(_ENV["curve_accept"]),
+        help="the public keys CURVE lets in: a directory of NAME.key.pub files or a file of "
+        "'NAME KEY' lines; a peer's own key is the one named after its id (env SYNCFAB_CURVE_ACCEPT)",
     )
     parser.add_argument("--id", default=env(_ENV["id"]), help="this node's id (env SYNCFAB_ID)")
     parser.add_argument(
@@ -238,6 +254,14 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     auth_tokens, metrics_tokens = token_settings(args)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    curve = None
+    if bool(args.curve_secret_key) != bool(args.curve_accept):
+        raise ConfigError("--curve-secret-key and --curve-accept go together")
+    if args.curve_secret_key:
+        try:
+            curve = node_curve_keys(args.curve_secret_key, args.curve_accept, args.id, list(peers))
+        except CurveKeyError as e:
+            raise ConfigError(str(e)) from e
     core = NodeConfig(
         shard_count=args.shards,
         raft=raft,
@@ -258,6 +282,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         metrics_tokens=metrics_tokens,
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
+        curve=curve,
     )
 
 
