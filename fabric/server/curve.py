@@ -6,8 +6,10 @@ PUB) are CURVE clients, each given the server key of the peer it dials. Every by
 nodes, and between a node and a native client, is then encrypted and authenticated
 (Curve25519, as CurveZMQ specifies). Which client keys a server lets in is the ZAP handler's
 call (RFC 27): one per node, on a thread of its own in the node's ZeroMQ context, answering
-from the set of accepted public keys. A refused handshake never reaches the node's loop; it is
-counted (``syncfab_auth_refused_total{via="fabric"}``) and the client sees no answer.
+from the set of accepted public keys. A client that does not speak CURVE at all, or dials
+with the wrong server key, fails the handshake before ZAP is asked; the same thread watches
+the servers' monitor events for those. A refused handshake never reaches the node's loop; it
+is counted (``syncfab_auth_refused_total{via="fabric"}``) and the client sees no answer.
 
 Key files are Z85 text, as ``syncfab keygen --out DIR/NAME`` writes them: ``NAME.key`` the
 secret key (mode 0600), ``NAME.key.pub`` the public one. ``--curve-accept`` names a directory
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -146,10 +149,17 @@ def dial_curve(sock: zmq.Socket, public: bytes, secret: bytes, server_key: bytes
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
 
 
+# A handshake that failed before ZAP could be asked: another mechanism (a plain client), or
+# a HELLO that does not decrypt (a client dialling with the wrong server key).
+_FAILED_HANDSHAKE = int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+_EVENT_HEADER = struct.Struct("=HI")  # event, value: the first frame of a monitor event
+
+
 class ZapHandler:
     """Answers libzmq's ZAP requests for every CURVE server socket of ``ctx``: 200 for an
-    accepted client key, 400 (and ``on_refused``) for any other key or mechanism. Start it
-    before the context's servers bind, stop it before the context ends."""
+    accepted client key, 400 (and ``on_refused``) for any other key or mechanism; and counts,
+    on the servers it is asked to ``watch``, handshakes that failed before reaching it. Start
+    it before the context's servers bind, stop it before the context ends."""
 
     def __init__(
         self, ctx: zmq.Context, accepted: frozenset[bytes], on_refused: Callable[[], None] | None = None
@@ -162,7 +172,16 @@ class ZapHandler:
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self._logged: set[bytes] = set()
+        self._watch_queue: list[str] = []  # monitor endpoints for the thread to connect to
+        self._watch_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="zap", daemon=True)
+
+    def watch(self, server: zmq.Socket) -> None:
+        """Count ``server``'s failed handshakes too (called on the server socket's thread)."""
+        endpoint = f"inproc://syncfab-monitor-{id(server):x}"
+        server.monitor(endpoint, _FAILED_HANDSHAKE)
+        with self._watch_lock:
+            self._watch_queue.append(endpoint)
 
     def start(self) -> None:
         self._thread.start()
@@ -184,12 +203,36 @@ class ZapHandler:
             self._bound.set()
             return
         self._bound.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        monitors: list[zmq.Socket] = []
         try:
             while not self._stop.is_set():
-                if sock.poll(ZAP_POLL_MS):
-                    sock.send_multipart(self._answer(sock.recv_multipart()))
+                self._connect_monitors(poller, monitors)
+                for ready, _ in poller.poll(ZAP_POLL_MS):
+                    if ready is sock:
+                        sock.send_multipart(self._answer(sock.recv_multipart()))
+                    else:
+                        self._on_event(ready.recv_multipart())
         finally:
             sock.close(linger=0)
+            for monitor in monitors:
+                monitor.close(linger=0)
+
+    def _connect_monitors(self, poller: zmq.Poller, monitors: list[zmq.Socket]) -> None:
+        with self._watch_lock:
+            endpoints, self._watch_queue = self._watch_queue, []
+        for endpoint in endpoints:
+            monitor = self._ctx.socket(zmq.PAIR)
+            monitor.setsockopt(zmq.LINGER, 0)
+            monitor.connect(endpoint)
+            poller.register(monitor, zmq.POLLIN)
+            monitors.append(monitor)
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        event, _ = _EVENT_HEADER.unpack(frames[0][: _EVENT_HEADER.size])
+        if event & _FAILED_HANDSHAKE:
+            self._refuse(b"", b"a handshake failed (no CURVE, or the wrong server key)", b"")
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         """RFC 27: version, request id, domain, address, identity, mechanism, credentials."""
@@ -199,12 +242,17 @@ class ZapHandler:
         key = request[6] if len(request) > 6 else b""
         if version == b"1.0" and mechanism == b"CURVE" and key in self.accepted:
             return [b"1.0", request_id, b"200", b"OK", z85.encode(key), b""]
+        shown = z85.encode(key) if len(key) == 32 else b"none"
+        self._refuse(address, b"refused a " + mechanism + b" connection: key " + shown, key)
+        return [b"1.0", request_id, b"400", b"key not accepted", b"", b""]
+
+    def _refuse(self, address: bytes, what: bytes, key: bytes) -> None:
         self.refused += 1
         if self.on_refused is not None:
             self.on_refused()
+        # Named once per key (a refused client redials): the counter has every one.
         if key not in self._logged and len(self._logged) < REFUSALS_LOGGED_MAX:
             self._logged.add(key)
-            shown = z85.encode(key).decode() if len(key) == 32 else mechanism.decode(errors="replace")
-            log.warning("refused a %s connection from %s: key %s", mechanism.decode(errors="replace"),
-                        address.decode(errors="replace"), shown)  # fmt: skip
-        return [b"1.0", request_id, b"400", b"key not accepted", b"", b""]
+            log.warning(
+                "%s (from %s)", what.decode(errors="replace"), address.decode(errors="replace") or "?"
+            )

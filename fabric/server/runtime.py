@@ -153,6 +153,9 @@ class NodeRuntime:
             affinity=affinity,
             curve=s.curve,
         )
+        if self._zap is not None:
+            self._zap.watch(self.transport.router)
+            self._zap.watch(self.transport.pub)
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
         self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, affinity=affinity, curve=s.curve)
         self.writer = DiskWriter(
