@@ -25,7 +25,7 @@ def _auth_headers() -> dict[str, str] | None:
     token = os.environ.get("SYNCFAB_TOKEN")
     path = os.environ.get("SYNCFAB_AUTH_TOKEN_FILE")
     if not token and path:
-        from syncfab.fabric.server.http_auth import first_token
+        from syncfab.fabric.client.token_file import first_token
 
         token = first_token(path)
     return {"Authorization": f"Bearer {token}"} if token else None

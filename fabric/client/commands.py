@@ -64,7 +64,7 @@ class Credentials:
     def of(cls, args: argparse.Namespace) -> Credentials:
         token = args.token
         if not token and args.token_file:
-            from syncfab.fabric.server.http_auth import TokenFileError, first_token
+            from syncfab.fabric.client.token_file import TokenFileError, first_token
 
             try:
                 token = first_token(args.token_file)
