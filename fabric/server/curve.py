@@ -8,7 +8,9 @@ nodes, and between a node and a native client, is then encrypted and authenticat
 call (RFC 27): one per node, on a thread of its own in the node's ZeroMQ context, answering
 from the set of accepted public keys. A client that does not speak CURVE at all, or dials
 with the wrong server key, fails the handshake before ZAP is asked; the same thread watches
-the servers' monitor events for those. A refused handshake never reaches the node's loop; it
+the servers' monitor events for those (a client without CURVE sees the mismatch too, and when
+it resets the connection before the node has read its greeting the node sees no handshake
+fail: those are refused uncounted). A refused handshake never reaches the node's loop; it
 is counted (``syncfab_auth_refused_total{via="fabric"}``) and the client sees no answer.
 
 Key files are Z85 text, as ``syncfab keygen --out DIR/NAME`` writes them: ``NAME.key`` the
