@@ -286,10 +286,14 @@ def run_cluster(args: argparse.Namespace) -> int:
         pending = {m for m in pending if _get_json(cluster.url(m) + "/health", timeout_s=0.5) is None}
         time.sleep(0.1)
     if not stopping:
+        bearer = ""
+        if args.auth_token_file:
+            bearer = f' -H "Authorization: Bearer $(head -1 {os.path.abspath(args.auth_token_file)})"'
         for m in ids:
             print(f"{m}: {cluster.url(m)}  (data {os.path.join(args.data_dir, m)})", flush=True)
         print(
-            f"syncfab cluster of {n} up. Try: curl -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
+            f"syncfab cluster of {n} up. Try: "
+            f"curl{bearer} -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
             flush=True,
         )
         if pending:
