@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.results import Ok, Result
 from syncfab.fabric.core.routing import KEY_BYTES_MAX
+from syncfab.fabric.server.http_auth import TokenCheck
 from syncfab.fabric.server.runtime import NodeRuntime
 from syncfab.gateway import cache, locks, queues
 from syncfab.gateway.http_server import HttpServer
@@ -30,8 +31,12 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def serve(runtime: NodeRuntime) -> HttpServer:
     """The gateway of ``runtime``'s node, ready to ``start(host, port)``; every request it
-    answers is counted in the node's metrics (fabric/server/http_metrics.py)."""
-    return HttpServer(create_router(), runtime, runtime.metrics.http)
+    answers is counted in the node's metrics (fabric/server/http_metrics.py). With tokens in its
+    settings, a request without one is refused (401) and counted as refused."""
+    s = runtime.settings
+    auth = TokenCheck(s.auth_tokens, s.metrics_tokens) if s.auth_tokens else None
+    refused = runtime.metrics.auth_refused.labels("http").inc
+    return HttpServer(create_router(), runtime, runtime.metrics.http, auth=auth, on_refused=refused)
 
 
 def key_of(request: Request) -> tuple[str, Response | None]:

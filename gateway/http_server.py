@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 import httptools
 
+from syncfab.fabric.server.http_auth import WWW_AUTHENTICATE, TokenCheck
 from syncfab.gateway.responses import error_response
 from syncfab.gateway.router import Request, Response, Router
 
@@ -78,21 +81,34 @@ class RequestStats(Protocol):
 class HttpServer:
     """The gateway's listener: routes every request of every connection to its handler."""
 
-    def __init__(self, router: Router, runtime: Any, stats: RequestStats | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        runtime: Any,
+        stats: RequestStats | None = None,
+        *,
+        auth: TokenCheck | None = None,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
+        """``auth``: the tokens a request must bear (none: every request is served);
+        ``on_refused`` is called for each request refused for want of one."""
         self.router = router
         self.runtime = runtime
         self.stats = stats
+        self.auth = auth
+        self.on_refused = on_refused
         self.connections: set[HttpConnection] = set()
         self.date = b""
         self._server: asyncio.Server | None = None
         self._clock: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port``; over TLS (HTTPS only) when given a context."""
         self._loop = asyncio.get_running_loop()
         self._tick()
         self._server = await self._loop.create_server(
-            lambda: HttpConnection(self), host, port, backlog=1024, reuse_address=True
+            lambda: HttpConnection(self), host, port, backlog=1024, reuse_address=True, ssl=tls
         )
 
     def _tick(self) -> None:
@@ -135,6 +151,17 @@ class HttpServer:
 
     async def _route(self, request: Request) -> Response:
         route, match_info, allowed = self.router.resolve(request.method, request.path)
+        auth = self.auth
+        if auth is not None and not auth.allows(request.path, request.headers.get("authorization")):
+            # Refused before anything else is said, a 404 or 405 included: no token, no map
+            # of the routes.
+            if route is not None:
+                request.endpoint = route.canonical
+            if self.on_refused is not None:
+                self.on_refused()
+            response = error_response(401, "unauthorized", "a valid 'Authorization: Bearer' token is needed")
+            response.headers = {"WWW-Authenticate": WWW_AUTHENTICATE}
+            return response
         if route is None:
             if allowed:
                 response = error_response(405, "method_not_allowed", "Method Not Allowed")

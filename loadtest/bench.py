@@ -10,6 +10,7 @@ Starts a 3-node cluster of real processes (fsync on) unless ``--target`` names o
 concurrent clients spread over P worker processes for T seconds after a warm-up, and prints
 throughput, p50/p95/p99 latency and the CPU seconds the nodes and the clients used. The
 result is also written as JSON (``--out``, default loadtest/results/<workload>-<time>.json).
+``--curve`` runs the cluster and the clients over CURVE, with keys made for the run.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import json
 import multiprocessing as mp
 import os
 import random
+import tempfile
 import time
 from typing import Any
 
 from loadtest import cache_trace, failover, workloads
 from syncfab.fabric.client import AsyncClient
+from syncfab.fabric.server.curve import read_public_key, read_secret_key, write_keypair
 from syncfab.fabric.server.local import LocalCluster
 
 
@@ -37,11 +40,12 @@ def _worker(
     workload: str,
     options: dict[str, Any],
     out: mp.Queue,
+    client_keys: dict[str, bytes],
 ) -> None:
     import uvloop
 
     async def run() -> dict[str, Any]:
-        client = AsyncClient(addresses, timeout_s=30)
+        client = AsyncClient(addresses, timeout_s=30, **client_keys)
         await client.connect()
         op = workloads.make(workload, options)
         begin = time.perf_counter() + warmup_s
@@ -76,11 +80,25 @@ def _worker(
     out.put(uvloop.run(run()))
 
 
-def prefill(addresses: list[str], queue: str, count: int) -> None:
+def curve_keys(directory: str) -> tuple[list[str], dict[str, bytes]]:
+    """Keys for a CURVE run, made in ``directory``: (every node's flags, the clients' keyword
+    arguments). The nodes share one pair and accept the clients' one key."""
+    cluster_secret, cluster_public = write_keypair(os.path.join(directory, "cluster"))
+    accept = os.path.join(directory, "accept")
+    client_secret, _ = write_keypair(os.path.join(accept, "client"))
+    node_flags = ["--curve-secret-key", cluster_secret, "--curve-accept", accept]
+    client_keys = {
+        "curve_server_key": read_public_key(cluster_public),
+        "curve_secret_key": read_secret_key(client_secret)[1],
+    }
+    return node_flags, client_keys
+
+
+def prefill(addresses: list[str], queue: str, count: int, client_keys: dict[str, bytes]) -> None:
     """Fill the queue before a consume run, in big concurrent batches."""
 
     async def fill() -> None:
-        async with AsyncClient(addresses, timeout_s=60) as client:
+        async with AsyncClient(addresses, timeout_s=60, **client_keys) as client:
             sem = asyncio.Semaphore(8)
 
             async def batch(n: int) -> None:
@@ -106,11 +124,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster: LocalCluster | None = None
+    keys_dir = tempfile.TemporaryDirectory(prefix="syncfab-keys-")
+    node_flags: list[str] = []
+    client_keys: dict[str, bytes] = {}
+    if args.curve:
+        node_flags, client_keys = curve_keys(keys_dir.name)
     if args.target:
         addresses = args.target.split(",")
         node_pids: dict[str, int] = {}
     else:
-        extra = ["--fsync", args.fsync, "--shards", str(args.shards)]
+        extra = ["--fsync", args.fsync, "--shards", str(args.shards), *node_flags]
         cluster = LocalCluster(size=args.nodes, extra_args=extra)
         cluster.start()
         cluster.wait_ready(balanced=True)
@@ -125,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch": args.batch,
         }
         if args.workload == "consume":
-            prefill(addresses, args.queue, args.prefill)
+            prefill(addresses, args.queue, args.prefill, client_keys)
         per_proc = [
             args.clients // args.processes + (i < args.clients % args.processes)
             for i in range(args.processes)
@@ -136,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs = [
             ctx.Process(
                 target=_worker,
-                args=(addresses, c, args.warmup, args.seconds, i, args.workload, options, queue),
+                args=(addresses, c, args.warmup, args.seconds, i, args.workload, options, queue, client_keys),
             )
             for i, c in enumerate(per_proc)
             if c
@@ -150,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if cluster is not None:
             cluster.stop()
+        keys_dir.cleanup()
     by_kind: dict[str, list[float]] = {}
     units: dict[str, int] = {}
     for r in results:
@@ -165,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "fsync": args.fsync,
         "shards": args.shards,
+        "curve": args.curve,
         "options": {k: v for k, v in vars(args).items() if k in ("read_ratio", "hot", "batch", "queue")},
         "errors": sum(r["errors"] for r in results),
         "operations": {},
@@ -247,11 +272,18 @@ def main(argv: list[str] | None = None) -> None:
         "--warmup-max", type=float, default=90.0, help="cache: longest warm-up waiting for a stable hit rate"
     )
     parser.add_argument("--seed", type=int, default=0, help="cache: client g's trace is Random(seed + g)")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="kv/lock/produce/consume: the cluster and the clients over CURVE, keys made for the run",
+    )
     parser.add_argument("--target", help="comma-separated node addresses of a running cluster")
     parser.add_argument("--metrics", help="cache with --target: comma-separated node HTTP URLs, same order")
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
     cache = args.workload == "cache"
+    if args.curve and (args.target or cache or args.workload == "failover"):
+        parser.error("--curve starts its own cluster: kv, lock, produce or consume, without --target")
     if args.warmup is None:
         args.warmup = 5.0 if cache else 2.0
     if args.read_ratio is None:

@@ -4,12 +4,15 @@ services, the cache included. Point it at any node's gateway (every node forward
     syncfab cluster &
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8101 --headless -u 64 -r 16 -t 30s
 
-Spread users over all gateways with several locust processes, one ``--host`` each.
+Spread users over all gateways with several locust processes, one ``--host`` each. A gateway
+that asks for a token gets the one in ``SYNCFAB_TOKEN``, or else the first line of the file
+``SYNCFAB_AUTH_TOKEN_FILE`` names (the node's own variable), as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import uuid
 
@@ -18,7 +21,22 @@ from locust import FastHttpUser, between, task
 _ids = itertools.count()
 
 
-class KvUser(FastHttpUser):
+def _auth_headers() -> dict[str, str] | None:
+    token = os.environ.get("SYNCFAB_TOKEN")
+    path = os.environ.get("SYNCFAB_AUTH_TOKEN_FILE")
+    if not token and path:
+        from syncfab.fabric.client.token_file import first_token
+
+        token = first_token(path)
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
+class SyncfabUser(FastHttpUser):
+    abstract = True
+    default_headers = _auth_headers()
+
+
+class KvUser(SyncfabUser):
     wait_time = between(0, 0.01)
 
     @task(3)
@@ -34,7 +52,7 @@ class KvUser(FastHttpUser):
                 response.success()
 
 
-class LockUser(FastHttpUser):
+class LockUser(SyncfabUser):
     wait_time = between(0, 0.01)
 
     def on_start(self) -> None:
@@ -56,7 +74,7 @@ class LockUser(FastHttpUser):
         )
 
 
-class QueueUser(FastHttpUser):
+class QueueUser(SyncfabUser):
     wait_time = between(0, 0.01)
 
     def on_start(self) -> None:
@@ -78,7 +96,7 @@ class QueueUser(FastHttpUser):
             self.client.post("/queue/ack", json={"queue": "load", "message_ids": ids}, name="/queue/ack")
 
 
-class CacheUser(FastHttpUser):
+class CacheUser(SyncfabUser):
     """Zipf-ish reads and some writes through this gateway's node's own cache lines."""
 
     wait_time = between(0, 0.01)

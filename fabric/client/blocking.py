@@ -38,7 +38,13 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="syncfab-client", daemon=True)
         self._thread.start()
         self._async = AsyncClient(nodes, **kwargs)
-        self._run(self._async.connect())
+        try:
+            self._run(self._async.connect())
+        except BaseException:
+            # No cluster answered (a refused CURVE key, say): no thread or socket left behind.
+            self._run(self._async.close())
+            self._stop_loop()
+            raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -68,6 +74,9 @@ class Client:
 
     def close(self) -> None:
         self._run(self._async.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from syncfab.actors.queue_ops import SETTINGS_LOW
@@ -30,6 +32,51 @@ DONE, REFUSED, USAGE = 0, 1, 2
 
 class Usage(Exception):
     """Bad usage found after parsing (a value that is not JSON, say): exit 2."""
+
+
+def add_credential_arguments(p: argparse.ArgumentParser) -> None:
+    """What a gateway that asks for a token (or serves HTTPS with a private CA) needs."""
+    env = os.environ.get
+    p.add_argument(
+        "--token-file",
+        default=env("SYNCFAB_AUTH_TOKEN_FILE"),
+        help="send the first token of this file as 'Authorization: Bearer' (env SYNCFAB_AUTH_TOKEN_FILE, "
+        "the node's own)",
+    )
+    p.add_argument(
+        "--token",
+        default=env("SYNCFAB_TOKEN"),
+        help="the token itself, instead of a file (env SYNCFAB_TOKEN; a flag's value shows in ps)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=env("SYNCFAB_TLS_CA"),
+        help="trust this CA (or self-signed certificate) for https:// endpoints (env SYNCFAB_TLS_CA)",
+    )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str | None = None
+    tls_ca: str | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Credentials:
+        token = args.token
+        if not token and args.token_file:
+            from syncfab.fabric.client.token_file import TokenFileError, first_token
+
+            try:
+                token = first_token(args.token_file)
+            except TokenFileError as e:
+                raise Usage(str(e)) from e
+        return cls(token or None, args.tls_ca or None)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def tls(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
 
 
 def add_commands(sub: Any) -> None:
@@ -47,6 +94,7 @@ def add_commands(sub: Any) -> None:
             f"default {ENDPOINTS_DEFAULT})",
         )
         p.add_argument("--json", action="store_true", help="print the API's JSON reply as it came")
+        add_credential_arguments(p)
         return p
 
     def service(name: str, help: str) -> Any:
@@ -195,11 +243,12 @@ def run(args: argparse.Namespace) -> int:
     """One service command: its request to the first gateway that answers, its reply printed."""
     try:
         method, path, body = args.run(args)
+        credentials = Credentials.of(args)
     except Usage as e:
         print(f"syncfab: {e}", file=sys.stderr)
         return USAGE
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    status, reply, tried = _ask(endpoints, method, path, body)
+    status, reply, tried = _ask(endpoints, method, path, body, credentials)
     if status is None:
         print(f"syncfab: no gateway answered ({'; '.join(tried)})", file=sys.stderr)
         return REFUSED
@@ -212,16 +261,19 @@ def run(args: argparse.Namespace) -> int:
     return DONE if status == 200 else REFUSED
 
 
-def _ask(endpoints: list[str], method: str, path: str, body: Any) -> tuple[int | None, Any, list[str]]:
+def _ask(
+    endpoints: list[str], method: str, path: str, body: Any, credentials: Credentials
+) -> tuple[int | None, Any, list[str]]:
     data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **credentials.headers()}
+    tls = credentials.tls()
     tried: list[str] = []
     last: tuple[int, Any] | None = None
     for endpoint in endpoints:
         base = endpoint if endpoint.startswith(("http://", "https://")) else f"http://{endpoint}"
-        req = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S, context=tls) as r:
                 return r.status, json.loads(r.read() or b"null"), tried
         except urllib.error.HTTPError as e:
             raw = e.read()

@@ -8,6 +8,11 @@ one timer at the core's next deadline.
 
 ``AsyncClient`` is the asyncio API; fabric/client/blocking.py's ``Client`` is the same thing
 for blocking code.
+
+A cluster running CURVE (fabric/server/curve.py) needs ``curve_server_key`` (the nodes' public
+key, or a mapping of node address to each one's) and this client's own pair, whose public key
+the nodes accept; keys are Z85 text, as ``syncfab keygen`` writes them. Without an accepted key
+a client's connections are refused at the handshake, and its calls time out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -61,11 +67,54 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+CurveKey = str | bytes  # Z85 text
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    """A CURVE client's keys: its own pair and the server key of each node it dials."""
+
+    public: bytes
+    secret: bytes
+    server_key: bytes | None  # every node's, when they share one
+    server_keys: Mapping[str, bytes]  # address -> that node's, otherwise
+
+    @classmethod
+    def of(
+        cls,
+        server_key: CurveKey | Mapping[str, CurveKey],
+        secret_key: CurveKey | None,
+        public_key: CurveKey | None,
+    ) -> _Curve:
+        if secret_key is None:
+            raise ValueError("curve_server_key needs curve_secret_key: this client's own key")
+        secret = _z85(secret_key)
+        public = _z85(public_key) if public_key is not None else zmq.curve_public(secret)
+        if zmq.curve_public(secret) != public:
+            raise ValueError("curve_public_key is not the public half of curve_secret_key")
+        if isinstance(server_key, Mapping):
+            return cls(public, secret, None, {a: _z85(k) for a, k in server_key.items()})
+        return cls(public, secret, _z85(server_key), {})
+
+    def server_key_of(self, address: str) -> bytes:
+        key = self.server_keys.get(address, self.server_key)
+        if key is None:
+            raise ValueError(f"no CURVE server key for {address} in curve_server_key")
+        return key
+
+
+def _z85(key: CurveKey) -> bytes:
+    raw = (key.encode("ascii") if isinstance(key, str) else key).strip()
+    if len(raw) != 40:
+        raise ValueError("a CURVE key is 40 characters of Z85 text")
+    return raw
+
+
 class _Link:
     """One DEALER to one node. What the core has for it in one loop iteration leaves as one
     frame (``Requests``); replies are drained in bulk when the socket's FD fires."""
 
-    def __init__(self, ctx: zmq.Context, address: str, client: AsyncClient) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, client: AsyncClient, curve: _Curve | None) -> None:
         self.address = address
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -73,6 +122,10 @@ class _Link:
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if curve is not None:
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+            self.sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server_key_of(address))
         self.sock.connect(f"tcp://{address}")
         self.fd = self.sock.getsockopt(zmq.FD)
         self._client = client
@@ -111,9 +164,21 @@ class AsyncClient:
         attempt_timeout_s: float = 1.0,
         attempts_max: int = 12,
         cache_node: str | None = None,
+        curve_server_key: CurveKey | Mapping[str, CurveKey] | None = None,
+        curve_secret_key: CurveKey | None = None,
+        curve_public_key: CurveKey | None = None,
     ) -> None:
+        """``curve_*``: a cluster running CURVE's server key (one for all, or node address ->
+        key) and this client's key pair (the public half derived from the secret if not given)."""
         if not nodes:
             raise ValueError("give at least one node address (host:port)")
+        if curve_server_key is None and (curve_secret_key or curve_public_key):
+            raise ValueError("a CURVE key pair needs curve_server_key: the nodes' public key")
+        self._curve = (
+            _Curve.of(curve_server_key, curve_secret_key, curve_public_key)
+            if curve_server_key is not None
+            else None
+        )
         self.seeds = list(nodes)
         self.client_id = client_id or f"client/{os.urandom(8).hex()}"
         config = ClientConfig(
@@ -345,7 +410,7 @@ class AsyncClient:
     def _link(self, address: str) -> _Link:
         link = self._links.get(address)
         if link is None:
-            link = self._links[address] = _Link(self._ctx, address, self)
+            link = self._links[address] = _Link(self._ctx, address, self, self._curve)
             assert self._loop is not None
             self._loop.add_reader(link.fd, link.drain)
         return link

@@ -45,6 +45,7 @@ from syncfab.actors.queues import NewMessage
 from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting, bad_request
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.call_timers import CallTimers
+from syncfab.fabric.core.client_batches import Queued, latest_deadline, split
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
 from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
 
@@ -100,14 +101,6 @@ class _Call:
     produces: list[int] | None = None  # a ProduceBatch's callers' handles, in order
 
 
-@dataclass(slots=True)
-class _Queued:
-    handle: int
-    op: Any
-    deadline_ms: int | None
-    size: int
-
-
 # What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
 UNENCODABLE = (RecursionError, TypeError, OverflowError, ValueError)
 GOOD_QUEUES_MAX = 1_024  # queue names a client remembers as valid
@@ -136,8 +129,8 @@ class ClientCore:
         self._timers = CallTimers(self.config.attempt_timeout_ms)
         self._outbox: dict[str, list[bytes]] = {}
         self._done: list[tuple[int, Result]] = []
-        self._lock_queue: list[_Queued] = []
-        self._produce_queue: dict[tuple[str, int | None], list[_Queued]] = {}
+        self._lock_queue: list[Queued] = []
+        self._produce_queue: dict[tuple[str, int | None], list[Queued]] = {}
         self._sticky = itertools.count(rng.randrange(1 << 16))
         self._early: dict[int, Reply] = {}  # a batched op's own reply that beat its batch's
         self._member_of: dict[int, int] = {}  # batched op's id -> its batch's id, while in flight
@@ -197,7 +190,7 @@ class ClientCore:
         if node is None and (t is Acquire or t is Release):
             handle = next(self._handles)
             size = len(op.resource) + len(op.owner) + _LOCK_FRAMING_BYTES
-            self._lock_queue.append(_Queued(handle, op, deadline_ms, size))
+            self._lock_queue.append(Queued(handle, op, deadline_ms, size))
             return handle
         attempt_ms = attempt_timeout_ms or self.config.attempt_timeout_ms + (wait_ms if long_poll else 0)
         # A LockBatch's ops take the ids after its own (the replicas number them so).
@@ -406,7 +399,7 @@ class ClientCore:
         queued, self._lock_queue = self._lock_queue, []
         live = [q for q in queued if not self._dropped(q.handle)] if self._cancelled else queued
         attempt_ms = self.config.attempt_timeout_ms
-        for batch in split(live, _size, BATCH_OPS_MAX, LOCK_BATCH_BYTES_MAX):
+        for batch in split(live, BATCH_OPS_MAX, LOCK_BATCH_BYTES_MAX):
             if len(batch) == 1:  # a lone op goes as it is
                 q = batch[0]
                 self._start(q.handle, q.op, self.ids.next(), now_ms, q.deadline_ms, attempt_ms, None)
@@ -422,7 +415,7 @@ class ClientCore:
                 LockBatch([q.op for q in batch]),
                 first,
                 now_ms,
-                _latest(batch),
+                latest_deadline(batch),
                 attempt_ms,
                 None,
                 locks=members,
@@ -508,14 +501,14 @@ class ClientCore:
         queued = self._produce_queue.get((queue, shard))
         if queued is None:
             queued = self._produce_queue[queue, shard] = []
-        queued.append(_Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
+        queued.append(Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
         return handle
 
     def _flush_produces(self, now_ms: int) -> None:
         queued, self._produce_queue = self._produce_queue, {}
         for (queue, shard), items in queued.items():
             live = [q for q in items if not self._dropped(q.handle)] if self._cancelled else items
-            for batch in split(live, _size, BATCH_MAX, PRODUCE_BATCH_BYTES_MAX):
+            for batch in split(live, BATCH_MAX, PRODUCE_BATCH_BYTES_MAX):
                 target = shard if shard is not None else next(self._sticky) % self.shard_count + 1
                 messages = [q.op for q in batch]
                 self.stats["produce_batches"] += 1
@@ -525,7 +518,7 @@ class ClientCore:
                     OnShard(target, ProduceBatch(queue, messages)),
                     self.ids.next(),
                     now_ms,
-                    _latest(batch),
+                    latest_deadline(batch),
                     self.config.attempt_timeout_ms,
                     None,
                     produces=[q.handle for q in batch],
@@ -582,34 +575,6 @@ class ClientCore:
             )
             or "no call in flight"
         )
-
-
-def _size(q: _Queued) -> int:
-    return q.size
-
-
-def _latest(batch: list[_Queued]) -> int | None:
-    """A batch waits as long as its most patient op."""
-    deadlines = [q.deadline_ms for q in batch]
-    return None if None in deadlines else max(deadlines)  # type: ignore[type-var]
-
-
-def split(items: list[_Queued], cost: Any, count_max: int, bytes_max: int) -> list[list[_Queued]]:
-    """Batches of at most ``count_max`` items and about ``bytes_max`` bytes by ``cost``, in order
-    (an item bigger than that goes alone)."""
-    batches: list[list[_Queued]] = []
-    current: list[_Queued] = []
-    size = 0
-    for item in items:
-        weight = cost(item)
-        if current and (len(current) >= count_max or size + weight > bytes_max):
-            batches.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += weight
-    if current:
-        batches.append(current)
-    return batches
 
 
 def _retryable(result: Any) -> bool:

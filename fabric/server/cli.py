@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -20,7 +21,14 @@ import urllib.request
 from typing import Any
 
 import syncfab.fabric.client.commands as commands
-from syncfab.fabric.server.config import ConfigError, NodeSettings, add_node_arguments, settings_from_args
+from syncfab.fabric.server.config import (
+    ConfigError,
+    NodeSettings,
+    add_node_arguments,
+    add_token_arguments,
+    settings_from_args,
+    token_settings,
+)
 
 STOP_HTTP_S = 1.0  # see _serve
 
@@ -62,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cluster.add_argument("--fsync", choices=["on", "off"], default="on")
     cluster.add_argument("--shards", type=int, default=8)
+    add_token_arguments(cluster)
     cluster.add_argument(
         "--restart",
         action="store_true",
@@ -71,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="the cluster as one node sees it")
     status.add_argument("--http", default=os.environ.get("SYNCFAB_HTTP", "http://127.0.0.1:8101"))
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    commands.add_credential_arguments(status)
+
+    keygen_cmd = sub.add_parser("keygen", help="write a CURVE key pair for a node or a native client")
+    keygen_cmd.add_argument(
+        "--out", required=True, help="DIR/NAME: writes NAME.key (secret, mode 0600) and NAME.key.pub"
+    )
 
     commands.add_commands(sub)
 
@@ -82,16 +97,36 @@ def main(argv: list[str] | None = None) -> int:
             return run_node(settings_from_args(args), args.bind)
         if args.command == "cluster":
             return run_cluster(args)
-        return show_status(args.http, args.json)
-    except ConfigError as e:
+        if args.command == "keygen":
+            return keygen(args.out)
+        return show_status(args.http, args.json, commands.Credentials.of(args))
+    except (ConfigError, commands.Usage) as e:
         print(f"syncfab: {e}", file=sys.stderr)
         return 2
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def keygen(out: str) -> int:
+    from syncfab.fabric.server.curve import CurveKeyError, write_keypair
+
+    try:
+        secret_path, public_path = write_keypair(out)
+    except (CurveKeyError, OSError) as e:
+        raise ConfigError(str(e)) from e
+    print(f"secret key: {secret_path} (keep it on this machine only)")
+    print(f"public key: {public_path} (give it to whoever must accept this one)")
+    return 0
 
 
 # -- node ----------------------------------------------------------------------------------
 
 
 def run_node(settings: NodeSettings, bind_host: str | None) -> int:
+    warning = open_door_warning(settings, bind_host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s {settings.node_id} %(levelname)s %(name)s: %(message)s",
@@ -105,13 +140,47 @@ def run_node(settings: NodeSettings, bind_host: str | None) -> int:
     return 0 if healthy else 1
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: whatever it resolves to, it is not known to be loopback
+        return False
+
+
+def open_door_warning(settings: NodeSettings, bind_host: str | None) -> str | None:
+    """One line for a node that listens beyond this machine with neither a gateway token nor
+    CURVE: anyone who reaches its ports may take every lock and read every queue."""
+    from syncfab.fabric.server.config import split_address
+
+    hosts = [bind_host or split_address(settings.address)[0]]
+    if settings.http:
+        hosts.append(bind_host or split_address(settings.http)[0])
+    exposed = sorted({h for h in hosts if not _loopback(h)})
+    if not exposed or settings.auth_tokens or settings.curve is not None:
+        return None
+    return (
+        f"WARNING: node {settings.node_id} listens on {', '.join(exposed)} with no --auth-token-file "
+        "and no CURVE: anyone who reaches its ports can use and change everything (README: Security)"
+    )
+
+
 async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     """Run until SIGINT/SIGTERM (True) or until the disk fails under us (False)."""
     from syncfab.fabric.server.config import split_address
+    from syncfab.fabric.server.http_auth import server_tls_context
     from syncfab.fabric.server.runtime import NodeRuntime
     from syncfab.gateway.app import serve
     from syncfab.gateway.http_server import HttpServer
 
+    # A certificate that will not load stops the node before it binds anything.
+    tls = None
+    if settings.tls_cert and settings.tls_key:
+        try:
+            tls = server_tls_context(settings.tls_cert, settings.tls_key)
+        except OSError as e:  # ssl.SSLError is one
+            raise ConfigError(f"--tls-cert/--tls-key: {e}") from e
     runtime = NodeRuntime(settings, bind_host=bind_host)
     stop = asyncio.Event()
     runtime.on_fatal = stop.set
@@ -120,12 +189,12 @@ async def _serve(settings: NodeSettings, bind_host: str | None) -> bool:
     if settings.http:
         host, port = split_address(settings.http)
         gateway = serve(runtime)
-        await gateway.start(bind_host or host, port)
+        await gateway.start(bind_host or host, port, tls)
     _settle_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    http = f" http://{settings.http}" if settings.http else ""
+    http = f" {'https' if tls else 'http'}://{settings.http}" if settings.http else ""
     clients = f" (clients: tcp://{settings.advertised})" if settings.advertise else ""
     print(f"syncfab node {settings.node_id} ready: tcp://{settings.address}{clients}{http}", flush=True)
     await stop.wait()
@@ -169,6 +238,16 @@ def run_cluster(args: argparse.Namespace) -> int:
     ids = [f"n{i}" for i in range(1, n + 1)]
     peer_ports = {m: args.base_port + 100 * i for i, m in enumerate(ids)}
     http_ports = {m: args.http_base_port + 100 * i for i, m in enumerate(ids)}
+    token_settings(args)  # a token file that will not do stops the cluster before any node starts
+    tokens = [
+        arg
+        for flag, path in (
+            ("--auth-token-file", args.auth_token_file),
+            ("--metrics-token-file", args.metrics_token_file),
+        )
+        if path
+        for arg in (flag, os.path.abspath(path))
+    ]
     used = [p for m in ids for p in (peer_ports[m], peer_ports[m] + 1, http_ports[m])]
     if len(set(used)) != len(used):
         raise ConfigError("--base-port and --http-base-port give overlapping ports")
@@ -178,7 +257,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         host=args.host,
         peer_ports=peer_ports,
         http_ports=http_ports,
-        extra_args=["--fsync", args.fsync, "--shards", str(args.shards)],
+        extra_args=["--fsync", args.fsync, "--shards", str(args.shards), *tokens],
         log_to_files=False,
         log_level="info",
     )
@@ -207,10 +286,14 @@ def run_cluster(args: argparse.Namespace) -> int:
         pending = {m for m in pending if _get_json(cluster.url(m) + "/health", timeout_s=0.5) is None}
         time.sleep(0.1)
     if not stopping:
+        bearer = ""
+        if args.auth_token_file:
+            bearer = f' -H "Authorization: Bearer $(head -1 {os.path.abspath(args.auth_token_file)})"'
         for m in ids:
             print(f"{m}: {cluster.url(m)}  (data {os.path.join(args.data_dir, m)})", flush=True)
         print(
-            f"syncfab cluster of {n} up. Try: curl -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
+            f"syncfab cluster of {n} up. Try: "
+            f"curl{bearer} -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
             flush=True,
         )
         if pending:
@@ -242,17 +325,19 @@ def _dead(cluster: Any) -> str:
 # -- status --------------------------------------------------------------------------------
 
 
-def _get_json(url: str, timeout_s: float) -> Any:
+def _get_json(url: str, timeout_s: float, credentials: commands.Credentials | None = None) -> Any:
+    headers, tls = (credentials.headers(), credentials.tls()) if credentials else ({}, None)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s, context=tls) as response:
             return json.loads(response.read())
     except (OSError, urllib.error.URLError, ValueError):
         return None
 
 
-def show_status(http: str, raw: bool) -> int:
+def show_status(http: str, raw: bool, credentials: commands.Credentials) -> int:
     base = http if http.startswith("http") else f"http://{http}"
-    view = _get_json(base.rstrip("/") + "/cluster", timeout_s=3)
+    view = _get_json(base.rstrip("/") + "/cluster", timeout_s=3, credentials=credentials)
     if view is None:
         print(f"syncfab: no answer from {base}", file=sys.stderr)
         return 1

@@ -16,14 +16,18 @@ from syncfab.actors.cache_ops import CacheConfig
 from syncfab.actors.raft import RaftConfig
 from syncfab.fabric.core.addresses import pub_address
 from syncfab.fabric.core.node_config import NodeConfig
+from syncfab.fabric.server.curve import CurveKeyError, CurveKeys, node_curve_keys
+from syncfab.fabric.server.http_auth import TokenFileError, read_tokens
 
 __all__ = [
     "ConfigError",
     "NodeSettings",
     "add_node_arguments",
+    "add_token_arguments",
     "pub_address",
     "settings_from_args",
     "split_address",
+    "token_settings",
 ]
 
 
@@ -65,6 +69,11 @@ class NodeSettings:
     tick_ms: int = 10
     log_level: str = "info"
     advertise: str | None = None  # what native clients dial; None: this node's --peers entry
+    auth_tokens: tuple[bytes, ...] = ()  # the gateway's bearer tokens; none: no token asked
+    metrics_tokens: tuple[bytes, ...] = ()  # also accepted for /metrics, and only there
+    tls_cert: str | None = None  # the gateway serves HTTPS with this chain and key
+    tls_key: str | None = None
+    curve: CurveKeys | None = None  # CURVE on the fabric (fabric/server/curve.py); None: plain TCP
 
     @property
     def address(self) -> str:
@@ -93,12 +102,55 @@ _ENV = {
     "cache_bytes": "SYNCFAB_CACHE_BYTES",
     "cache_lease_ms": "SYNCFAB_CACHE_LEASE_MS",
     "cache_flush_ms": "SYNCFAB_CACHE_FLUSH_MS",
+    "auth_token_file": "SYNCFAB_AUTH_TOKEN_FILE",
+    "metrics_token_file": "SYNCFAB_METRICS_TOKEN_FILE",
+    "tls_cert": "SYNCFAB_TLS_CERT",
+    "tls_key": "SYNCFAB_TLS_KEY",
+    "curve_secret_key": "SYNCFAB_CURVE_SECRET_KEY",
+    "curve_accept": "SYNCFAB_CURVE_ACCEPT",
 }
 _CACHE = CacheConfig()
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gateway's tokens: ``syncfab node``'s and ``syncfab cluster``'s (for each of its nodes)."""
+    env = os.environ.get
+    parser.add_argument(
+        "--auth-token-file",
+        default=env(_ENV["auth_token_file"]),
+        help="every HTTP route but /health needs 'Authorization: Bearer <token>', a token from "
+        "this file, one a line (env SYNCFAB_AUTH_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--metrics-token-file",
+        default=env(_ENV["metrics_token_file"]),
+        help="read-only tokens accepted for /metrics only, one a line (env SYNCFAB_METRICS_TOKEN_FILE)",
+    )
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
+    add_token_arguments(parser)
+    parser.add_argument(
+        "--tls-cert",
+        default=env(_ENV["tls_cert"]),
+        help="serve the gateway over HTTPS with this PEM certificate chain (env SYNCFAB_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=env(_ENV["tls_key"]), help="its PEM private key (env SYNCFAB_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        default=env(_ENV["curve_secret_key"]),
+        help="run the fabric over CURVE with this secret key file (syncfab keygen; env "
+        "SYNCFAB_CURVE_SECRET_KEY); needs --curve-accept",
+    )
+    parser.add_argument(
+        "--curve-accept",
+        default=env(_ENV["curve_accept"]),
+        help="the public keys CURVE lets in: a directory of NAME.key.pub files or a file of "
+        "'NAME KEY' lines; a peer's own key is the one named after its id (env SYNCFAB_CURVE_ACCEPT)",
+    )
     parser.add_argument("--id", default=env(_ENV["id"]), help="this node's id (env SYNCFAB_ID)")
     parser.add_argument(
         "--peers",
@@ -199,6 +251,17 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         lease_ms=args.cache_lease_ms,
         flush_ms=args.cache_flush_ms,
     )
+    auth_tokens, metrics_tokens = token_settings(args)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    curve = None
+    if bool(args.curve_secret_key) != bool(args.curve_accept):
+        raise ConfigError("--curve-secret-key and --curve-accept go together")
+    if args.curve_secret_key:
+        try:
+            curve = node_curve_keys(args.curve_secret_key, args.curve_accept, args.id, list(peers))
+        except CurveKeyError as e:
+            raise ConfigError(str(e)) from e
     core = NodeConfig(
         shard_count=args.shards,
         raft=raft,
@@ -215,4 +278,22 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         core=core,
         log_level=args.log_level,
         advertise=args.advertise or None,
+        auth_tokens=auth_tokens,
+        metrics_tokens=metrics_tokens,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
+        curve=curve,
     )
+
+
+def token_settings(args: argparse.Namespace) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """(the gateway's tokens, its read-only metrics tokens), read from their files."""
+    try:
+        tokens = read_tokens(args.auth_token_file) if args.auth_token_file else ()
+        metrics = read_tokens(args.metrics_token_file) if args.metrics_token_file else ()
+    except TokenFileError as e:
+        raise ConfigError(str(e)) from e
+    if metrics and not tokens:
+        # A scraper's token on an open gateway would protect nothing.
+        raise ConfigError("--metrics-token-file needs --auth-token-file")
+    return tokens, metrics

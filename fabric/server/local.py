@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,8 @@ def port_free(host: str, port: int) -> bool:
 class LocalCluster:
     """Node processes n1..nN on ``host``. Ports are picked free unless given; ``extra_args``
     go to every node, then ``node_args`` to the one they are keyed by; ``log_to_files`` sends
-    each node's output to <data_dir>/<id>.log."""
+    each node's output to <data_dir>/<id>.log. ``http_token`` is what its own HTTP calls bear
+    (nodes run with --auth-token-file); ``tls_ca``, if set, the CA of nodes serving HTTPS."""
 
     size: int = 3
     data_dir: str | None = None
@@ -73,6 +75,8 @@ class LocalCluster:
     http_ports: dict[str, int] = field(default_factory=dict)
     log_to_files: bool = True
     log_level: str = "warning"
+    http_token: str | None = None
+    tls_ca: str | None = None
     ids: list[str] = field(init=False)
     procs: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
 
@@ -94,7 +98,7 @@ class LocalCluster:
         return f"{self.host}:{self.peer_ports[node]}"
 
     def url(self, node: str) -> str:
-        return f"http://{self.host}:{self.http_ports[node]}"
+        return f"{'https' if self.tls_ca else 'http'}://{self.host}:{self.http_ports[node]}"
 
     @property
     def addresses(self) -> list[str]:
@@ -176,7 +180,10 @@ class LocalCluster:
         return {n: p.pid for n, p in self.procs.items()}
 
     def get_json(self, node: str, path: str, timeout_s: float = 2.0) -> Any:
-        with urllib.request.urlopen(self.url(node) + path, timeout=timeout_s) as response:
+        headers = {"Authorization": f"Bearer {self.http_token}"} if self.http_token else {}
+        request = urllib.request.Request(self.url(node) + path, headers=headers)
+        tls = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+        with urllib.request.urlopen(request, timeout=timeout_s, context=tls) as response:
             return json.loads(response.read())
 
     def wait_ready(

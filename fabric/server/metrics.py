@@ -35,6 +35,16 @@ class NodeMetrics:
         self.bad_frames = Counter(
             "syncfab_bad_frames", "Frames on a ZeroMQ socket that were not our protocol", registry=r
         )
+        # A thread-safe Counter: the fabric's refusals are counted on the ZAP handler's thread.
+        self.auth_refused = Counter(
+            "syncfab_auth_refused",
+            "Connections and requests refused for want of credentials: via http (a 401 at the "
+            "gateway) or fabric (a CURVE handshake with a key this node does not accept)",
+            labelnames=["via"],
+            registry=r,
+        )
+        for via in ("http", "fabric"):
+            self.auth_refused.labels(via)  # both series from the start, at 0
         self.disk_write_seconds = Histogram(
             "syncfab_disk_write_seconds",
             "One group commit to the WAL: its append and fdatasync (no sync with fsync off)",

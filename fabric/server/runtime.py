@@ -46,6 +46,7 @@ from syncfab.fabric.core.codec import (
 from syncfab.fabric.core.node import LOCAL_ROUTE, Flush, NodeCore
 from syncfab.fabric.core.routing import wait_of
 from syncfab.fabric.server.config import ConfigError, NodeSettings
+from syncfab.fabric.server.curve import ZapHandler
 from syncfab.fabric.server.metrics import NodeMetrics
 from syncfab.fabric.server.transport import (
     PeerLinks,
@@ -112,6 +113,7 @@ class NodeRuntime:
         self._loop: asyncio.AbstractEventLoop
         self._ticker: asyncio.TimerHandle | None = None
         self.writer: DiskWriter
+        self._zap: ZapHandler | None = None  # with CURVE on: who answers the handshakes
         self.on_fatal: Callable[[], None] | None = None  # the process's way to stop
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -138,11 +140,26 @@ class NodeRuntime:
         )
         self.metrics.core_started()
         self._zmq, affinity = io_context(s.node_id, s.peers)
+        if s.curve is not None:
+            # Before any server binds: a handshake no handler answers would be let in.
+            self._zap = ZapHandler(
+                self._zmq, s.curve.accepted, self.metrics.auth_refused.labels("fabric").inc
+            )
+            self._zap.start()
         self.transport = Transport(
-            self._zmq, s.node_id, s.peers, epoch=self.epoch, bind_host=self.bind_host, affinity=affinity
+            self._zmq,
+            s.node_id,
+            s.peers,
+            epoch=self.epoch,
+            bind_host=self.bind_host,
+            affinity=affinity,
+            curve=s.curve,
         )
+        if self._zap is not None:
+            self._zap.watch(self.transport.router)
+            self._zap.watch(self.transport.pub)
         # The writer thread's own sockets: it sends what waited for its fsync (fabric/server/writer.py).
-        self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, affinity=affinity)
+        self._durable_links = PeerLinks(self._zmq, s.node_id, s.peers, affinity=affinity, curve=s.curve)
         self.writer = DiskWriter(
             self.store,
             self._loop,
@@ -155,12 +172,13 @@ class NodeRuntime:
         self._loop.add_reader(self.transport.sub.getsockopt(zmq.FD), self._sub_ready)
         self._tick()
         log.info(
-            "node %s up: router %s (clients: %s), %d groups, fsync %s",
+            "node %s up: router %s (clients: %s), %d groups, fsync %s, CURVE %s",
             s.node_id,
             s.address,
             s.advertised,
             len(self.core.groups),
             "on" if s.fsync else "off",
+            f"on ({len(s.curve.accepted)} keys accepted)" if s.curve else "off",
         )
 
     async def hand_over(self, timeout_s: float = HAND_OVER_MAX_S) -> int:
@@ -211,6 +229,8 @@ class NodeRuntime:
         self.transport.close()
         self.writer.stop()
         self._durable_links.close()  # the writer thread's: closed once it has ended
+        if self._zap is not None:
+            self._zap.stop()  # its socket is its thread's: closed there, before the context ends
         # The writer thread has ended: nothing else uses the context.
         if not end_context(self._zmq):
             log.warning("ZeroMQ's I/O threads still resolving a peer's name: left to the exit")

@@ -12,6 +12,9 @@
   broadcasts. Each publisher numbers its stream ``(epoch, seq)``, so a subscriber sees a gap
   (PUB drops when a subscriber is slow) and can resynchronise instead of trusting a silent hole.
 
+With CURVE on (fabric/server/curve.py) the ROUTER and PUB are CURVE servers and every DEALER
+and the SUB are CURVE clients of the peer they dial; off (the default) it is plain TCP.
+
 Every limit is a high-water mark: when a peer or a client cannot keep up, sends fail fast and
 are counted, never buffered without bound.
 
@@ -32,6 +35,7 @@ import zmq
 
 from syncfab.fabric.core.codec import PeerMessage, encode
 from syncfab.fabric.server.config import pub_address, split_address
+from syncfab.fabric.server.curve import CurveKeys, dial_curve, serve_curve
 
 
 class Publication(msgspec.Struct, frozen=True, tag="pub", array_like=True):
@@ -106,9 +110,11 @@ class Transport:
         bind_host: str | None = None,
         hwm_messages: int = 50_000,
         affinity: dict[str, int] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         """``affinity``: peer -> I/O thread mask for its connections (``io_context``); none
-        given, every socket may use any of the context's threads."""
+        given, every socket may use any of the context's threads. ``curve``: this node's keys,
+        to run every socket over CURVE (its context's ZAP handler started first)."""
         affinity = affinity or {}
         self.node_id = node_id
         self.epoch = epoch
@@ -125,15 +131,19 @@ class Transport:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, hwm_messages)
         self.router.setsockopt(zmq.SNDHWM, hwm_messages)
+        if curve is not None:
+            serve_curve(self.router, curve.secret)
         self.router.bind(f"tcp://{host}:{port}")
 
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.AFFINITY, BOUND_AFFINITY if affinity else 0)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, hwm_messages)
+        if curve is not None:
+            serve_curve(self.pub, curve.secret)
         self.pub.bind(f"tcp://{host}:{pub_port}")
 
-        self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages, affinity=affinity)
+        self.links = PeerLinks(ctx, node_id, peers, hwm_messages=hwm_messages, affinity=affinity, curve=curve)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, hwm_messages)
@@ -142,6 +152,8 @@ class Transport:
             if peer != node_id:
                 # The mask in force at connect() picks the thread of that connection.
                 self.sub.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
+                if curve is not None:  # like the mask: the server key in force at connect()
+                    dial_curve(self.sub, curve.public, curve.secret, curve.server_keys[peer])
                 self.sub.connect(f"tcp://{pub_address(address)}")
 
     def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
@@ -225,6 +237,7 @@ class PeerLinks:
         *,
         hwm_messages: int = 50_000,
         affinity: dict[str, int] | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         affinity = affinity or {}
         self.dropped = 0
@@ -242,6 +255,8 @@ class PeerLinks:
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.RECONNECT_IVL, 50)
             dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if curve is not None:
+                dial_curve(dealer, curve.public, curve.secret, curve.server_keys[peer])
             dealer.connect(f"tcp://{address}")
             self.dealers[peer] = dealer
 

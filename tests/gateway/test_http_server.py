@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from syncfab.fabric.server.http_auth import TokenCheck
 from syncfab.gateway.http_server import BODY_BYTES_MAX, HEADER_BYTES_MAX, URL_BYTES_MAX, HttpServer
 from syncfab.gateway.router import Request, Response, Router
 
@@ -44,6 +45,9 @@ class Harness:
     async def echo(self, request: Request) -> Response:
         body = {"name": request.match_info["name"], "body": request.body.decode(), "query": request.query}
         return Response(json.dumps(body).encode())
+
+    async def echo_health(self, request: Request) -> Response:
+        return Response(b'{"status": "ok"}')
 
     async def wait(self, request: Request) -> Response:
         await self.release.wait()
@@ -297,6 +301,40 @@ def test_stop_past_its_grace_cuts_a_request_off_and_the_gauge_still_returns_to_z
         assert await closed(reader)
         h.release.set()  # the handler finishes with nobody to answer
         await until(lambda: h.stats.in_progress == 0)
+        writer.close()
+
+    run(scenario)
+
+
+def test_tokens_are_asked_of_every_route_but_health_on_a_connection_that_lives_on() -> None:
+    async def scenario(h: Harness) -> None:
+        refused: list[int] = []
+        h.server.auth = TokenCheck((b"new", b"old"), (b"scrape",))
+        h.server.on_refused = lambda: refused.append(1)
+        h.server.router.add_get("/health", h.echo_health)
+        h.server.router.add_get("/metrics", h.echo_health)
+        reader, writer = await h.connect()
+        asks = [
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\n", 401),
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n", 401),
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: Basic bmV3\r\n\r\n", 401),
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer scrape\r\n\r\n", 401),
+            (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 401),  # not 404: no token, no routes shown
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: bearer old\r\n\r\n", 200),
+            (b"GET /echo/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer new\r\n\r\n", 200),
+            (b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer scrape\r\n\r\n", 200),
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        ]
+        for raw, expected in asks:
+            writer.write(raw)
+            status, headers, body = await read_response(reader)
+            assert status == expected, raw
+            if status == 401:
+                assert headers["www-authenticate"] == 'Bearer realm="syncfab"'
+                assert json.loads(body)["error"] == "unauthorized"
+        assert len(refused) == 5
+        assert h.stats.recorded[0] == ("/echo/{name}", "GET", 401)  # counted under its route
+        assert h.stats.recorded[4] == ("unmatched", "GET", 401)
         writer.close()
 
     run(scenario)
