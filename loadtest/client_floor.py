@@ -33,7 +33,16 @@ from syncfab.actors.lock_ops import Acquire, LockBatch, Release, Renew
 from syncfab.actors.queue_ops import Produce, ProduceBatch
 from syncfab.actors.results import Answers, Err, Ok
 from syncfab.fabric.client import AsyncClient
-from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, Requests, encode
+from syncfab.fabric.core.codec import (
+    ClusterInfo,
+    OnShard,
+    Replies,
+    Reply,
+    Request,
+    Requests,
+    encode,
+    frame_of,
+)
 
 NODES = ("n1", "n2", "n3")
 SHARDS = 8
@@ -100,16 +109,8 @@ def _stand_in(index: int, addresses: list[str]) -> None:
         msg = _decode_inbound(frame)
         requests = [msg] if isinstance(msg, Request) else [_decode_request(bytes(r)) for r in msg.items]
         replies = [Reply(r.id, _answer(r.op, view, counter), None) for r in requests]
-        out = replies[0] if len(replies) == 1 else _replies_frame(replies)
-        sock.send_multipart([identity, encode(out)])
-
-
-class _Replies(msgspec.Struct, frozen=True, tag="rps", array_like=True):
-    items: list[Reply]
-
-
-def _replies_frame(replies: list[Reply]) -> _Replies:
-    return _Replies(replies)
+        out = encode(replies[0]) if len(replies) == 1 else frame_of(Replies, [encode(r) for r in replies])
+        sock.send_multipart([identity, out])
 
 
 async def _run_client(

@@ -181,9 +181,9 @@ def run(args: argparse.Namespace, profile: cProfile.Profile | None = None) -> di
     clients.start()
     warm, total = args.warmup_ops, args.warmup_ops + args.ops
     rounds = 0
-    cpu_start_s, counts_start = 0.0, Counter()
+    cpu_start_s, counts_start, ops_start = 0.0, Counter[str](), None
     while clients.ops < total:
-        if clients.ops >= warm and not cpu_start_s:
+        if clients.ops >= warm and ops_start is None:
             cpu_start_s, counts_start = time.process_time(), Counter(cluster.counts)
             ops_start = clients.ops
             if profile is not None:
@@ -195,6 +195,7 @@ def run(args: argparse.Namespace, profile: cProfile.Profile | None = None) -> di
     if profile is not None:
         profile.disable()
     cpu_s = time.process_time() - cpu_start_s
+    assert ops_start is not None
     ops = clients.ops - ops_start
     counts = cluster.counts - counts_start
     return {

@@ -249,6 +249,7 @@ class ClientCore:
             self._outbox[node] = [call.raw]
         else:
             out.append(call.raw)
+        # _timer's attempt case, inline (every call passes here): an attempt started now.
         self._timers.add(
             now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token, now_ms, call.deadline_ms
         )
