@@ -231,6 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="failover: leader kills, alternating control and shard leaders"
     )
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=failover.ATTEMPT_TIMEOUT_S,
+        help="failover: seconds the writers' client waits for a node before asking another",
+    )
     parser.add_argument("--zipf", type=float, default=0.99, help="cache: Zipf exponent of key popularity")
     parser.add_argument("--value-bytes", type=int, default=100, help="cache: bytes per value")
     parser.add_argument(
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.keys is None:
         args.keys = 100_000 if cache else 10_000
     if args.workload == "failover":
-        report = failover.run(args.rounds, args.fsync, args.nodes, args.shards)
+        report = failover.run(args.rounds, args.fsync, args.nodes, args.shards, args.attempt_timeout)
         print(f"failover: {report['summary']}")
     elif cache:
         report = cache_trace.run(args)

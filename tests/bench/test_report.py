@@ -54,6 +54,7 @@ def test_quick_report_writes_its_tables_and_plots(tmp_path: Path) -> None:
     for r in gathered["failover"]["rounds"]:
         assert r["led_shards"], r  # every kill took down a node that led shards
         assert r["recovery_s"] is not None and r["recovery_s"] > 0, r
+        assert set(r["shard_elected_s"]) == {str(s) for s in r["led_shards"]}, r
     assert all(r["per_s"] > 0 for r in gathered["runs"])
     assert all(r["usage"]["load_start"] >= 0 and r["usage"]["wall_s"] > 0 for r in gathered["runs"])
     # drawn again from report.json, with nothing run
