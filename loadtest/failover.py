@@ -191,6 +191,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     recoveries = [r["recovery_s"] for r in results if r["recovery_s"] is not None]
     per_shard = [t for r in results for t in r["shard_recovery_s"].values()]
     shard_elections = [t for r in results for t in r["shard_elected_s"].values()]
+    # what the client adds: from a survivor naming the shard's leader to its first write there
+    client_lags = [
+        r["shard_recovery_s"][s] - t
+        for r in results
+        for s, t in r["shard_elected_s"].items()
+        if s in r["shard_recovery_s"]
+    ]
     elections = [r["election_s"] for r in results if r["election_s"] is not None]
     summary: dict[str, Any] = {
         "rounds": len(results),
@@ -202,6 +209,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         ("recovery", recoveries),
         ("each_shard_recovery", per_shard),
         ("each_shard_elected", shard_elections),
+        ("client_lag", client_lags),
         ("election", elections),
     ):
         summary[f"{name}_median_s"] = round(statistics.median(values), 3) if values else None

@@ -168,6 +168,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             command = bench_args(w, nodes, args, out)
             result, used = run_one(command, out, out[: -len(".json")] + ".log", args.run_timeout)
             row: dict[str, Any] = {"workload": w.name, "nodes": nodes, "usage": used}
+            row["command"] = " ".join(["python", *command[1:]]).replace(out, "<result.json>")
             row.update({"failed": result["failed"]} if "failed" in result else figure(w, result))
             gathered["runs"].append(row)
             shown = row.get("failed") or f"{row['per_s']:,} {w.unit}, p99 {row['p99_ms']} ms"
@@ -183,6 +184,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         timeout_s = args.run_timeout + 30 * args.failover_rounds
         result, used = run_one(command, out, os.path.join(raw_dir, "failover.log"), timeout_s)
         gathered["failover"] = {**result, "usage": used}
+        gathered["failover"]["command"] = " ".join(["python", *command[1:]]).replace(out, "<result.json>")
         summary = result.get("summary", result.get("failed"))
         print(f"     failover: {summary}", flush=True)
     gathered["total_s"] = round(time.monotonic() - started)

@@ -18,6 +18,10 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
 
 
+def _took(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+
+
 def _nodes(n: int) -> str:
     return f"{n} node{'s' * (n > 1)}"
 
@@ -30,7 +34,7 @@ def _machine_section(g: dict[str, Any]) -> list[str]:
     lines = [
         f"Measured on {m['cores']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}, on {m['date_utc']} at commit `{m['commit']}`, by "
-        f"`{g['command']}` ({g.get('total_s', 0) / 60:.0f} minutes; the runs' own JSON results were in "
+        f"`{g['command']}` ({_took(g.get('total_s', 0))}; the runs' own JSON results were in "
         f"`{g['raw_results']}`).",
         "",
     ]
@@ -131,9 +135,11 @@ def _failover_section(g: dict[str, Any]) -> list[str]:
         f"| the same, shard-leader kills | {_s(sm['shard_recovery_median_s'])} | "
         f"{_s(sm['shard_recovery_max_s'])} | |",
         f"| one shard writable again (each led shard of each kill) | "
-        f"{_s(sm['each_shard_recovery_median_s'])} | {_s(sm['each_shard_recovery_max_s'])} | |",
+        f"{_s(sm.get('each_shard_recovery_median_s'))} | {_s(sm.get('each_shard_recovery_max_s'))} | |",
         f"| a survivor names the shard's new leader (each led shard of each kill) | "
-        f"{_s(sm['each_shard_elected_median_s'])} | {_s(sm['each_shard_elected_max_s'])} | |",
+        f"{_s(sm.get('each_shard_elected_median_s'))} | {_s(sm.get('each_shard_elected_max_s'))} | |",
+        f"| from that to the shard's first write (the client's part) | "
+        f"{_s(sm.get('client_lag_median_s'))} | {_s(sm.get('client_lag_max_s'))} | |",
         f"| new control leader named (control kills) | {_s(sm['election_median_s'])} | "
         f"{_s(sm['election_max_s'])} | |",
         "",
@@ -158,7 +164,7 @@ def _failover_section(g: dict[str, Any]) -> list[str]:
     for r in f["rounds"]:
         lines.append(
             f"| {r['round']} | {r['kind']} leader | {r['victim']} | {', '.join(map(str, r['led_shards']))} | "
-            f"{_s(r['recovery_s'])} | {_s(max(r['shard_elected_s'].values(), default=None))} | "
+            f"{_s(r['recovery_s'])} | {_s(max(r.get('shard_elected_s', {}).values(), default=None))} | "
             f"{_s(r['election_s'])} | {_s(r['max_write_stall_s'])} |"
         )
     lines.append("")
@@ -226,6 +232,13 @@ def write(g: dict[str, Any], out_dir: str, by_name: dict[str, Any]) -> str:
         "```sh",
         "pip install -e '.[report]'",
         g["command"],
+        "```",
+        "",
+        "Each run was one of these (`--out` named its JSON result):",
+        "",
+        "```sh",
+        *[r["command"] for r in g["runs"] if "command" in r],
+        *([g["failover"]["command"]] if g.get("failover") and "command" in g["failover"] else []),
         "```",
         "",
         f"Machine: {machine.describe(meta)}.",
