@@ -11,12 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from loadtest import machine
 
 NODE_COLORS = {1: "#8da0cb", 3: "#fc8d62", 5: "#66c2a5"}
 QUANTILE_COLORS = {"p50_ms": "#a6cee3", "p95_ms": "#1f78b4", "p99_ms": "#08306b"}
 DPI = 110
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1, on log axes
 
 
 def _color(nodes: int) -> str:
@@ -39,7 +41,7 @@ def _footer(fig: Figure, meta: dict[str, Any], note: str) -> None:
     fig.text(0.01, 0.005, machine.describe(meta) + "\n" + note, fontsize=7, va="bottom", ha="left", wrap=True)
 
 
-def _load_table(ax: Any, runs: list[dict[str, Any]], labels: dict[str, str], node_counts: list[int]) -> None:
+def _load_table(ax: Any, runs: list[dict[str, Any]], node_counts: list[int]) -> None:
     """Under a figure: load average start→end of every run, a row per cluster size."""
     workloads = list(dict.fromkeys(r["workload"] for r in runs))
     cells = []
@@ -47,7 +49,7 @@ def _load_table(ax: Any, runs: list[dict[str, Any]], labels: dict[str, str], nod
         row = []
         for w in workloads:
             run = next((r for r in runs if r["workload"] == w and r["nodes"] == n), None)
-            row.append(_load(run["usage"]) if run else "")
+            row.append(f"{_load(run['usage'])} | {run['usage']['others_cores']:.1f}" if run else "")
         cells.append(row)
     ax.axis("off")
     table = ax.table(
@@ -61,7 +63,9 @@ def _load_table(ax: Any, runs: list[dict[str, Any]], labels: dict[str, str], nod
     table.set_fontsize(6.5)
     table.scale(1, 1.25)
     ax.set_title(
-        "1-minute load average at the start → end of each run (2 cores shared with others)", fontsize=8
+        "each run: 1-minute load average at its start → end | cores used meanwhile by other processes "
+        "(the machine is shared)",
+        fontsize=8,
     )
 
 
@@ -84,13 +88,14 @@ def throughput(runs: list[dict[str, Any]], meta: dict[str, Any], labels: dict[st
         for bar, y in zip(bars, ys, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, y * 1.05, _short(y), ha="center", fontsize=6.5)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PLAIN)
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels([labels[w].replace(", ", ",\n", 1) for w in workloads], fontsize=7.5)
     ax.set_ylabel("operations (or messages) per second, log scale")
     ax.set_title("syncfab throughput by cluster size (fsync on, 8 shards, closed-loop clients)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.3)
-    _load_table(fig.add_axes((0.12, 0.1, 0.86, 0.12)), runs, labels, node_counts)
+    _load_table(fig.add_axes((0.12, 0.1, 0.86, 0.12)), runs, node_counts)
     _footer(fig, meta, "clients and nodes share the same cores; see loadtest/REPORT.md")
     fig.savefig(path)
     plt.close(fig)
@@ -117,6 +122,8 @@ def latency(runs: list[dict[str, Any]], meta: dict[str, Any], labels: dict[str, 
                 ax.bar(x, run[q], 0.25, color=color, label=q[:3] if i == 0 else None)
                 ax.text(x, run[q] * 1.04, f"{run[q]:.3g}", ha="center", fontsize=6)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(PLAIN)
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(range(len(node_counts)))
         ax.set_xticklabels([f"{n} node{'s' * (n > 1)}" for n in node_counts], fontsize=7.5)
         ax.set_title(labels[w], fontsize=9)
@@ -126,7 +133,7 @@ def latency(runs: list[dict[str, Any]], meta: dict[str, Any], labels: dict[str, 
         if k == 0:
             ax.legend(fontsize=7)
     fig.suptitle("latency percentiles per call (a batch is one call), log scale", fontsize=11)
-    _load_table(fig.add_axes((0.12, 0.07, 0.86, top - 0.12)), runs, labels, node_counts)
+    _load_table(fig.add_axes((0.12, 0.07, 0.86, top - 0.12)), runs, node_counts)
     _footer(fig, meta, "p50/p95/p99 of calls in the measured window")
     fig.savefig(path)
     plt.close(fig)
@@ -193,6 +200,7 @@ def failover_trace(trace: dict[str, Any], failover: dict[str, Any], meta: dict[s
     if trace.get("recovery_s") is not None:
         ax.plot([], [], color="#d7301f", ls="--", lw=1, label="every led shard writable again")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PLAIN)
     ax.set_ylabel("write latency, ms (log)")
     ax.tick_params(labelbottom=False)
     ax.set_title(
