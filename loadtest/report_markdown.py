@@ -40,14 +40,14 @@ def _machine_section(g: dict[str, Any]) -> list[str]:
     ]
     if loads:
         lines += [
-            f"**The machine was shared.** Every node, client and load generator of a run shares the same "
-            f"{m['cores']} cores, and other work ran beside the benchmarks: the 1-minute load average "
-            f"went from {min(loads):.1f} to {max(loads):.1f} over the runs, and processes other than the "
-            f"benchmark's used {min(others):.2f} to {max(others):.2f} cores during them "
-            "(the column *others*: "
-            "the machine's busy CPU time from /proc/stat less the CPU time of the benchmark's processes, "
-            "over the run's wall time; approximate). Figures from a busier run are lower than the code "
-            "can do; compare rows with their load beside them.",
+            f"**The machine is shared**, and every node, client and load generator of a run shares its "
+            f"{m['cores']} cores. The 1-minute load average went from {min(loads):.1f} to {max(loads):.1f} "
+            "over the runs; it counts the benchmark's own runnable threads too (a run's nodes and clients "
+            "want more than the cores), so it is high even when nothing else runs. What else ran is the "
+            f"column *others*: {min(others):.2f} to {max(others):.2f} cores during the runs (the machine's "
+            "busy CPU time from /proc/stat less the CPU time of the benchmark's processes, over the run's "
+            "wall time; approximate). A run beside other work gives lower figures than the code can; "
+            "compare rows with their *others* beside them.",
             "",
         ]
     return lines
