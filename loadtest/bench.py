@@ -253,7 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="produce/consume: messages per call")
     parser.add_argument("--queue", default="bench")
     parser.add_argument("--prefill", type=int, default=200_000, help="consume: messages produced first")
-    parser.add_argument("--rounds", type=int, default=3, help="failover: leader kills")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="failover: leader kills, alternating control and shard leaders"
+    )
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=failover.ATTEMPT_TIMEOUT_S,
+        help="failover: seconds the writers' client waits for a node before asking another",
+    )
     parser.add_argument("--zipf", type=float, default=0.99, help="cache: Zipf exponent of key popularity")
     parser.add_argument("--value-bytes", type=int, default=100, help="cache: bytes per value")
     parser.add_argument(
@@ -291,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.keys is None:
         args.keys = 100_000 if cache else 10_000
     if args.workload == "failover":
-        report = failover.run(args.rounds, args.fsync)
+        report = failover.run(args.rounds, args.fsync, args.nodes, args.shards, args.attempt_timeout)
+        print(f"failover: {report['summary']}")
     elif cache:
         report = cache_trace.run(args)
         cache_trace.print_report(report)

@@ -663,6 +663,12 @@ def _report(
             "p99_ms": round(percentile(values, 0.99) * 1e3, 2),
         }
     report["total_per_s"] = round(total / args.seconds)
+    every = sorted(v for values in by_kind.values() for v in values)
+    report["all_ops"] = {
+        "p50_ms": round(percentile(every, 0.50) * 1e3, 2),
+        "p95_ms": round(percentile(every, 0.95) * 1e3, 2),
+        "p99_ms": round(percentile(every, 0.99) * 1e3, 2),
+    }
 
     def rates(s: dict[str, int]) -> dict[str, Any]:
         reads = s["reads"]

@@ -2,7 +2,7 @@
 ``python -m loadtest.http_bench`` (``--systems syncfab`` where etcd is not installed;
 Debian: ``apt-get install etcd-server wrk``).
 
-Starts a 3-node syncfab cluster (fsync on) and a 3-member etcd cluster (which fsyncs every
+Starts a syncfab cluster of ``--nodes`` (3) nodes (fsync on) and a 3-member etcd cluster (which fsyncs every
 commit), both on loopback for the whole run, then runs each workload on each system in turn,
 ``--rounds`` times, alternating which goes first (this machine's speed drifts within minutes):
 - ``kv-wrk``: KV puts from wrk, ``--connections`` (64) spread over the 3 members, one wrk
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=64, help="wrk: connections over the members")
     parser.add_argument("--workers", type=int, default=64, help="aiohttp: concurrent loops")
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--nodes", type=int, default=3, help="syncfab's cluster size")
     parser.add_argument("--out", help="JSON result path")
     args = parser.parse_args(argv)
     systems = args.systems.split(",")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     clusters: dict[str, Any] = {}
     try:
         if "syncfab" in systems:
-            sf = LocalCluster(size=3, extra_args=["--fsync", "on", "--shards", str(args.shards)])
+            sf = LocalCluster(size=args.nodes, extra_args=["--fsync", "on", "--shards", str(args.shards)])
             sf.start()
             sf.wait_ready(balanced=True)
             clusters["syncfab"] = (sf, [sf.url(n) for n in sf.ids])
