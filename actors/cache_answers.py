@@ -4,7 +4,9 @@ their requests so that each is answered once.
 A write served on the node (a write_back write to a line it owns) is in no Raft session table,
 so the near cache keeps its own: a retry of a request gets the answer it had; one still being
 served is dropped (the first one's answer comes); one below the client's acknowledged floor is
-refused. Reads are not remembered: a retried read is simply read again.
+refused. Reads are not remembered: a retried read is simply read again. A write_back write
+this node sent home is remembered too: a retry of it goes home again, never onto a line the
+node came to own since (the home's log may hold it, or will, and applies it once).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from syncfab.actors.messages import Grant
 from syncfab.actors.results import Err, Ok, Result
 
 ANSWERS_MAX = 4096  # writes' answers kept for a client's retry of the same request
+FORWARDED_MAX = 4096  # write_back writes sent home, remembered so a retry is not applied here
 CLIENTS_MAX = 10_000  # clients whose acknowledged floor is remembered
 
 
@@ -28,6 +31,7 @@ class ClientRequests:
         self._answered: OrderedDict[tuple[str, int], Result] = OrderedDict()
         self._serving: set[tuple[str, int]] = set()
         self._floors: OrderedDict[str, int] = OrderedDict()  # client -> lowest id it still awaits
+        self._forwarded: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def earlier(self, client: str, request_id: int, acked: int) -> Result | None:
         """The answer a request already has — what it was answered, or that it was acknowledged
@@ -51,6 +55,15 @@ class ClientRequests:
             return False
         self._serving.add((client, request_id))
         return True
+
+    def forward(self, client: str, request_id: int) -> None:
+        """A write_back write goes home: none of its retries may be applied on this node."""
+        self._forwarded[(client, request_id)] = None
+        if len(self._forwarded) > FORWARDED_MAX:
+            self._forwarded.popitem(last=False)
+
+    def forwarded(self, client: str, request_id: int) -> bool:
+        return (client, request_id) in self._forwarded
 
     def answered(self, client: str, request_id: int, result: Result, *, keep: bool) -> None:
         """The request is answered; ``keep`` it (unless it failed) for a retry to get."""

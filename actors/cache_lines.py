@@ -65,6 +65,7 @@ class Line:
     grant_seq: int  # the stream seq of the grant that made this line
     may_dirty: bool = False  # E may turn M without asking
     pending: int = 0  # a write-back of this version is on its way home
+    pending_ms: int = 0  # since when (a flush's)
     releasing: bool = False  # on its way out (evicted or recalled while dirty): not served
     size: int = 0
 

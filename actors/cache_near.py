@@ -187,6 +187,10 @@ class NearCache:
             and (line.state == MODIFIED or (line.state == EXCLUSIVE and line.may_dirty))
             and line.version % VERSION_STEP < VERSION_STEP - 1
             and self.sessions[line.shard].lease_until_ms > now_ms
+            and not self._requests.forwarded(caller[4], caller[1])
+            # A flush unconfirmed for a flush period means the home may not hear us: what we
+            # wrote here would be lost with the lease. Such writes go home (and wait there).
+            and (not line.pending or now_ms - line.pending_ms <= self.config.flush_ms)
         ):
             # The owner's write: nobody else holds the line, memory learns it on write-back.
             line.state = step(line.state, "write")
@@ -199,6 +203,8 @@ class NearCache:
             self._answer(caller, Ok(CacheWritten(op.key, line.version, MODIFIED)))
             return
         self.counters["remote_writes"] += 1
+        if op.policy == WRITE_BACK:
+            self._requests.forward(caller[4], caller[1])
         self._start(op.key, WRITE, lambda i: CacheWriteReq(i, msgspec.Raw(caller[3])), caller, now_ms)
 
     def _start(self, key: str, kind: str, message: Any, caller: Caller | None, now_ms: int) -> None:
@@ -500,7 +506,7 @@ class NearCache:
             line = self.lines.get(key)
             if line is None or not line.dirty or line.releasing or key in self.returning:
                 continue
-            line.pending = line.version
+            line.pending, line.pending_ms = line.version, now_ms
             item = _item(line, release=False)
             self.returning[key] = (line.shard, CacheWriteBackReq([item]), now_ms)
             due.setdefault(line.shard, []).append(item)

@@ -14,7 +14,9 @@ What it decides:
   id still awaited): a retry is the same bytes, so a replica applies it once.
 - **Routing.** ``routing.group_for`` names the op's group; the call goes to that group's leader
   as the last reply named it, else to any node. A call pinned to a node (a cache op, served by
-  that node's own cache) goes there, and elsewhere only once it has been silent twice.
+  that node's own cache) goes there, and elsewhere only once it has been silent twice; a
+  write_back cache write never leaves it (that node may apply it locally, and nobody else
+  could tell a second node's application of it from a new write).
 - **Retries, one policy.** An attempt that times out goes to another node at once; a retryable
   error goes to the named leader (or, ``busy``, the same node) after a backoff with full jitter
   growing from ``backoff_ms_min`` to ``backoff_ms_max``, until the call's deadline (its
@@ -38,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from syncfab.actors.cache_ops import WRITE_BACK, CacheWrite
 from syncfab.actors.lock_ops import Acquire, LockBatch, Release
 from syncfab.actors.machine import BATCH_OPS_MAX
 from syncfab.actors.queue_ops import BATCH_MAX, Produce, ProduceBatch, Produced, check_message, check_queue
@@ -99,6 +102,7 @@ class _Call:
     last: Err | None = None  # the latest retryable answer: what a call out of tries returns
     locks: list[tuple[int, Acquire | Release, int | None]] | None = None  # a LockBatch's callers
     produces: list[int] | None = None  # a ProduceBatch's callers' handles, in order
+    stays: bool = False  # every attempt goes to the pinned node
 
 
 # What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
@@ -234,6 +238,7 @@ class ClientCore:
         call = _Call(
             handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, locks=locks, produces=produces
         )
+        call.stays = pinned is not None and type(op) is CacheWrite and op.policy == WRITE_BACK
         self._calls[rid] = call
         if handle is not None and handle != rid:
             self._of_handle[handle] = rid
@@ -301,7 +306,7 @@ class ClientCore:
             if target == tried and call.pinned is None and call.last is not None and call.last.code != "busy":
                 target = self._other(tried)
             self._send(call, target, now_ms)
-        elif call.pinned is not None and call.attempt == 1:
+        elif call.pinned is not None and (call.attempt == 1 or call.stays):
             self._send(call, call.pinned, now_ms)  # its own node twice, then the others
         else:
             self._send(call, self._other(call.node), now_ms)

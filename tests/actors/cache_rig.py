@@ -69,11 +69,14 @@ class Rig:
 
     # -- driving --------------------------------------------------------------------------
 
-    def ask(self, node: str, op: Any, client: str = "client") -> int:
-        self._next_id += 1
-        raw = encode(Request(client, self._next_id, self._next_id, op))
-        self.nears[node].on_client(ROUTE, client, self._next_id, self._next_id, op, raw, self.now)
-        return self._next_id
+    def ask(self, node: str, op: Any, client: str = "client", again: int | None = None) -> int:
+        """Send ``op`` to ``node``'s cache; ``again``: as a retry of that request id."""
+        if again is None:
+            self._next_id += 1
+        rid = self._next_id if again is None else again
+        raw = encode(Request(client, rid, rid, op))
+        self.nears[node].on_client(ROUTE, client, rid, rid, op, raw, self.now)
+        return rid
 
     def read(self, node: str, key: str) -> Result:
         return self.settled(self.ask(node, CacheRead(key)))

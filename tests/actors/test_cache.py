@@ -175,6 +175,46 @@ def test_write_back_writes_are_local_once_the_line_is_owned() -> None:
 # -- races ------------------------------------------------------------------------------
 
 
+def test_a_retry_of_a_write_back_write_sent_home_is_not_applied_on_a_line_owned_since() -> None:
+    # Seed 110 of the simulation, in small: a write_back write that went home is retried after
+    # its node came to own the line. Applied there too, it would be applied twice (the second
+    # time over whatever was written in between); sent home again, the session table answers it.
+    rig = Rig()
+    rig.hold("n2", down=False, up=True)  # n2's request waits on its way home...
+    op = msgspec_write("k", "w", WRITE_BACK)
+    rid = rig.ask("n2", op)
+    rig.tick(rig.config.op_deadline_ms)  # ...until n2 gives up on it
+    assert rig.answers[rid] == Err("unavailable", "the home of 'k' did not answer")
+    rig.release("n2")  # then it arrives and commits: n2 owns the line, M
+    version = rig.memory("k")[1]
+    assert rig.memory("k")[0] == "w" and rig.line("n2", "k") == MODIFIED
+    rig.settled(rig.ask("n2", CacheRead("other"), client="reader"))  # and has a live lease
+    local = rig.nears["n2"].counters["local_writes"]
+    del rig.answers[rid]
+    again = rig.settled(rig.ask("n2", op, again=rid)).value  # the client's retry
+    assert again.version == version and rig.memory("k") == ("w", version)
+    assert rig.nears["n2"].counters["local_writes"] == local
+
+
+def test_an_owner_whose_flush_goes_unconfirmed_stops_writing_locally() -> None:
+    # Cut off from its home, an owner's local writes would be lost with its lease (a read
+    # elsewhere then sees memory's older value): once a flush has waited a flush period, its
+    # writes go home instead, so at most ~2 flush periods of them are at risk, as with a crash.
+    rig = Rig()
+    rig.write("n2", "k", 1, policy=WRITE_BACK)
+    assert rig.write("n2", "k", 2, policy=WRITE_BACK).value.state == MODIFIED  # local
+    near = rig.nears["n2"]
+    local = near.counters["local_writes"]
+    rig.hold("n2", down=True, up=True)
+    rig.tick(2 * rig.config.flush_ms + 20)  # the flush went, and nothing came back
+    assert rig.nears["n2"].lines.get("k").pending
+    rid = rig.ask("n2", msgspec_write("k", 3, WRITE_BACK))
+    rig.run()
+    assert rid not in rig.answers and near.counters["local_writes"] == local  # it went home
+    rig.release("n2")
+    assert rig.settled(rid).value.version > 2000 and rig.memory("k")[0] == 3
+
+
 def test_a_flush_crossing_a_recall_is_not_taken_for_its_answer() -> None:
     rig = Rig()
     rig.write("n2", "k", 1, policy=WRITE_BACK)

@@ -16,9 +16,11 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import pytest
 
@@ -110,6 +112,20 @@ def _copy_logs(c: ChaosCluster, name: str) -> str:
 
 
 BUDGET_S = MINUTES * 60 / len(NEMESES)  # each nemesis's share of a long run
+ROUND_SLACK_S = 150.0  # a round longer than its fault and this has hung: fail it, showing where
+
+
+async def _bounded(round_: Coroutine[Any, Any, RoundResult], timeout_s: float) -> RoundResult:
+    """The round, or (past ``timeout_s``) every task's stack printed and TimeoutError."""
+    task = asyncio.ensure_future(round_)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        for t in asyncio.all_tasks():
+            if t is not asyncio.current_task():
+                t.print_stack(limit=8, file=sys.stdout)
+        task.cancel()
+        raise TimeoutError(f"the round ran past {timeout_s:.0f} s")
+    return task.result()
 
 
 @pytest.mark.timeout(BUDGET_S + 240)
@@ -127,7 +143,7 @@ def test_history_stays_valid_under(chaos_cluster: ChaosCluster, nemesis: Nemesis
         fault_s = FAULT_S if not MINUTES else random.Random(seed).uniform(*FAULT_S_LONG)
         tag = f"{nemesis.name}-{rounds}-{seed}"
         try:
-            result = asyncio.run(run_round(c, nemesis, seed, fault_s, tag))
+            result = asyncio.run(_bounded(run_round(c, nemesis, seed, fault_s, tag), fault_s + ROUND_SLACK_S))
         except BaseException:
             logs = _copy_logs(c, f"{nemesis.name}-seed{seed}-{int(time.time())}-logs")
             print(f"round failed to run: SYNCFAB_CHAOS_SEED={SEED} {nemesis.name} round {rounds} seed {seed}")

@@ -36,9 +36,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from syncfab.actors.cache_ops import CacheRead
+from syncfab.actors.cache_ops import CacheRead, CacheWrite
 from syncfab.actors.kv import Get, Put
 from syncfab.actors.lock_ops import Acquire, LockBatch, Release
 from syncfab.actors.queue_ops import Produce, ProduceBatch
@@ -65,6 +66,8 @@ def describe_op(op: Any) -> str:
             return f"produce to shard {s} of {q}: " + ", ".join(str(m.data) for m in ms)
         case CacheRead(key=k):
             return f"cache_read {k}"
+        case CacheWrite(key=k, policy=p):
+            return f"cache_write {k} {p}"
     return type(op).__name__
 
 
@@ -164,6 +167,8 @@ class Rig:
             return Produce(rest[0], rest[1], rest[2] if len(rest) > 2 else None)
         if kind == "cache_read":
             return CacheRead(rest[0])
+        if kind == "cache_write":  # cache_write <key> <value> <policy>
+            return CacheWrite(rest[0], msgspec.Raw(msgspec.msgpack.encode(rest[1])), rest[2])
         raise ValueError(f"unknown op {kind!r}")
 
 

@@ -135,7 +135,7 @@ class CacheClient(RpcClient):
         self.current = _Op(kind, key, value, sim.now)
         self.stats[kind] += 1
         # Served by its own node's cache: the core asks there twice, then the others (every
-        # node's cache is coherent; a local write_back write asked again is not applied twice).
+        # node's cache is coherent); a write_back write only ever there (ClientCore keeps it).
         self.call(op, self._answered, deadline, node=self.home_node)
 
     def observe_reply(self, reply: Reply) -> None:
