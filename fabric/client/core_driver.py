@@ -6,7 +6,8 @@ inbox; each gives its ``send``, and feeds the core what comes back, then calls `
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from syncfab.actors.results import Result
 from syncfab.fabric.core.client_core import ClientCore
@@ -27,13 +28,18 @@ class CoreDriver:
     def now_ms(self) -> int:
         return int(self.loop.time() * 1000)
 
-    async def wait(self, handle: int) -> Result:
-        """The call's result; its request leaves with this loop iteration's others."""
+    def wait(self, handle: int) -> Coroutine[Any, Any, Result]:
+        """The call's result; its request leaves with this loop iteration's others. Its future
+        is registered now, not when the coroutine first runs: gathered calls run later, and a
+        settle() in between (a reply drained for another call) would drop their answers."""
         fut: asyncio.Future[Result] = self.loop.create_future()
         self._futures[handle] = fut
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+        return self._result(handle, fut)
+
+    async def _result(self, handle: int, fut: asyncio.Future[Result]) -> Result:
         try:
             return await fut
         except asyncio.CancelledError:
