@@ -25,6 +25,7 @@ from syncfab.fabric.server.config import (
     ConfigError,
     NodeSettings,
     add_node_arguments,
+    add_tls_arguments,
     add_token_arguments,
     settings_from_args,
     token_settings,
@@ -71,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--fsync", choices=["on", "off"], default="on")
     cluster.add_argument("--shards", type=int, default=8)
     add_token_arguments(cluster)
+    add_tls_arguments(cluster)
+    cluster.add_argument(
+        "--curve-dir",
+        help="run the fabric over CURVE with the key pairs in this directory, made there if missing: "
+        "cluster.key (every node's), client.key (a native client's; accept/ holds the public keys "
+        "let in). Default: plain TCP",
+    )
     cluster.add_argument(
         "--restart",
         action="store_true",
@@ -248,6 +256,11 @@ def run_cluster(args: argparse.Namespace) -> int:
         if path
         for arg in (flag, os.path.abspath(path))
     ]
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    tls_ca = os.path.abspath(args.tls_cert) if args.tls_cert else None
+    tls = ["--tls-cert", tls_ca, "--tls-key", os.path.abspath(args.tls_key)] if tls_ca else []
+    curve = cluster_curve_arguments(args.curve_dir) if args.curve_dir else []
     used = [p for m in ids for p in (peer_ports[m], peer_ports[m] + 1, http_ports[m])]
     if len(set(used)) != len(used):
         raise ConfigError("--base-port and --http-base-port give overlapping ports")
@@ -257,9 +270,10 @@ def run_cluster(args: argparse.Namespace) -> int:
         host=args.host,
         peer_ports=peer_ports,
         http_ports=http_ports,
-        extra_args=["--fsync", args.fsync, "--shards", str(args.shards), *tokens],
+        extra_args=["--fsync", args.fsync, "--shards", str(args.shards), *tokens, *tls, *curve],
         log_to_files=False,
         log_level="info",
+        tls_ca=tls_ca,
     )
     stopping = False
 
@@ -283,17 +297,26 @@ def run_cluster(args: argparse.Namespace) -> int:
             print(f"syncfab cluster: {dead} during start-up (its output is above)", file=sys.stderr)
             cluster.stop()
             return 1
-        pending = {m for m in pending if _get_json(cluster.url(m) + "/health", timeout_s=0.5) is None}
+        health = commands.Credentials(tls_ca=cluster.tls_ca)
+        pending = {m for m in pending if _get_json(cluster.url(m) + "/health", 0.5, health) is None}
         time.sleep(0.1)
     if not stopping:
-        bearer = ""
+        curl = "curl"
         if args.auth_token_file:
-            bearer = f' -H "Authorization: Bearer $(head -1 {os.path.abspath(args.auth_token_file)})"'
+            curl += f' -H "Authorization: Bearer $(head -1 {os.path.abspath(args.auth_token_file)})"'
+        if args.tls_cert:
+            curl += f" --cacert {cluster.tls_ca}"
         for m in ids:
             print(f"{m}: {cluster.url(m)}  (data {os.path.join(args.data_dir, m)})", flush=True)
+        if args.curve_dir:
+            keys = os.path.abspath(args.curve_dir)
+            print(
+                f"fabric over CURVE: native clients take curve_server_key=read_public_key("
+                f"'{keys}/cluster.key.pub'), curve_secret_key=read_secret_key('{keys}/client.key')[1]",
+                flush=True,
+            )
         print(
-            f"syncfab cluster of {n} up. Try: "
-            f"curl{bearer} -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
+            f"syncfab cluster of {n} up. Try: {curl} -X PUT {cluster.url(ids[0])}/kv/hello -d '\"world\"'",
             flush=True,
         )
         if pending:
@@ -313,6 +336,32 @@ def run_cluster(args: argparse.Namespace) -> int:
     cluster.stop()
     print("syncfab cluster stopped", flush=True)
     return status
+
+
+CLUSTER_KEY = "cluster"  # the pair every node of a `syncfab cluster --curve-dir` shares
+CLIENT_KEY = "client"  # the one native client pair it makes and lets in
+
+
+def cluster_curve_arguments(curve_dir: str) -> list[str]:
+    """The nodes' CURVE flags for ``--curve-dir``: one shared node pair (a node accepts its
+    own key, so its peers get in) and a client pair whose public key is in ``accept/``. Pairs
+    already there are kept, so clients keep working across restarts."""
+    from syncfab.fabric.server.curve import PUBLIC_SUFFIX, SECRET_SUFFIX, CurveKeyError, write_keypair
+
+    keys = os.path.abspath(curve_dir)
+    accept = os.path.join(keys, "accept")
+    try:
+        os.makedirs(accept, exist_ok=True)
+        for name in (CLUSTER_KEY, CLIENT_KEY):
+            if not os.path.exists(os.path.join(keys, name + SECRET_SUFFIX)):
+                write_keypair(os.path.join(keys, name))
+        with open(os.path.join(keys, CLIENT_KEY + PUBLIC_SUFFIX)) as src:
+            public = src.read()
+        with open(os.path.join(accept, CLIENT_KEY + PUBLIC_SUFFIX), "w") as dst:
+            dst.write(public)
+    except (CurveKeyError, OSError) as e:
+        raise ConfigError(f"--curve-dir {curve_dir}: {e}") from e
+    return ["--curve-secret-key", os.path.join(keys, CLUSTER_KEY + SECRET_SUFFIX), "--curve-accept", accept]
 
 
 def _dead(cluster: Any) -> str:

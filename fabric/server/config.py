@@ -128,9 +128,9 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """HTTPS for the gateway: ``syncfab node``'s and ``syncfab cluster``'s (for each of its nodes)."""
     env = os.environ.get
-    add_token_arguments(parser)
     parser.add_argument(
         "--tls-cert",
         default=env(_ENV["tls_cert"]),
@@ -139,6 +139,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-key", default=env(_ENV["tls_key"]), help="its PEM private key (env SYNCFAB_TLS_KEY)"
     )
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    add_token_arguments(parser)
+    add_tls_arguments(parser)
     parser.add_argument(
         "--curve-secret-key",
         default=env(_ENV["curve_secret_key"]),

@@ -1,13 +1,18 @@
-"""What the lock and queue integration tests share: JSON over HTTP and polling with a deadline."""
+"""What the integration tests share: JSON over HTTP, polling with a deadline, a certificate."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from syncfab.fabric.server.local import LocalCluster
 
@@ -70,3 +75,15 @@ def wait_caught_up(c: LocalCluster, node: str, reference: str, timeout_s: float 
         return set(applied) == set(commits) and all(applied[g] >= i for g, i in commits.items())
 
     wait_for(f"{node} to catch up with {reference}", caught_up, timeout_s)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl binary to make a certificate with")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key

@@ -26,7 +26,7 @@ from syncfab.fabric.client import Client, SyncfabError
 from syncfab.fabric.server.curve import read_public_key, read_secret_key
 from syncfab.fabric.server.local import LocalCluster, free_ports
 
-from .helpers import wait_for
+from .helpers import self_signed, wait_for
 
 TOKEN, OLD_TOKEN, METRICS_TOKEN = "t0ken-new-8f1e", "t0ken-old-77aa", "scrape-only-3c"
 SYNCFAB = [sys.executable, "-m", "syncfab.fabric.server.cli"]
@@ -136,18 +136,6 @@ def test_the_cli_sends_the_token(token_cluster: LocalCluster, tmp_path: Path) ->
 
 
 # -- HTTPS ------------------------------------------------------------------------------------
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl binary to make a certificate with")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")

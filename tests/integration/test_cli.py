@@ -6,16 +6,23 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from syncfab.fabric.client import Client, SyncfabError
+from syncfab.fabric.server.curve import read_public_key, read_secret_key
 from syncfab.fabric.server.local import LocalCluster, free_ports
+
+from .helpers import self_signed, wait_for
 
 
 def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
@@ -110,14 +117,22 @@ def _cluster_cmd(tmp_path: Any, peer_base: int, http_base: int, *extra: str) -> 
     ]  # fmt: skip
 
 
-def _start_cluster(cmd: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
-    """A supervisor whose cluster is up, and its nodes' pids."""
+def _start_cluster_lines(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """A supervisor whose cluster is up, and what it printed up to its "up" line."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    lines = []
-    while "cluster of 3 up" not in (line := proc.stdout.readline()):
+    lines: list[str] = []
+    while True:
+        line = proc.stdout.readline()
         assert line, "".join(lines)
         lines.append(line)
+        if "cluster of 3 up" in line:
+            return proc, lines
+
+
+def _start_cluster(cmd: list[str]) -> tuple[subprocess.Popen[str], list[int]]:
+    """A supervisor whose cluster is up, and its nodes' pids."""
+    proc, _ = _start_cluster_lines(cmd)
     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
         children = [int(p) for p in f.read().split()]
     assert len(children) == 3
@@ -166,6 +181,47 @@ def test_killing_the_supervisor_leaves_no_orphan_nodes(tmp_path: Any) -> None:
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in children), "nodes outlived their supervisor"
+
+
+def test_cluster_locked_down_with_a_token_https_and_curve(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "tokens").write_text("t0ken-cli-5e2a\n")
+    keys = tmp_path / "keys"
+    peer_base, http_base = _free_bases(2)
+    cmd = _cluster_cmd(
+        tmp_path, peer_base, http_base, "--auth-token-file", str(tmp_path / "tokens"),
+        "--tls-cert", str(cert), "--tls-key", str(key), "--curve-dir", str(keys),
+    )  # fmt: skip
+    proc, lines = _start_cluster_lines(cmd)
+    try:
+        assert (keys / "cluster.key").stat().st_mode & 0o077 == 0  # the secrets are the owner's only
+        assert (keys / "accept" / "client.key.pub").read_text() == (keys / "client.key.pub").read_text()
+        assert any("fabric over CURVE" in line and str(keys / "client.key") in line for line in lines)
+        assert any(f"--cacert {cert}" in line and "Authorization: Bearer" in line for line in lines)
+        urls = [line.split()[1] for line in lines if line.startswith(("n1:", "n2:", "n3:"))]
+        assert all(u.startswith("https://") for u in urls), urls
+        tls = ssl.create_default_context(cafile=str(cert))
+        put = urllib.request.Request(urls[0] + "/kv/locked", data=b'"down"', method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=10, context=tls)
+        assert refused.value.code == 401
+        put.add_header("Authorization", "Bearer t0ken-cli-5e2a")
+        wait_for(
+            "a put with the token", lambda: urllib.request.urlopen(put, timeout=10, context=tls).status == 200
+        )
+        addresses = [f"127.0.0.1:{peer_base + 100 * i}" for i in range(3)]
+        with Client(
+            addresses, curve_server_key=read_public_key(str(keys / "cluster.key.pub")),
+            curve_secret_key=read_secret_key(str(keys / "client.key"))[1],
+        ) as client:  # fmt: skip
+            assert client.get("locked") == "down"
+        with pytest.raises(SyncfabError) as plain:
+            Client(addresses, timeout_s=2.0)
+        assert plain.value.code == "timeout"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
 
 
 # -- the service commands, as a user runs them ------------------------------------------------
