@@ -135,7 +135,10 @@ class CacheStore:
     def due(self, now_ms: int) -> list[object]:
         return []  # the home expires keys itself: their copies must go first
 
-    def reset_local(self) -> None:
+    def hand_over(self) -> list[object]:
+        return []  # a new home waits out one lease instead (actors/cache_home.py)
+
+    def reset_local(self, leading: bool) -> None:
         self.home.reset()
         self._rebuild_expiries()  # a home that lost its lead may have taken some off the heap
 

@@ -58,7 +58,10 @@ class KvStore:
     def due(self, now_ms: int) -> list[object]:
         return []
 
-    def reset_local(self) -> None:
+    def hand_over(self) -> list[object]:
+        return []
+
+    def reset_local(self, leading: bool) -> None:
         pass
 
     def snapshot(self) -> bytes:

@@ -188,7 +188,10 @@ class LockTable:
         """[ExpireLocks()] while some lease or wait deadline has passed (actors/lock_deadlines.py)."""
         return [ExpireLocks()] if self._deadlines.due(now_ms) else []
 
-    def reset_local(self) -> None:
+    def hand_over(self) -> list[object]:
+        return []
+
+    def reset_local(self, leading: bool) -> None:
         pass
 
     def stats(self) -> dict[str, int]:

@@ -90,7 +90,9 @@ class Service(Protocol):
 
     def due(self, now_ms: int) -> list[Any]: ...
 
-    def reset_local(self) -> None: ...
+    def hand_over(self) -> list[Any]: ...
+
+    def reset_local(self, leading: bool) -> None: ...
 
     def snapshot(self) -> bytes: ...
 
@@ -204,9 +206,14 @@ class GroupMachine:
     def due(self, now_ms: int) -> list[Any]:
         return [op for service in self.services.values() for op in service.due(now_ms)]
 
-    def reset_local(self) -> None:
+    def hand_over(self) -> list[Any]:
+        """Commands a leader proposes before it hands the group to another node: the leader
+        memory the next leader should keep (a queue's in-flight marks)."""
+        return [op for service in self.services.values() for op in service.hand_over()]
+
+    def reset_local(self, leading: bool) -> None:
         for service in self.services.values():
-            service.reset_local()
+            service.reset_local(leading)
 
     def snapshot(self) -> bytes:
         return _encode(_Image(self.sessions.snapshot(), {n: s.snapshot() for n, s in self.services.items()}))

@@ -75,6 +75,17 @@ class Redeliver(msgspec.Struct, frozen=True, tag="qredel", array_like=True):
     delivery_counts: list[int] | None = None
 
 
+class HandOver(msgspec.Struct, frozen=True, tag="qhand", array_like=True):
+    """Proposed by a leader about to hand its group over (actors/queue_handover.py): messages
+    of ``queue`` in flight, each with its consumer, deadline (log-clock ms) and count then."""
+
+    queue: str
+    message_ids: list[str]
+    consumers: list[str]
+    deadlines_ms: list[int]
+    delivery_counts: list[int]
+
+
 class ConfigureQueue(msgspec.Struct, frozen=True, tag="qconf", array_like=True):
     """Changes the settings it names of the queue's slice on this shard; one left None keeps
     its value (a new queue starts from ``QueueSettings``' defaults; 0 = forever / unbounded)."""
@@ -108,7 +119,7 @@ class QueueStats(msgspec.Struct, frozen=True, tag="qstat", array_like=True):
     queue: str
 
 
-QueueCommand = Produce | ProduceBatch | Ack | Nack | Redeliver | ConfigureQueue | ExpireMessages
+QueueCommand = Produce | ProduceBatch | Ack | Nack | Redeliver | HandOver | ConfigureQueue | ExpireMessages
 QueueQuery = QueueStats
 QueueLocal = Consume | Return
 

@@ -9,6 +9,7 @@ Replicated (the same on every replica, in snapshots): stored messages, the seq c
 settings, dedup windows, counters. Leader memory only: which consumer holds which message
 until when. A new leader starts with nothing in flight and hands those messages out again;
 at-least-once delivery allows that, and it is why in-flight marks need not cost a log entry.
+A planned transfer hands them over in the log (actors/queue_handover.py).
 
 Delivery order is "oldest visible first" by seq; a message made visible again (nack, passed
 deadline, return, leader change) goes back in its seq place, ahead of younger ones. Per-key
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from syncfab.actors.queue_handover import HandedMarks
 from syncfab.actors.queue_index import DedupWindow, ExpirySchedule, LeaseDeadlines
 from syncfab.actors.queue_ops import (
     BATCH_MAX,
@@ -37,6 +39,7 @@ from syncfab.actors.queue_ops import (
     ConfigureQueue,
     Consume,
     ExpireMessages,
+    HandOver,
     Nack,
     NewMessage,
     Produce,
@@ -104,7 +107,7 @@ def _full(queue: str, max_depth: int) -> Err:
 
 
 class QueuePartitions:
-    commands = (Produce, ProduceBatch, Ack, Nack, Redeliver, ConfigureQueue, ExpireMessages)
+    commands = (Produce, ProduceBatch, Ack, Nack, Redeliver, HandOver, ConfigureQueue, ExpireMessages)
     queries = (QueueStats,)
     locals = (Consume, Return)
     batches = ()
@@ -141,6 +144,8 @@ class QueuePartitions:
         )
         self._lease_no = 0
         self._delivered: dict[str, int] = {}  # by this node while leader; not replicated
+        self._handed = HandedMarks()  # from hand-overs applied here, for when this node next leads
+        self._leading = False  # as reset_local last said
 
     # ---- the Service protocol -------------------------------------------------------------
 
@@ -157,6 +162,11 @@ class QueuePartitions:
                 return self._redeliver(name, ids, None, "nacked")
             case Redeliver(queue=name, message_ids=ids, delivery_counts=counts):
                 return self._redeliver(name, ids, counts, "redelivered")
+            case HandOver():
+                result = self._handed.apply(self.shard, op, self._now_ms)
+                if self._leading:  # elected before this entry applied: the marks are ours now
+                    self._take_on(self._handed.take())
+                return result
             case ConfigureQueue():
                 return self._configure(op)
             case ExpireMessages():
@@ -189,12 +199,31 @@ class QueuePartitions:
             ops += self._due_expiries(now_ms)
         return ops
 
-    def reset_local(self) -> None:
-        """Forget every in-flight mark (a new leader): those messages are visible again with
-        their replicated delivery counts unchanged."""
+    def hand_over(self) -> list[HandOver]:
+        """What this leader proposes before it hands the group to another node: its marks."""
+        return HandedMarks.ops(self.shard, self._queues)
+
+    def reset_local(self, leading: bool) -> None:
+        """Forget every in-flight mark (leadership changed): those messages are visible again
+        with their replicated delivery counts unchanged — but for a new leader's marks handed
+        over in the log, which it takes on (now, or as their entry applies)."""
         for name in sorted(self._queues):
             self._queues[name].release_all()
         self._deadlines.clear()
+        self._leading = leading
+        handed = self._handed.take()
+        if leading:
+            self._take_on(handed)
+
+    def _take_on(self, marks: list[tuple[str, int, tuple[str, int, int]]]) -> None:
+        for name, seq, (consumer, deadline_ms, count) in marks:
+            q = self._queues.get(name)
+            msg = q.messages.get(seq) if q is not None else None
+            if q is None or msg is None or msg.delivery_count != count or seq in q.inflight:
+                continue  # acked, expired, dead-lettered or redelivered since; or still ours
+            self._lease_no += 1
+            q.inflight[seq] = Lease(consumer, self._lease_no, deadline_ms)
+            self._deadlines.push(deadline_ms, self._lease_no, name, seq)
 
     def snapshot(self) -> bytes:
         queues = [

@@ -191,6 +191,11 @@ class RaftCore:
         self._reads_pending.append((self._read_seq + 1, self.log.committed, context))
         self._read_due = True
 
+    @property
+    def transfer_target(self) -> str | None:
+        """Where a leadership transfer under way goes (None: none is)."""
+        return self._transferee
+
     def transfer_leadership(self, target: str) -> bool:
         if self.role is not Role.LEADER or target not in self.progress or self._transferee:
             return False

@@ -1,15 +1,36 @@
 """Where leaders go: a shard leader hands its shard to the shard's preferred leader once that
 node has been alive (phi-accrual) and caught up for a while; a stopping node hands every group
-it leads to a live replica before it goes."""
+it leads to a live replica before it goes. Either way the leader first proposes the leader
+memory its successor should keep (a queue's in-flight marks: actors/queue_handover.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from syncfab.actors.raft import Role
+from syncfab.fabric.core.codec import Request, encode
 
 if TYPE_CHECKING:
+    from syncfab.fabric.core.hosted_group import HostedGroup
     from syncfab.fabric.core.node import NodeCore
+
+
+def transfer(core: NodeCore, g: HostedGroup, target: str) -> bool:
+    """Hand ``g`` to ``target``: what the next leader should keep goes into the log first (the
+    target campaigns only once it holds the whole log), then RaftCore asks it to campaign."""
+    raft = g.raft
+    if raft.role is not Role.LEADER or raft.transfer_target is not None or target not in raft.progress:
+        return False
+    for op in g.machine.hand_over():
+        g.writes.append(encode(Request("", 0, 0, op)))
+        g.writers.append(None)  # housekeeping's way: no one waits for its answer
+    if g.writes:
+        core._propose_batch(g)
+    core._active.add(g.id)
+    if not raft.transfer_leadership(target):
+        return False
+    core.counters["leader_transfers"] += 1
+    return True
 
 
 def balance_leaders(core: NodeCore) -> None:
@@ -26,8 +47,8 @@ def balance_leaders(core: NodeCore) -> None:
             # entry is always in flight, and RaftCore finishes the catch-up itself (it
             # sends TimeoutNow once the target holds the whole log).
             and raft.progress[preferred].match >= raft.commit_index
-        ) and raft.transfer_leadership(preferred):
-            core.counters["leader_transfers"] += 1
+        ):
+            transfer(core, g, preferred)
 
 
 def hand_over_leadership(core: NodeCore) -> int:
@@ -47,6 +68,5 @@ def hand_over_leadership(core: NodeCore) -> int:
         waiting += 1
         preferred = core.placement.preferred_leader(gid)
         target = max(live, key=lambda p: (raft.progress[p].match, p == preferred))
-        if raft.transfer_leadership(target):
-            core.counters["leader_transfers"] += 1
+        transfer(core, g, target)
     return waiting

@@ -420,7 +420,7 @@ class NodeCore:
                 self._fail(w, err, raft.leader)
         g.forget_waiters()
         # Leader-only state (a queue's in-flight marks, a cache home) starts afresh with each leadership.
-        g.machine.reset_local()
+        g.machine.reset_local(leading)
         self.cache.leadership(g.id, leading, raft.term, self._now, raft.log.last_index)
         g.lead_term = raft.term if leading else -1
         if leading:

@@ -28,12 +28,13 @@ from syncfab.actors.locks import (
     ReleaseAll,
     Renew,
 )
+from syncfab.actors.queue_ops import HandOver
 from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
 from syncfab.actors.results import Err, bad_request
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
 from syncfab.fabric.core.codec import OnShard
 
-HOUSEKEEPING = (ExpireLocks, Redeliver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
+HOUSEKEEPING = (ExpireLocks, Redeliver, HandOver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
 _LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)
 
 

@@ -593,7 +593,7 @@ def test_the_service_protocol() -> None:
         table.apply(ApplyContext(1, 0), LockInfo("r"))
     with pytest.raises(TypeError):
         table.query(Release("r", "a"))
-    table.reset_local()
+    table.reset_local(True)
     ops = [
         Acquire("r", X, "a", 5, 10),
         Release("r", "a"),

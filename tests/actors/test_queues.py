@@ -441,7 +441,7 @@ def test_reset_local_makes_in_flight_messages_visible_uncounted() -> None:
     for i in range(3):
         s.produce(i)
     s.consume(max=2)
-    s.p.reset_local()
+    s.p.reset_local(True)
     assert s.stats()["in_flight"] == 0
     assert s.p.due(10**9) == []
     got = s.consume(max=3)
@@ -488,7 +488,7 @@ def test_snapshot_restore_continues_identically_without_leases() -> None:
     assert b.p.snapshot() == a.p.snapshot()
     assert b.stats("r")["in_flight"] == 0 and a.stats("r")["in_flight"] == 3
     assert all(m["consumer"] is None for m in b.p.browse("r"))
-    a.p.reset_local()  # what a restored replica has: nothing in flight
+    a.p.reset_local(True)  # what a restored replica has: nothing in flight
     script: list[Any] = [
         Produce("q", "dup", dedup_id="d3"),
         Produce("q", "new", dedup_id="d9"),
@@ -783,7 +783,7 @@ class Model:
 
     def do_leader(self) -> None:
         self.leader = self.rng.randrange(2)
-        self.p.reset_local()
+        self.p.reset_local(True)
         self.holding.clear()  # at-least-once: a new leader hands everything out again
 
     def do_configure(self) -> None:
@@ -816,7 +816,7 @@ def test_seeded_model_never_loses_or_resurrects_a_message(seed: int) -> None:
     for _ in range(300):
         model.step()
     # Heal: every message can still be consumed and acked, in whichever queue it ended up.
-    model.p.reset_local()
+    model.p.reset_local(True)
     for name in sorted(model.p.stats()):
         while got := model.p.local(model.now, Consume(name, "drain", max=1_000)).value["messages"]:
             model.apply(Ack(name, ids(got)))

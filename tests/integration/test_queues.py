@@ -515,3 +515,32 @@ def test_queues_are_served_at_queues_and_a_verb_name_does_not_collide(cluster: L
     assert status == 404 and "/queues/produce" in got["message"]
     status, got = http(cluster, "n3", "GET", "/queue/produce-not-a-verb")
     assert status == 200 and got["settings"]["max_deliveries"] == 10  # the alias, the defaults
+
+
+def test_a_clean_stop_hands_in_flight_messages_over_and_delivers_none_twice() -> None:
+    """A stopping node hands its groups over with their in-flight marks (actors/queue_handover.py):
+    what a consumer holds stays its own on the new leaders until its visibility deadline, and
+    its acks land; without the hand-over the new leaders handed those messages out again at once."""
+    q = "handed"
+    with LocalCluster(size=3) as c:
+        c.wait_ready()
+        ids = {produced_id(c, "n1", q, i) for i in range(24)}
+        held: list[dict[str, Any]] = []
+        wait_for(
+            "every message consumed",
+            lambda: (
+                held.extend(consume(c, "n1", q, consumer="first", max=24, visibility_ms=120_000))
+                or {m["message_id"] for m in held} == ids
+            ),
+        )
+        leaders = {s["id"]: s["leader"] for s in c.get_json("n1", "/cluster")["shards"]}
+        victim = leaders[shard_of(held[0]["message_id"])]
+        on_victim = {m["message_id"] for m in held if leaders[shard_of(m["message_id"])] == victim}
+        survivors = [n for n in c.ids if n != victim]
+        assert c.terminate(victim) == 0
+        c.wait_ready(nodes=survivors)
+        moved = c.get_json(survivors[0], "/cluster")["shards"]
+        assert all(s["leader"] in survivors for s in moved if s["id"] in {shard_of(m) for m in on_victim})
+        assert consume(c, survivors[0], q, consumer="second", max=24) == []
+        assert sum(s["in_flight"] for s in stats(c, survivors[0], q)["shards"]) == len(ids)
+        assert settle(c, survivors[1], "ack", q, sorted(ids)) == {"acked": len(ids)}
