@@ -8,10 +8,10 @@ nodes, and between a node and a native client, is then encrypted and authenticat
 call (RFC 27): one per node, on a thread of its own in the node's ZeroMQ context, answering
 from the set of accepted public keys. A client that does not speak CURVE at all, or dials
 with the wrong server key, fails the handshake before ZAP is asked; the same thread watches
-the servers' monitor events for those (a client without CURVE sees the mismatch too, and when
-it resets the connection before the node has read its greeting the node sees no handshake
-fail: those are refused uncounted). A refused handshake never reaches the node's loop; it
-is counted (``syncfab_auth_refused_total{via="fabric"}``) and the client sees no answer.
+the servers' monitor events for those, and for connections closed before their handshake was
+done (a client without CURVE sees the mismatch too, and may reset the connection before the
+node has read its greeting). A refused handshake never reaches the node's loop; it is counted
+(``syncfab_auth_refused_total{via="fabric"}``) and the client sees no answer.
 
 Key files are Z85 text, as ``syncfab keygen --out DIR/NAME`` writes them: ``NAME.key`` the
 secret key (mode 0600), ``NAME.key.pub`` the public one. ``--curve-accept`` names a directory
@@ -151,9 +151,11 @@ def dial_curve(sock: zmq.Socket, public: bytes, secret: bytes, server_key: bytes
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
 
 
-# A handshake that failed before ZAP could be asked: another mechanism (a plain client), or
-# a HELLO that does not decrypt (a client dialling with the wrong server key).
-_FAILED_HANDSHAKE = int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+# A handshake that failed before ZAP could be asked: another mechanism (a plain client), a
+# HELLO that does not decrypt (a client dialling with the wrong server key) — or a connection
+# closed before its handshake was done, which is what the node sees of a plain client that
+# saw the mismatch first and reset the connection (libzmq reports it as "no detail").
+_FAILED_HANDSHAKE = int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) | int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _EVENT_HEADER = struct.Struct("=HI")  # event, value: the first frame of a monitor event
 
 
