@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from loadtest import cache_trace, failover, workloads
+from loadtest import cache_offline, cache_trace, failover, workloads
 from syncfab.fabric.client import AsyncClient
 from syncfab.fabric.server.curve import read_public_key, read_secret_key, write_keypair
 from syncfab.fabric.server.local import LocalCluster
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"failover: {report['summary']}")
     elif cache:
         report = cache_trace.run(args)
-        cache_trace.print_report(report)
+        cache_offline.print_report(report)
     else:
         report = run(args)
         for kind, op in report["operations"].items():
