@@ -21,7 +21,7 @@ from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
 from syncfab.actors.lock_ops import Granted
 from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.core.client_core import GAVE_UP
+from syncfab.fabric.core.client_calls import GAVE_UP
 
 log = logging.getLogger("syncfab.client")
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -49,6 +48,10 @@ from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting,
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.call_timers import CallTimers
 from syncfab.fabric.core.client_batches import Queued, latest_deadline, split
+
+# GAVE_UP is re-exported: callers import it from here.
+from syncfab.fabric.core.client_calls import GAVE_UP as GAVE_UP
+from syncfab.fabric.core.client_calls import ClientConfig, InFlight, timeout_error
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
 from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
 
@@ -59,50 +62,6 @@ PRODUCE_BATCH_BYTES_MAX = 256 * 1024
 _LOCK_FRAMING_BYTES = 32
 _PRODUCE_FRAMING_BYTES = 16
 BACKOFF_SHIFT_MAX = 16
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    timeout_ms: int | None = 10_000  # per call, on top of its op's own wait; None: never give up
-    attempt_timeout_ms: int = 1_000
-    attempts_max: int | None = 12  # attempts nobody answered (a node that answers is retried
-    # until the deadline: an election or a leader catching up ends); None: only the deadline
-    backoff_ms_min: int = 10
-    backoff_ms_max: int = 250
-    # How often a call goes to the leader last heard of rather than any node; the simulator
-    # lowers it so deposed leaders and forwarding are met as often as real clients meet them.
-    leader_hint_probability: float = 1.0
-
-
-GAVE_UP = "timeout"  # the one error that means "no answer came in time: outcome unknown"
-
-
-def timeout_error(waited_ms: int | None) -> Err:
-    """A call given up: nobody knows whether it took effect."""
-    return Err(GAVE_UP, "no answer in time" if waited_ms is None else f"no answer within {waited_ms} ms")
-
-
-@dataclass(slots=True)
-class _Call:
-    """One request in flight (or waiting for its own reply) under its own id."""
-
-    handle: int | None  # None: the client's own batch, answered to its members
-    rid: int
-    op: Any
-    raw: bytes
-    group: int | None
-    pinned: str | None
-    deadline_ms: int | None
-    attempt_timeout_ms: int
-    node: str = ""  # where the latest attempt went
-    attempt: int = 0  # sends so far
-    token: int = 0  # which of this call's timers is live (a send or an answer moves it on)
-    retries: int = 0  # retryable answers so far: the backoff's growth
-    silent: int = 0  # attempts that timed out
-    last: Err | None = None  # the latest retryable answer: what a call out of tries returns
-    locks: list[tuple[int, Acquire | Release, int | None]] | None = None  # a LockBatch's callers
-    produces: list[int] | None = None  # a ProduceBatch's callers' handles, in order
-    stays: bool = False  # every attempt goes to the pinned node
 
 
 # What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
@@ -125,7 +84,7 @@ class ClientCore:
         self.members: dict[str, str] = {}  # node id -> address
         self.shard_count = 0
         self.leaders: dict[int, str] = {}  # group -> node id, as replies named it
-        self._calls: dict[int, _Call] = {}  # request id -> call in flight
+        self._calls: dict[int, InFlight] = {}  # request id -> call in flight
         # A direct call's handle is its request id; a coalesced op's is negative (it has no id
         # until its batch leaves) and is mapped to the id it gets, for cancel.
         self._of_handle: dict[int, int] = {}
@@ -222,7 +181,7 @@ class ClientCore:
         pinned: str | None,
         locks: list[tuple[int, Acquire | Release, int | None]] | None = None,
         produces: list[int] | None = None,
-    ) -> _Call | None:
+    ) -> InFlight | None:
         group: int | None = None
         if self.shard_count and type(op) is not ClusterInfo and pinned is None:
             routed = group_for(op, self.shard_count, self.client_id, rid)
@@ -235,17 +194,26 @@ class ClientCore:
         except UNENCODABLE as e:  # a value nested past the encoder's depth, say
             self._refuse(handle, rid, bad_request("value", f"cannot be sent: {e}"), locks, produces)
             return None
-        call = _Call(
-            handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, locks=locks, produces=produces
+        # The first attempt, inline (every call passes here; _send is a retry's): the record
+        # is built as sent, with its attempt's target, count and token.
+        node = self._target(group, pinned)
+        stays = pinned is not None and type(op) is CacheWrite and op.policy == WRITE_BACK
+        call = InFlight(
+            handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, node, 1, 1, locks, produces, stays
         )
-        call.stays = pinned is not None and type(op) is CacheWrite and op.policy == WRITE_BACK
         self._calls[rid] = call
         if handle is not None and handle != rid:
             self._of_handle[handle] = rid
-        self._send(call, self._target(call), now_ms)
+        out = self._outbox.get(node)
+        if out is None:
+            self._outbox[node] = [raw]
+        else:
+            out.append(raw)
+        self._timers.add(now_ms + attempt_ms, _ATTEMPT, rid, 1, now_ms, deadline_ms)
         return call
 
-    def _send(self, call: _Call, node: str, now_ms: int) -> None:
+    def _send(self, call: InFlight, node: str, now_ms: int) -> None:
+        """Another attempt (a retry: the first leaves in _start)."""
         call.attempt += 1
         call.token += 1
         call.node = node
@@ -254,15 +222,15 @@ class ClientCore:
             self._outbox[node] = [call.raw]
         else:
             out.append(call.raw)
-        # _timer's attempt case, inline (every call passes here): an attempt started now.
+        # _timer's attempt case, inline: an attempt started now.
         self._timers.add(
             now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token, now_ms, call.deadline_ms
         )
 
-    def _target(self, call: _Call) -> str:
-        if call.pinned is not None:
-            return call.pinned
-        leader = self.leaders.get(call.group) if call.group is not None else None
+    def _target(self, group: int | None, pinned: str | None) -> str:
+        if pinned is not None:
+            return pinned
+        leader = self.leaders.get(group) if group is not None else None
         address = self.members.get(leader) if leader is not None else None
         p = self.config.leader_hint_probability
         if address is not None and (p >= 1.0 or self.rng.random() < p):
@@ -275,7 +243,7 @@ class ClientCore:
 
     # -- time --------------------------------------------------------------------------------
 
-    def _timer(self, call: _Call, at_ms: int, kind: int) -> None:
+    def _timer(self, call: InFlight, at_ms: int, kind: int) -> None:
         """A call has one live timer (its token's), never later than its deadline."""
         started = at_ms - call.attempt_timeout_ms if kind == _ATTEMPT else None
         self._timers.add(at_ms, kind, call.rid, call.token, started, call.deadline_ms)
@@ -294,7 +262,7 @@ class ClientCore:
             else:
                 self._retry(call, kind, now_ms)
 
-    def _retry(self, call: _Call, kind: int, now_ms: int) -> None:
+    def _retry(self, call: InFlight, kind: int, now_ms: int) -> None:
         if kind == _ATTEMPT:
             call.silent += 1
             if self.config.attempts_max is not None and call.silent >= self.config.attempts_max:
@@ -302,7 +270,7 @@ class ClientCore:
                 return
         self.stats["retries"] += 1
         if kind == _BACKOFF:  # to the leader as now known; not again to a node that refused
-            tried, target = call.node, self._target(call)
+            tried, target = call.node, self._target(call.group, call.pinned)
             if target == tried and call.pinned is None and call.last is not None and call.last.code != "busy":
                 target = self._other(tried)
             self._send(call, target, now_ms)
@@ -311,7 +279,7 @@ class ClientCore:
         else:
             self._send(call, self._other(call.node), now_ms)
 
-    def _give_up(self, call: _Call, now_ms: int) -> None:
+    def _give_up(self, call: InFlight, now_ms: int) -> None:
         """Out of time or of unanswered attempts: the latest retryable answer, else timeout."""
         self.stats["timeouts"] += 1
         self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
@@ -339,7 +307,7 @@ class ClientCore:
                 self._early[reply.id] = reply
         return replies
 
-    def _on_reply(self, call: _Call, reply: Reply, now_ms: int) -> None:
+    def _on_reply(self, call: InFlight, reply: Reply, now_ms: int) -> None:
         if reply.leader is not None and call.group is not None:
             self.leaders[call.group] = reply.leader
         result = reply.result
@@ -353,7 +321,7 @@ class ClientCore:
             return
         self._finish(call, result, now_ms)
 
-    def _finish(self, call: _Call, result: Result | Answers, now_ms: int) -> None:
+    def _finish(self, call: InFlight, result: Result | Answers, now_ms: int) -> None:
         del self._calls[call.rid]
         self.ids.done(call.rid)
         if call.locks is None and type(call.op) is LockBatch:  # a caller's own batch: its ops' ids
@@ -427,7 +395,7 @@ class ClientCore:
                 locks=members,
             )
 
-    def _answer_locks(self, batch: _Call, result: Result | Answers, now_ms: int) -> None:
+    def _answer_locks(self, batch: InFlight, result: Result | Answers, now_ms: int) -> None:
         """Each op its own answer; one left waiting becomes a call under its own id, answered
         by its own reply (perhaps already here) or asked again alone if that is late; one
         answered with a retryable error (busy, say) is asked again alone, as a lone op is."""
@@ -450,19 +418,8 @@ class ClientCore:
             else:
                 self.stats["batch_waits" if isinstance(answer, Waiting) else "retries"] += 1
                 raw = encode(Request(self.client_id, rid, self.ids.acked, op))
-                call = _Call(
-                    handle,
-                    rid,
-                    op,
-                    raw,
-                    CONTROL_GROUP,
-                    None,
-                    deadline_ms,
-                    self.config.attempt_timeout_ms,
-                    node=batch.node,
-                    attempt=1,
-                    token=1,
-                )
+                ms = self.config.attempt_timeout_ms
+                call = InFlight(handle, rid, op, raw, CONTROL_GROUP, None, deadline_ms, ms, batch.node, 1, 1)
                 self._calls[rid] = call
                 self._of_handle[handle] = rid
                 if isinstance(answer, Waiting):
@@ -530,7 +487,7 @@ class ClientCore:
                     produces=[q.handle for q in batch],
                 )
 
-    def _answer_produces(self, batch: _Call, result: Result | Answers) -> None:
+    def _answer_produces(self, batch: InFlight, result: Result | Answers) -> None:
         handles = batch.produces
         assert handles is not None
         if not isinstance(result, Ok):
