@@ -310,9 +310,11 @@ class AsyncClient:
     ) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
         Concurrent calls share requests on the wire (fabric/core/client_core.py)."""
-        result = await self._await(
-            self._core.produce(queue, NewMessage(data, key, headers, dedup_id), self._now_ms())
-        )
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        now_ms = int(driver.loop.time() * 1000)  # the driver's clock, inline (CoreDriver.now_ms)
+        message = NewMessage(data, key, headers, dedup_id)
+        result = await driver.wait(self._core.produce(queue, message, now_ms))
         return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
@@ -378,18 +380,17 @@ class AsyncClient:
     def call(self, op: Any) -> Coroutine[Any, Any, Result]:
         """Run ``op`` on its group's leader: routed, retried, coalesced and timed by the core.
         The call starts here (await the result); not a coroutine itself, so every call has one
-        frame less."""
-        return self._await(self._core.call(op, self._now_ms()))
+        frame less. The clock and the driver's wait inline: this is every call's path."""
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        return driver.wait(self._core.call(op, int(driver.loop.time() * 1000)))
 
     async def call_at(self, address: str, op: Any) -> Result:
         """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it)."""
         self._link(address)
-        return await self._await(self._core.call(op, self._now_ms(), node=address))
-
-    def _await(self, handle: int) -> Coroutine[Any, Any, Result]:
-        # The driver's wait itself, not a coroutine around it: one frame less on every call.
-        assert self._driver is not None, "call connect() first"
-        return self._driver.wait(handle)
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        return await driver.wait(self._core.call(op, self._now_ms(), node=address))
 
     # -- plumbing -------------------------------------------------------------------------
 
