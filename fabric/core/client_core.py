@@ -53,7 +53,7 @@ from syncfab.fabric.core.client_batches import Queued, latest_deadline, split
 from syncfab.fabric.core.client_calls import GAVE_UP as GAVE_UP
 from syncfab.fabric.core.client_calls import ClientConfig, InFlight, timeout_error
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
-from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
+from syncfab.fabric.core.routing import NEVER_WAIT, NO_WAIT, group_for, produce_shard, wait_of
 
 # A batch stays well under a node's 1 MiB request bound (names are at most 1 KiB each, a
 # character at most 4 bytes; the estimates count characters, so allow for that).
@@ -140,15 +140,13 @@ class ClientCore:
         """Start ``op``; returns its handle, which ``completions()`` names with its result.
         ``node``: pin it to that node (a cache op); ``timeout_ms`` (None: never give up) and
         ``attempt_timeout_ms``: this call's own, instead of the config's."""
-        self.stats["calls"] += 1
-        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
         t = type(op)
         if node is None and t is Produce:  # a produce never waits
             message = NewMessage(op.data, op.key, op.headers, op.dedup_id)
-            return self._queue_produce(
-                next(self._handles), op.queue, message, None if timeout is None else now_ms + timeout
-            )
-        wait_ms, long_poll = wait_of(op)
+            return self.produce(op.queue, message, now_ms, timeout_ms=timeout_ms)
+        self.stats["calls"] += 1
+        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
+        wait_ms, long_poll = NO_WAIT if t in NEVER_WAIT else wait_of(op)  # the common ops: no call
         deadline_ms = None if timeout is None else now_ms + timeout + wait_ms
         if node is None and (t is Acquire or t is Release):
             handle = next(self._handles)
@@ -292,19 +290,25 @@ class ClientCore:
             replies = replies_in(frame)
         except Exception:  # garbage from the network: nothing to answer
             return []
-        calls = self._calls
+        calls, ids, done = self._calls, self.ids, self._done
         for reply in replies:
-            call = calls.get(reply.id)
+            rid = reply.id
+            call = calls.get(rid)
             if call is not None:
                 result = reply.result
                 if type(result) is Ok:  # the common answer: _on_reply's path for it, inline
                     if reply.leader is not None and call.group is not None:
                         self.leaders[call.group] = reply.leader
-                    self._finish(call, result, now_ms)
+                    if call.handle == rid and type(call.op) is not LockBatch:
+                        del calls[rid]  # a direct call: _finish's path for it, inline
+                        ids.done(rid)
+                        done.append((rid, result))
+                    else:
+                        self._finish(call, result, now_ms)
                 else:
                     self._on_reply(call, reply, now_ms)
-            elif reply.id in self._member_of:
-                self._early[reply.id] = reply
+            elif rid in self._member_of:
+                self._early[rid] = reply
         return replies
 
     def _on_reply(self, call: InFlight, reply: Reply, now_ms: int) -> None:
@@ -431,16 +435,13 @@ class ClientCore:
 
     # -- produces, coalesced -----------------------------------------------------------------
 
-    def produce(self, queue: str, message: NewMessage, now_ms: int) -> int:
+    def produce(self, queue: str, op: NewMessage, now_ms: int, *, timeout_ms: Any = _CONFIG) -> int:
         """``call(Produce(...))`` for a message already built (a driver's hot path): coalesced
         with the others of its queue and shard; its handle completes with its message id."""
         self.stats["calls"] += 1
-        timeout = self.config.timeout_ms
-        return self._queue_produce(
-            next(self._handles), queue, message, None if timeout is None else now_ms + timeout
-        )
-
-    def _queue_produce(self, handle: int, queue: str, op: NewMessage, deadline_ms: int | None) -> int:
+        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
+        deadline_ms = None if timeout is None else now_ms + timeout
+        handle = next(self._handles)
         plain = op.key is None and op.dedup_id is None and op.headers is None
         good = self._good_queues
         err = None if queue in good else check_queue(queue)
