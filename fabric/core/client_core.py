@@ -69,6 +69,7 @@ UNENCODABLE = (RecursionError, TypeError, OverflowError, ValueError)
 GOOD_QUEUES_MAX = 1_024  # queue names a client remembers as valid
 _ATTEMPT, _BACKOFF = 0, 1  # what a call's one live timer ends: an attempt, or a backoff
 _CONFIG: Any = object()  # a call's timeout: the config's
+_TEXT = (bytes, str)  # a tuple: ``bytes | str`` in isinstance builds a union every time
 
 
 class ClientCore:
@@ -444,9 +445,11 @@ class ClientCore:
         handle = next(self._handles)
         plain = op.key is None and op.dedup_id is None and op.headers is None
         good = self._good_queues
-        err = None if queue in good else check_queue(queue)
-        if err is None and len(good) < GOOD_QUEUES_MAX:
-            good.add(queue)  # check_queue is pure: a name it passed passes again
+        err = None
+        if queue not in good:
+            err = check_queue(queue)
+            if err is None and len(good) < GOOD_QUEUES_MAX:
+                good.add(queue)  # check_queue is pure: a name it passed passes again
         if err is None and not plain:
             err = check_message(op)
         if err is None and not self.shard_count:
@@ -458,7 +461,7 @@ class ClientCore:
         shard = None if plain else produce_shard(queue, op.key, op.dedup_id, self.shard_count)
         data = op.data
         try:
-            size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
+            size = len(data) if plain and isinstance(data, _TEXT) else len(encode(op))
         except UNENCODABLE as e:  # refused alone, not with the batch it would have joined
             self._done.append((handle, bad_request("data", f"cannot be sent: {e}")))
             return handle
