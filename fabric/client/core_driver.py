@@ -31,7 +31,8 @@ class CoreDriver:
     def wait(self, handle: int) -> Coroutine[Any, Any, Result]:
         """The call's result; its request leaves with this loop iteration's others. Its future
         is registered now, not when the coroutine first runs: gathered calls run later, and a
-        settle() in between (a reply drained for another call) would drop their answers."""
+        settle() in between (a reply drained for another call) would drop their answers.
+        (``future``'s lines, not a call to it: this is every other call's path.)"""
         fut: asyncio.Future[Result] = self.loop.create_future()
         self._futures[handle] = fut
         if not self._flush_scheduled:
@@ -39,12 +40,27 @@ class CoreDriver:
             self.loop.call_soon(self._flush)
         return self._result(handle, fut)
 
+    def future(self, handle: int) -> asyncio.Future[Result]:
+        """``wait`` without its coroutine, for a caller that awaits the future in a coroutine
+        of its own (one frame less a call: the client's put, get, delete and produce) and,
+        cancelled there, calls ``cancelled(handle)``. Registered now, as ``wait`` does."""
+        fut: asyncio.Future[Result] = self.loop.create_future()
+        self._futures[handle] = fut
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def cancelled(self, handle: int) -> None:
+        """The caller stopped waiting for ``handle``: the core drops the call."""
+        self._futures.pop(handle, None)
+        self.core.cancel(handle)
+
     async def _result(self, handle: int, fut: asyncio.Future[Result]) -> Result:
         try:
             return await fut
         except asyncio.CancelledError:
-            self._futures.pop(handle, None)
-            self.core.cancel(handle)
+            self.cancelled(handle)
             raise
 
     def settle(self) -> None:

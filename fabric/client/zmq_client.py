@@ -256,19 +256,45 @@ class AsyncClient:
 
     # -- operations -----------------------------------------------------------------------
 
+    # put, get, delete and produce await the driver's future in their own frame (not through
+    # call(), whose wait is a coroutine more), and tell the driver if they are cancelled there.
+
     async def put(self, key: str, value: Any) -> int:
         """Store ``value`` (any JSON-like value) under ``key``; returns its log index."""
-        return self._value(await self.call(Put(key, value)))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Put(key, value), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
+        return self._value(result)
 
     async def get(self, key: str, default: Any = _MISSING) -> Any:
         """A linearizable read. Raises NotFound unless ``default`` is given."""
-        result = await self.call(Get(key))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Get(key), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
         if isinstance(result, Err) and result.code == "not_found" and default is not _MISSING:
             return default
         return self._value(result)
 
     async def delete(self, key: str) -> bool:
-        return self._value(await self.call(Delete(key)))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Delete(key), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
+        return self._value(result)
 
     async def cluster(self) -> dict[str, Any]:
         return self._value(await self.call(ClusterInfo()))
@@ -313,8 +339,12 @@ class AsyncClient:
         driver = self._driver
         assert driver is not None, "call connect() first"
         now_ms = int(driver.loop.time() * 1000)  # the driver's clock, inline (CoreDriver.now_ms)
-        message = NewMessage(data, key, headers, dedup_id)
-        result = await driver.wait(self._core.produce(queue, message, now_ms))
+        handle = self._core.produce(queue, NewMessage(data, key, headers, dedup_id), now_ms)
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
         return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
