@@ -198,7 +198,7 @@ class AsyncClient:
         )
         self._links: dict[str, _Link] = {}  # address -> link
         self._driver: CoreDriver | None = None  # once connected: the loop is known then
-        self.locks = LockSession(self.call, self.client_id)
+        self.locks = LockSession(self._begin, self._cancelled, self.client_id)
         # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
         self.cache = ClientCache(self, cache_node)
         self._ctx = zmq.Context.instance()
@@ -417,6 +417,19 @@ class AsyncClient:
         driver = self._driver
         assert driver is not None, "call connect() first"
         return driver.wait(self._core.call(op, int(driver.loop.time() * 1000)))
+
+    def _begin(self, op: Any) -> tuple[int, asyncio.Future[Result]]:
+        """``call`` without the driver's wait coroutine: the handle and its future, for a caller
+        that awaits the future in a frame of its own (the lock session) and, cancelled there,
+        calls ``_cancelled(handle)``."""
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(op, int(driver.loop.time() * 1000))
+        return handle, driver.future(handle)
+
+    def _cancelled(self, handle: int) -> None:
+        assert self._driver is not None
+        self._driver.cancelled(handle)
 
     async def call_at(self, address: str, op: Any) -> Result:
         """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it)."""

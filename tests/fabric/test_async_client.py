@@ -65,10 +65,12 @@ def silent_node() -> Iterator[str]:
 
 
 def test_a_cancelled_call_is_dropped_by_the_core(silent_node: str) -> None:
-    # put, get, delete and produce await the driver's future in their own frame: cancelled
-    # there, each must still tell the core, or it would retry the call until its deadline.
+    # put, get, delete, produce and the lock session await the driver's future in their own
+    # frame: cancelled there, each must still tell the core, or it would retry the call until
+    # its deadline (and a lock op in a batch would be answered to nobody).
     async def main() -> None:
-        async with AsyncClient([silent_node], timeout_s=30) as client:
+        # One short attempt each: closing, the client's release-all (it acquired) goes unanswered.
+        async with AsyncClient([silent_node], timeout_s=30, attempt_timeout_s=0.5, attempts_max=1) as client:
             core = client._core
             assert core.in_flight == 0
             calls = [
@@ -77,17 +79,20 @@ def test_a_cancelled_call_is_dropped_by_the_core(silent_node: str) -> None:
                 client.delete("k"),
                 client.produce("q", "m"),
                 client.call(Get("k2")),  # through CoreDriver.wait
+                client.acquire("r"),  # these two leave as one LockBatch
+                client.release("r"),
             ]
             tasks = [asyncio.ensure_future(c) for c in calls]
             for _ in range(3):
                 await asyncio.sleep(0)  # every call started, its request sent (no answer comes)
-            assert core.in_flight == 4 + 1  # four direct calls and the produce's batch
+            assert core.in_flight == 4 + 2  # four direct calls, the produce's batch, the locks'
             for task in tasks:
                 task.cancel()
             done = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(d, asyncio.CancelledError) for d in done)
-            assert core.in_flight == 1, core.describe_open()  # the batch: it may hold others
-            assert core._cancelled == {-1}  # the produce's handle: dropped when its batch answers
+            assert core.in_flight == 2, core.describe_open()  # the batches: they may hold others
+            # The produce's handle and the lock ops': dropped when their batches answer.
+            assert len(core._cancelled) == 3
             assert not client._driver._futures  # type: ignore[union-attr]
 
     asyncio.run(main())
