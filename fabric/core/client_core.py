@@ -503,9 +503,13 @@ class ClientCore:
         except msgspec.ValidationError as e:
             self._done += [(h, Err("bad_reply", f"a produce answered {e}")) for h in handles]
             return
+        ids = produced.message_ids
+        if not produced.duplicates and not self._cancelled:  # the common answer: no loop below
+            self._done += [(h, Ok({"message_id": m})) for h, m in zip(handles, ids, strict=True)]
+            return
         duplicates = set(produced.duplicates)
         cancelled = self._cancelled
-        for n, (handle, message_id) in enumerate(zip(handles, produced.message_ids, strict=True)):
+        for n, (handle, message_id) in enumerate(zip(handles, ids, strict=True)):
             if not cancelled or not self._dropped(handle):
                 value = (
                     {"message_id": message_id, "duplicate": True}
