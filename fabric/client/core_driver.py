@@ -68,8 +68,12 @@ class CoreDriver:
         futures = self._futures
         for handle, result in self.core.completions():
             fut = futures.pop(handle, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
+            if fut is not None:
+                # No done() first: that is a call on every answer; a try costs nothing.
+                try:  # noqa: SIM105
+                    fut.set_result(result)
+                except asyncio.InvalidStateError:
+                    pass  # cancelled, its caller not yet resumed to say so: nobody to answer
         at_ms = self.core.next_timer_ms()
         if at_ms is not None and (self._timer is None or at_ms < self._timer_ms):
             if self._timer is not None:

@@ -35,3 +35,22 @@ def test_a_call_answered_before_its_coroutine_first_runs_still_gets_its_answer()
         driver.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_for_a_cancelled_future_is_dropped() -> None:
+    # A caller awaiting driver.future() is cancelled: its future is done before its frame
+    # resumes to tell the driver, and an answer drained meanwhile must find nobody, quietly.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        core = ClientCore("c", ["n1"], random.Random(1), ClientConfig())
+        core.learn(VIEW)
+        driver = CoreDriver(core, loop, [].append)
+        handle = core.call(Put("", "v"), driver.now_ms())  # refused at once: answered now
+        fut = driver.future(handle)
+        fut.cancel()
+        driver.settle()  # must not raise InvalidStateError
+        assert fut.cancelled() and not driver._futures
+        driver.cancelled(handle)  # what the caller's frame then does: nothing left to drop
+        driver.close()
+
+    asyncio.run(main())
