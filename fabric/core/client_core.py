@@ -436,14 +436,14 @@ class ClientCore:
 
     # -- produces, coalesced -----------------------------------------------------------------
 
-    def produce(self, queue: str, op: NewMessage, now_ms: int, *, timeout_ms: Any = _CONFIG) -> int:
+    def produce(self, queue: str, message: NewMessage, now_ms: int, *, timeout_ms: Any = _CONFIG) -> int:
         """``call(Produce(...))`` for a message already built (a driver's hot path): coalesced
         with the others of its queue and shard; its handle completes with its message id."""
         self.stats["calls"] += 1
         timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
         deadline_ms = None if timeout is None else now_ms + timeout
         handle = next(self._handles)
-        plain = op.key is None and op.dedup_id is None and op.headers is None
+        plain = message.key is None and message.dedup_id is None and message.headers is None
         good = self._good_queues
         err = None
         if queue not in good:
@@ -451,24 +451,24 @@ class ClientCore:
             if err is None and len(good) < GOOD_QUEUES_MAX:
                 good.add(queue)  # check_queue is pure: a name it passed passes again
         if err is None and not plain:
-            err = check_message(op)
+            err = check_message(message)
         if err is None and not self.shard_count:
             err = Err("unavailable", "the client has not learnt the cluster yet")
         if err is not None:
             self._done.append((handle, err))
             return handle
         # None: any shard (sticky per batch)
-        shard = None if plain else produce_shard(queue, op.key, op.dedup_id, self.shard_count)
-        data = op.data
+        shard = None if plain else produce_shard(queue, message.key, message.dedup_id, self.shard_count)
+        data = message.data
         try:
-            size = len(data) if plain and isinstance(data, _TEXT) else len(encode(op))
+            size = len(data) if plain and isinstance(data, _TEXT) else len(encode(message))
         except UNENCODABLE as e:  # refused alone, not with the batch it would have joined
             self._done.append((handle, bad_request("data", f"cannot be sent: {e}")))
             return handle
         queued = self._produce_queue.get((queue, shard))
         if queued is None:
             queued = self._produce_queue[queue, shard] = []
-        queued.append(Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
+        queued.append(Queued(handle, message, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
         return handle
 
     def _flush_produces(self, now_ms: int) -> None:
