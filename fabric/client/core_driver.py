@@ -52,9 +52,11 @@ class CoreDriver:
         return fut
 
     def cancelled(self, handle: int) -> None:
-        """The caller stopped waiting for ``handle``: the core drops the call."""
-        self._futures.pop(handle, None)
-        self.core.cancel(handle)
+        """The caller stopped waiting for ``handle``: the core drops the call. Not if its
+        answer was already taken (settle popped its future): the core is done with it, and a
+        coalesced op's handle it no longer knows would be kept in its cancelled set for good."""
+        if self._futures.pop(handle, None) is not None:
+            self.core.cancel(handle)
 
     async def _result(self, handle: int, fut: asyncio.Future[Result]) -> Result:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import random
 
 from syncfab.actors.kv import Put
+from syncfab.actors.queues import NewMessage
 from syncfab.actors.results import Err
 from syncfab.fabric.client.core_driver import CoreDriver
 from syncfab.fabric.core.client_core import ClientConfig, ClientCore
@@ -51,6 +52,14 @@ def test_an_answer_for_a_cancelled_future_is_dropped() -> None:
         driver.settle()  # must not raise InvalidStateError
         assert fut.cancelled() and not driver._futures
         driver.cancelled(handle)  # what the caller's frame then does: nothing left to drop
+        # A coalesced op's handle (negative) answered before its caller said it gave up: the
+        # core is not told, or it would keep the handle among the cancelled for good.
+        queued = core.produce("", NewMessage("m"), driver.now_ms())  # refused at once: no name
+        fut = driver.future(queued)
+        fut.cancel()
+        driver.settle()
+        driver.cancelled(queued)
+        assert queued < 0 and not core._cancelled
         driver.close()
 
     asyncio.run(main())
