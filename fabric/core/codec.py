@@ -245,3 +245,16 @@ class RequestIds:
             while acked < end and acked not in still:
                 acked += 1
             self.acked = acked
+
+    def done_range(self, first: int, count: int) -> None:
+        """``done`` for the ``count`` ids from ``first`` (a lock batch's ops, answered together):
+        one call, not one per id."""
+        still, stop = self._open, min(first + count, self._next)  # ids never issued: none
+        for rid in range(first, stop):
+            if rid in still:
+                del still[rid]
+        if first <= self.acked < stop:  # the lowest open id was among them: the next above them
+            acked, end = stop, self._next
+            while acked < end and acked not in still:
+                acked += 1
+            self.acked = acked
