@@ -31,7 +31,8 @@ class CoreDriver:
     def wait(self, handle: int) -> Coroutine[Any, Any, Result]:
         """The call's result; its request leaves with this loop iteration's others. Its future
         is registered now, not when the coroutine first runs: gathered calls run later, and a
-        settle() in between (a reply drained for another call) would drop their answers."""
+        settle() in between (a reply drained for another call) would drop their answers.
+        (``future``'s lines, not a call to it: this is every other call's path.)"""
         fut: asyncio.Future[Result] = self.loop.create_future()
         self._futures[handle] = fut
         if not self._flush_scheduled:
@@ -39,12 +40,29 @@ class CoreDriver:
             self.loop.call_soon(self._flush)
         return self._result(handle, fut)
 
+    def future(self, handle: int) -> asyncio.Future[Result]:
+        """``wait`` without its coroutine, for a caller that awaits the future in a coroutine
+        of its own (one frame less a call: the client's put, get, delete and produce) and,
+        cancelled there, calls ``cancelled(handle)``. Registered now, as ``wait`` does."""
+        fut: asyncio.Future[Result] = self.loop.create_future()
+        self._futures[handle] = fut
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def cancelled(self, handle: int) -> None:
+        """The caller stopped waiting for ``handle``: the core drops the call. Not if its
+        answer was already taken (settle popped its future): the core is done with it, and a
+        coalesced op's handle it no longer knows would be kept in its cancelled set for good."""
+        if self._futures.pop(handle, None) is not None:
+            self.core.cancel(handle)
+
     async def _result(self, handle: int, fut: asyncio.Future[Result]) -> Result:
         try:
             return await fut
         except asyncio.CancelledError:
-            self._futures.pop(handle, None)
-            self.core.cancel(handle)
+            self.cancelled(handle)
             raise
 
     def settle(self) -> None:
@@ -52,8 +70,12 @@ class CoreDriver:
         futures = self._futures
         for handle, result in self.core.completions():
             fut = futures.pop(handle, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
+            if fut is not None:
+                # No done() first: that is a call on every answer; a try costs nothing.
+                try:  # noqa: SIM105
+                    fut.set_result(result)
+                except asyncio.InvalidStateError:
+                    pass  # cancelled, its caller not yet resumed to say so: nobody to answer
         at_ms = self.core.next_timer_ms()
         if at_ms is not None and (self._timer is None or at_ms < self._timer_ms):
             if self._timer is not None:

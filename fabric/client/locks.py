@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from syncfab.actors.limits import LOCK_TTL_MS_DEFAULT
 from syncfab.actors.lock_ops import Granted
 from syncfab.actors.locks import Acquire, Release, ReleaseAll, Renew
 from syncfab.actors.results import Err, Ok, Result
-from syncfab.fabric.core.client_core import GAVE_UP
+from syncfab.fabric.core.client_calls import GAVE_UP
 
 log = logging.getLogger("syncfab.client")
 
@@ -62,12 +62,20 @@ class Grant:
     fencing_token: int
 
 
-Call = Callable[[Any], Awaitable[Result]]
+# An op started: its handle and the future its result lands in (AsyncClient._begin).
+Begin = Callable[[Any], tuple[int, asyncio.Future[Result]]]
 
 
 class LockSession:
-    def __init__(self, call: Call, owner: str, ttl_ms: int = LOCK_TTL_MS_DEFAULT) -> None:
-        self._call = call
+    """``begin`` starts an op; the session awaits its future in its own frame (one coroutine
+    less an op than a ``call`` coroutine), and tells ``cancelled`` the handle of one its caller
+    gave up on (the client core drops it: a queued acquire is not sent)."""
+
+    def __init__(
+        self, begin: Begin, cancelled: Callable[[int], None], owner: str, ttl_ms: int = LOCK_TTL_MS_DEFAULT
+    ) -> None:
+        self._begin = begin
+        self._cancelled = cancelled
         self.owner = owner
         self.ttl_ms = ttl_ms
         self.held: dict[str, Grant] = {}
@@ -76,7 +84,12 @@ class LockSession:
 
     async def acquire(self, resource: str, mode: str, wait_ms: int, ttl_ms: int | None) -> Grant:
         self._acquired_ever = True
-        result = await self._call(Acquire(resource, mode, self.owner, wait_ms, ttl_ms or self.ttl_ms))
+        handle, answer = self._begin(Acquire(resource, mode, self.owner, wait_ms, ttl_ms or self.ttl_ms))
+        try:
+            result = await answer
+        except asyncio.CancelledError:
+            self._cancelled(handle)
+            raise
         if isinstance(result, Err):
             if result.code == "lock_timeout":  # the lock table's verdict: held for the whole wait
                 raise LockTimeout(result.code, result.message, result.detail)
@@ -92,11 +105,17 @@ class LockSession:
         granted = msgspec.convert(result.value, Granted)
         grant = Grant(granted.resource, granted.mode, granted.fencing_token)
         self.held[resource] = grant
-        self._keep_alive()
+        if self._keepalive is None or self._keepalive.done():  # _keep_alive's test, inline
+            self._keep_alive()
         return grant
 
     async def release(self, resource: str) -> bool:
-        result = await self._call(Release(resource, self.owner))
+        handle, answer = self._begin(Release(resource, self.owner))
+        try:
+            result = await answer
+        except asyncio.CancelledError:
+            self._cancelled(handle)
+            raise
         self.held.pop(resource, None)
         if isinstance(result, Err):
             raise_for(result)
@@ -120,6 +139,15 @@ class LockSession:
             # Also covers a grant whose answer never arrived.
             self.held.clear()
             await self._call(ReleaseAll(self.owner))
+
+    async def _call(self, op: Any) -> Result:
+        """``op``'s result (the session's rarer calls: renew, release-all, a give-back)."""
+        handle, answer = self._begin(op)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            self._cancelled(handle)
+            raise
 
     def _keep_alive(self) -> None:
         if self._keepalive is None or self._keepalive.done():

@@ -132,8 +132,11 @@ class _Link:
 
     def send(self, requests: list[bytes]) -> None:
         # A full queue (100k requests) drops this frame; the core times its calls out and retries.
-        with contextlib.suppress(zmq.Again):
+        # (try, not contextlib.suppress: that is three Python calls a frame.)
+        try:  # noqa: SIM105
             self.sock.send(frame_of(Requests, requests), _NOBLOCK)
+        except zmq.Again:
+            pass
 
     def drain(self) -> None:
         # Every frame is a reply frame, however the node split them into messages.
@@ -195,7 +198,7 @@ class AsyncClient:
         )
         self._links: dict[str, _Link] = {}  # address -> link
         self._driver: CoreDriver | None = None  # once connected: the loop is known then
-        self.locks = LockSession(self.call, self.client_id)
+        self.locks = LockSession(self._begin, self._cancelled, self.client_id)
         # ``client.cache.read(key)`` ...: served by this node's near cache (fabric/client/cache.py).
         self.cache = ClientCache(self, cache_node)
         self._ctx = zmq.Context.instance()
@@ -256,19 +259,45 @@ class AsyncClient:
 
     # -- operations -----------------------------------------------------------------------
 
+    # put, get, delete and produce await the driver's future in their own frame (not through
+    # call(), whose wait is a coroutine more), and tell the driver if they are cancelled there.
+
     async def put(self, key: str, value: Any) -> int:
         """Store ``value`` (any JSON-like value) under ``key``; returns its log index."""
-        return self._value(await self.call(Put(key, value)))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Put(key, value), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
+        return self._value(result)
 
     async def get(self, key: str, default: Any = _MISSING) -> Any:
         """A linearizable read. Raises NotFound unless ``default`` is given."""
-        result = await self.call(Get(key))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Get(key), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
         if isinstance(result, Err) and result.code == "not_found" and default is not _MISSING:
             return default
         return self._value(result)
 
     async def delete(self, key: str) -> bool:
-        return self._value(await self.call(Delete(key)))
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(Delete(key), int(driver.loop.time() * 1000))
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
+        return self._value(result)
 
     async def cluster(self) -> dict[str, Any]:
         return self._value(await self.call(ClusterInfo()))
@@ -310,9 +339,15 @@ class AsyncClient:
     ) -> str:
         """Returns the message id once the message is durable on a majority of its shard.
         Concurrent calls share requests on the wire (fabric/core/client_core.py)."""
-        result = await self._await(
-            self._core.produce(queue, NewMessage(data, key, headers, dedup_id), self._now_ms())
-        )
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        now_ms = int(driver.loop.time() * 1000)  # the driver's clock, inline (CoreDriver.now_ms)
+        handle = self._core.produce(queue, NewMessage(data, key, headers, dedup_id), now_ms)
+        try:
+            result = await driver.future(handle)
+        except asyncio.CancelledError:
+            driver.cancelled(handle)
+            raise
         return self._value(result)["message_id"]
 
     async def produce_batch(self, queue: str, messages: Sequence[NewMessage | Any]) -> list[str]:
@@ -378,18 +413,30 @@ class AsyncClient:
     def call(self, op: Any) -> Coroutine[Any, Any, Result]:
         """Run ``op`` on its group's leader: routed, retried, coalesced and timed by the core.
         The call starts here (await the result); not a coroutine itself, so every call has one
-        frame less."""
-        return self._await(self._core.call(op, self._now_ms()))
+        frame less. The clock and the driver's wait inline: this is every call's path."""
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        return driver.wait(self._core.call(op, int(driver.loop.time() * 1000)))
+
+    def _begin(self, op: Any) -> tuple[int, asyncio.Future[Result]]:
+        """``call`` without the driver's wait coroutine: the handle and its future, for a caller
+        that awaits the future in a frame of its own (the lock session) and, cancelled there,
+        calls ``_cancelled(handle)``."""
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        handle = self._core.call(op, int(driver.loop.time() * 1000))
+        return handle, driver.future(handle)
+
+    def _cancelled(self, handle: int) -> None:
+        assert self._driver is not None
+        self._driver.cancelled(handle)
 
     async def call_at(self, address: str, op: Any) -> Result:
         """Send ``op`` to the node at ``address`` (a cache op: that node's cache serves it)."""
         self._link(address)
-        return await self._await(self._core.call(op, self._now_ms(), node=address))
-
-    def _await(self, handle: int) -> Coroutine[Any, Any, Result]:
-        # The driver's wait itself, not a coroutine around it: one frame less on every call.
-        assert self._driver is not None, "call connect() first"
-        return self._driver.wait(handle)
+        driver = self._driver
+        assert driver is not None, "call connect() first"
+        return await driver.wait(self._core.call(op, self._now_ms(), node=address))
 
     # -- plumbing -------------------------------------------------------------------------
 

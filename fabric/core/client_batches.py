@@ -4,12 +4,14 @@ and produces as ProduceBatches). Pure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 
-@dataclass(slots=True)
-class Queued:
+
+# A Struct, built in C: one is made for every lock op and produce (a dataclass's __init__ is a
+# Python call). gc=False: nothing it holds refers back to it.
+class Queued(msgspec.Struct, gc=False):
     """One caller's op waiting for its batch: its handle, the op, its deadline, its bytes."""
 
     handle: int

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -49,8 +48,12 @@ from syncfab.actors.results import RETRYABLE, Answers, Err, Ok, Result, Waiting,
 from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.call_timers import CallTimers
 from syncfab.fabric.core.client_batches import Queued, latest_deadline, split
+
+# GAVE_UP is re-exported: callers import it from here.
+from syncfab.fabric.core.client_calls import GAVE_UP as GAVE_UP
+from syncfab.fabric.core.client_calls import ClientConfig, InFlight, timeout_error
 from syncfab.fabric.core.codec import ClusterInfo, OnShard, Reply, Request, RequestIds, encode, replies_in
-from syncfab.fabric.core.routing import group_for, produce_shard, wait_of
+from syncfab.fabric.core.routing import NEVER_WAIT, NO_WAIT, group_for, produce_shard, wait_of
 
 # A batch stays well under a node's 1 MiB request bound (names are at most 1 KiB each, a
 # character at most 4 bytes; the estimates count characters, so allow for that).
@@ -61,55 +64,12 @@ _PRODUCE_FRAMING_BYTES = 16
 BACKOFF_SHIFT_MAX = 16
 
 
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    timeout_ms: int | None = 10_000  # per call, on top of its op's own wait; None: never give up
-    attempt_timeout_ms: int = 1_000
-    attempts_max: int | None = 12  # attempts nobody answered (a node that answers is retried
-    # until the deadline: an election or a leader catching up ends); None: only the deadline
-    backoff_ms_min: int = 10
-    backoff_ms_max: int = 250
-    # How often a call goes to the leader last heard of rather than any node; the simulator
-    # lowers it so deposed leaders and forwarding are met as often as real clients meet them.
-    leader_hint_probability: float = 1.0
-
-
-GAVE_UP = "timeout"  # the one error that means "no answer came in time: outcome unknown"
-
-
-def timeout_error(waited_ms: int | None) -> Err:
-    """A call given up: nobody knows whether it took effect."""
-    return Err(GAVE_UP, "no answer in time" if waited_ms is None else f"no answer within {waited_ms} ms")
-
-
-@dataclass(slots=True)
-class _Call:
-    """One request in flight (or waiting for its own reply) under its own id."""
-
-    handle: int | None  # None: the client's own batch, answered to its members
-    rid: int
-    op: Any
-    raw: bytes
-    group: int | None
-    pinned: str | None
-    deadline_ms: int | None
-    attempt_timeout_ms: int
-    node: str = ""  # where the latest attempt went
-    attempt: int = 0  # sends so far
-    token: int = 0  # which of this call's timers is live (a send or an answer moves it on)
-    retries: int = 0  # retryable answers so far: the backoff's growth
-    silent: int = 0  # attempts that timed out
-    last: Err | None = None  # the latest retryable answer: what a call out of tries returns
-    locks: list[tuple[int, Acquire | Release, int | None]] | None = None  # a LockBatch's callers
-    produces: list[int] | None = None  # a ProduceBatch's callers' handles, in order
-    stays: bool = False  # every attempt goes to the pinned node
-
-
 # What msgspec's encoder raises for a value it cannot encode (too deep, not serializable).
 UNENCODABLE = (RecursionError, TypeError, OverflowError, ValueError)
 GOOD_QUEUES_MAX = 1_024  # queue names a client remembers as valid
 _ATTEMPT, _BACKOFF = 0, 1  # what a call's one live timer ends: an attempt, or a backoff
 _CONFIG: Any = object()  # a call's timeout: the config's
+_TEXT = (bytes, str)  # a tuple: ``bytes | str`` in isinstance builds a union every time
 
 
 class ClientCore:
@@ -125,7 +85,7 @@ class ClientCore:
         self.members: dict[str, str] = {}  # node id -> address
         self.shard_count = 0
         self.leaders: dict[int, str] = {}  # group -> node id, as replies named it
-        self._calls: dict[int, _Call] = {}  # request id -> call in flight
+        self._calls: dict[int, InFlight] = {}  # request id -> call in flight
         # A direct call's handle is its request id; a coalesced op's is negative (it has no id
         # until its batch leaves) and is mapped to the id it gets, for cancel.
         self._of_handle: dict[int, int] = {}
@@ -181,15 +141,13 @@ class ClientCore:
         """Start ``op``; returns its handle, which ``completions()`` names with its result.
         ``node``: pin it to that node (a cache op); ``timeout_ms`` (None: never give up) and
         ``attempt_timeout_ms``: this call's own, instead of the config's."""
-        self.stats["calls"] += 1
-        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
         t = type(op)
         if node is None and t is Produce:  # a produce never waits
             message = NewMessage(op.data, op.key, op.headers, op.dedup_id)
-            return self._queue_produce(
-                next(self._handles), op.queue, message, None if timeout is None else now_ms + timeout
-            )
-        wait_ms, long_poll = wait_of(op)
+            return self.produce(op.queue, message, now_ms, timeout_ms=timeout_ms)
+        self.stats["calls"] += 1
+        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
+        wait_ms, long_poll = NO_WAIT if t in NEVER_WAIT else wait_of(op)  # the common ops: no call
         deadline_ms = None if timeout is None else now_ms + timeout + wait_ms
         if node is None and (t is Acquire or t is Release):
             handle = next(self._handles)
@@ -222,7 +180,7 @@ class ClientCore:
         pinned: str | None,
         locks: list[tuple[int, Acquire | Release, int | None]] | None = None,
         produces: list[int] | None = None,
-    ) -> _Call | None:
+    ) -> InFlight | None:
         group: int | None = None
         if self.shard_count and type(op) is not ClusterInfo and pinned is None:
             routed = group_for(op, self.shard_count, self.client_id, rid)
@@ -235,17 +193,26 @@ class ClientCore:
         except UNENCODABLE as e:  # a value nested past the encoder's depth, say
             self._refuse(handle, rid, bad_request("value", f"cannot be sent: {e}"), locks, produces)
             return None
-        call = _Call(
-            handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, locks=locks, produces=produces
+        # The first attempt, inline (every call passes here; _send is a retry's): the record
+        # is built as sent, with its attempt's target, count and token.
+        node = self._target(group, pinned)
+        stays = pinned is not None and type(op) is CacheWrite and op.policy == WRITE_BACK
+        call = InFlight(
+            handle, rid, op, raw, group, pinned, deadline_ms, attempt_ms, node, 1, 1, locks, produces, stays
         )
-        call.stays = pinned is not None and type(op) is CacheWrite and op.policy == WRITE_BACK
         self._calls[rid] = call
         if handle is not None and handle != rid:
             self._of_handle[handle] = rid
-        self._send(call, self._target(call), now_ms)
+        out = self._outbox.get(node)
+        if out is None:
+            self._outbox[node] = [raw]
+        else:
+            out.append(raw)
+        self._timers.add(now_ms + attempt_ms, _ATTEMPT, rid, 1, now_ms, deadline_ms)
         return call
 
-    def _send(self, call: _Call, node: str, now_ms: int) -> None:
+    def _send(self, call: InFlight, node: str, now_ms: int) -> None:
+        """Another attempt (a retry: the first leaves in _start)."""
         call.attempt += 1
         call.token += 1
         call.node = node
@@ -254,15 +221,15 @@ class ClientCore:
             self._outbox[node] = [call.raw]
         else:
             out.append(call.raw)
-        # _timer's attempt case, inline (every call passes here): an attempt started now.
+        # _timer's attempt case, inline: an attempt started now.
         self._timers.add(
             now_ms + call.attempt_timeout_ms, _ATTEMPT, call.rid, call.token, now_ms, call.deadline_ms
         )
 
-    def _target(self, call: _Call) -> str:
-        if call.pinned is not None:
-            return call.pinned
-        leader = self.leaders.get(call.group) if call.group is not None else None
+    def _target(self, group: int | None, pinned: str | None) -> str:
+        if pinned is not None:
+            return pinned
+        leader = self.leaders.get(group) if group is not None else None
         address = self.members.get(leader) if leader is not None else None
         p = self.config.leader_hint_probability
         if address is not None and (p >= 1.0 or self.rng.random() < p):
@@ -275,7 +242,7 @@ class ClientCore:
 
     # -- time --------------------------------------------------------------------------------
 
-    def _timer(self, call: _Call, at_ms: int, kind: int) -> None:
+    def _timer(self, call: InFlight, at_ms: int, kind: int) -> None:
         """A call has one live timer (its token's), never later than its deadline."""
         started = at_ms - call.attempt_timeout_ms if kind == _ATTEMPT else None
         self._timers.add(at_ms, kind, call.rid, call.token, started, call.deadline_ms)
@@ -294,7 +261,7 @@ class ClientCore:
             else:
                 self._retry(call, kind, now_ms)
 
-    def _retry(self, call: _Call, kind: int, now_ms: int) -> None:
+    def _retry(self, call: InFlight, kind: int, now_ms: int) -> None:
         if kind == _ATTEMPT:
             call.silent += 1
             if self.config.attempts_max is not None and call.silent >= self.config.attempts_max:
@@ -302,7 +269,7 @@ class ClientCore:
                 return
         self.stats["retries"] += 1
         if kind == _BACKOFF:  # to the leader as now known; not again to a node that refused
-            tried, target = call.node, self._target(call)
+            tried, target = call.node, self._target(call.group, call.pinned)
             if target == tried and call.pinned is None and call.last is not None and call.last.code != "busy":
                 target = self._other(tried)
             self._send(call, target, now_ms)
@@ -311,7 +278,7 @@ class ClientCore:
         else:
             self._send(call, self._other(call.node), now_ms)
 
-    def _give_up(self, call: _Call, now_ms: int) -> None:
+    def _give_up(self, call: InFlight, now_ms: int) -> None:
         """Out of time or of unanswered attempts: the latest retryable answer, else timeout."""
         self.stats["timeouts"] += 1
         self._finish(call, call.last or timeout_error(self.config.timeout_ms), now_ms)
@@ -324,22 +291,28 @@ class ClientCore:
             replies = replies_in(frame)
         except Exception:  # garbage from the network: nothing to answer
             return []
-        calls = self._calls
+        calls, ids, done = self._calls, self.ids, self._done
         for reply in replies:
-            call = calls.get(reply.id)
+            rid = reply.id
+            call = calls.get(rid)
             if call is not None:
                 result = reply.result
                 if type(result) is Ok:  # the common answer: _on_reply's path for it, inline
                     if reply.leader is not None and call.group is not None:
                         self.leaders[call.group] = reply.leader
-                    self._finish(call, result, now_ms)
+                    if call.handle == rid and type(call.op) is not LockBatch:
+                        del calls[rid]  # a direct call: _finish's path for it, inline
+                        ids.done(rid)
+                        done.append((rid, result))
+                    else:
+                        self._finish(call, result, now_ms)
                 else:
                     self._on_reply(call, reply, now_ms)
-            elif reply.id in self._member_of:
-                self._early[reply.id] = reply
+            elif rid in self._member_of:
+                self._early[rid] = reply
         return replies
 
-    def _on_reply(self, call: _Call, reply: Reply, now_ms: int) -> None:
+    def _on_reply(self, call: InFlight, reply: Reply, now_ms: int) -> None:
         if reply.leader is not None and call.group is not None:
             self.leaders[call.group] = reply.leader
         result = reply.result
@@ -353,7 +326,7 @@ class ClientCore:
             return
         self._finish(call, result, now_ms)
 
-    def _finish(self, call: _Call, result: Result | Answers, now_ms: int) -> None:
+    def _finish(self, call: InFlight, result: Result | Answers, now_ms: int) -> None:
         del self._calls[call.rid]
         self.ids.done(call.rid)
         if call.locks is None and type(call.op) is LockBatch:  # a caller's own batch: its ops' ids
@@ -427,7 +400,7 @@ class ClientCore:
                 locks=members,
             )
 
-    def _answer_locks(self, batch: _Call, result: Result | Answers, now_ms: int) -> None:
+    def _answer_locks(self, batch: InFlight, result: Result | Answers, now_ms: int) -> None:
         """Each op its own answer; one left waiting becomes a call under its own id, answered
         by its own reply (perhaps already here) or asked again alone if that is late; one
         answered with a retryable error (busy, say) is asked again alone, as a lone op is."""
@@ -435,6 +408,16 @@ class ClientCore:
         assert members is not None
         whole = isinstance(result, Answers) and len(result.results) == len(members)
         cancelled, early_replies = self._cancelled, self._early
+        results: list[Any] = result.results if whole else []  # type: ignore[union-attr]
+        if whole and not cancelled and not early_replies and set(map(type, results)) == {Ok}:
+            # The common answer (every op granted or released): the loop below's path for it,
+            # the batch's ids done together (map(type, ...): no Python frame per op).
+            first, member_of = batch.rid + 1, self._member_of
+            for rid in range(first, first + len(members)):
+                member_of.pop(rid, None)
+            self.ids.done_range(first, len(members))
+            self._done += [(m[0], r) for m, r in zip(members, results, strict=True)]
+            return
         for k, (handle, op, deadline_ms) in enumerate(members):
             rid = batch.rid + 1 + k
             self._member_of.pop(rid, None)
@@ -450,19 +433,8 @@ class ClientCore:
             else:
                 self.stats["batch_waits" if isinstance(answer, Waiting) else "retries"] += 1
                 raw = encode(Request(self.client_id, rid, self.ids.acked, op))
-                call = _Call(
-                    handle,
-                    rid,
-                    op,
-                    raw,
-                    CONTROL_GROUP,
-                    None,
-                    deadline_ms,
-                    self.config.attempt_timeout_ms,
-                    node=batch.node,
-                    attempt=1,
-                    token=1,
-                )
+                ms = self.config.attempt_timeout_ms
+                call = InFlight(handle, rid, op, raw, CONTROL_GROUP, None, deadline_ms, ms, batch.node, 1, 1)
                 self._calls[rid] = call
                 self._of_handle[handle] = rid
                 if isinstance(answer, Waiting):
@@ -474,40 +446,39 @@ class ClientCore:
 
     # -- produces, coalesced -----------------------------------------------------------------
 
-    def produce(self, queue: str, message: NewMessage, now_ms: int) -> int:
+    def produce(self, queue: str, message: NewMessage, now_ms: int, *, timeout_ms: Any = _CONFIG) -> int:
         """``call(Produce(...))`` for a message already built (a driver's hot path): coalesced
         with the others of its queue and shard; its handle completes with its message id."""
         self.stats["calls"] += 1
-        timeout = self.config.timeout_ms
-        return self._queue_produce(
-            next(self._handles), queue, message, None if timeout is None else now_ms + timeout
-        )
-
-    def _queue_produce(self, handle: int, queue: str, op: NewMessage, deadline_ms: int | None) -> int:
-        plain = op.key is None and op.dedup_id is None and op.headers is None
+        timeout = self.config.timeout_ms if timeout_ms is _CONFIG else timeout_ms
+        deadline_ms = None if timeout is None else now_ms + timeout
+        handle = next(self._handles)
+        plain = message.key is None and message.dedup_id is None and message.headers is None
         good = self._good_queues
-        err = None if queue in good else check_queue(queue)
-        if err is None and len(good) < GOOD_QUEUES_MAX:
-            good.add(queue)  # check_queue is pure: a name it passed passes again
+        err = None
+        if queue not in good:
+            err = check_queue(queue)
+            if err is None and len(good) < GOOD_QUEUES_MAX:
+                good.add(queue)  # check_queue is pure: a name it passed passes again
         if err is None and not plain:
-            err = check_message(op)
+            err = check_message(message)
         if err is None and not self.shard_count:
             err = Err("unavailable", "the client has not learnt the cluster yet")
         if err is not None:
             self._done.append((handle, err))
             return handle
         # None: any shard (sticky per batch)
-        shard = None if plain else produce_shard(queue, op.key, op.dedup_id, self.shard_count)
-        data = op.data
+        shard = None if plain else produce_shard(queue, message.key, message.dedup_id, self.shard_count)
+        data = message.data
         try:
-            size = len(data) if plain and isinstance(data, bytes | str) else len(encode(op))
+            size = len(data) if plain and isinstance(data, _TEXT) else len(encode(message))
         except UNENCODABLE as e:  # refused alone, not with the batch it would have joined
             self._done.append((handle, bad_request("data", f"cannot be sent: {e}")))
             return handle
         queued = self._produce_queue.get((queue, shard))
         if queued is None:
             queued = self._produce_queue[queue, shard] = []
-        queued.append(Queued(handle, op, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
+        queued.append(Queued(handle, message, deadline_ms, size + _PRODUCE_FRAMING_BYTES))
         return handle
 
     def _flush_produces(self, now_ms: int) -> None:
@@ -530,7 +501,7 @@ class ClientCore:
                     produces=[q.handle for q in batch],
                 )
 
-    def _answer_produces(self, batch: _Call, result: Result | Answers) -> None:
+    def _answer_produces(self, batch: InFlight, result: Result | Answers) -> None:
         handles = batch.produces
         assert handles is not None
         if not isinstance(result, Ok):
@@ -542,9 +513,13 @@ class ClientCore:
         except msgspec.ValidationError as e:
             self._done += [(h, Err("bad_reply", f"a produce answered {e}")) for h in handles]
             return
+        ids = produced.message_ids
+        if not produced.duplicates and not self._cancelled:  # the common answer: no loop below
+            self._done += [(h, Ok({"message_id": m})) for h, m in zip(handles, ids, strict=True)]
+            return
         duplicates = set(produced.duplicates)
         cancelled = self._cancelled
-        for n, (handle, message_id) in enumerate(zip(handles, produced.message_ids, strict=True)):
+        for n, (handle, message_id) in enumerate(zip(handles, ids, strict=True)):
             if not cancelled or not self._dropped(handle):
                 value = (
                     {"message_id": message_id, "duplicate": True}

@@ -212,16 +212,18 @@ def error_reply(request_id: int, code: str, message: str, detail: object = None)
 
 class RequestIds:
     """A client's request numbering: fresh ids, and ``acked`` = the lowest still outstanding
-    (every id below it has been answered, so replicas may forget those results)."""
+    (every id below it has been answered, so replicas may forget those results). ``acked`` is
+    a plain attribute, kept as ids finish (read for every request: a property is a call)."""
 
     def __init__(self) -> None:
         self._next = 1
-        self._open: dict[int, None] = {}  # insertion order is id order
+        self._open: dict[int, None] = {}  # a dict, not a set: its item syntax is no method call
+        self.acked = 1  # the first open id, or the next fresh one while none is open
 
     def next(self) -> int:
         rid = self._next
         self._next += 1
-        self._open[rid] = None
+        self._open[rid] = None  # acked stays: it is the lowest open id, or was rid (none open)
         return rid
 
     def reserve(self, count: int) -> int:
@@ -232,8 +234,27 @@ class RequestIds:
         return first
 
     def done(self, rid: int) -> None:
-        self._open.pop(rid, None)
+        still = self._open
+        if rid not in still:
+            return  # answered before (or never issued)
+        del still[rid]
+        if rid == self.acked:
+            # The next open id: acked only moves up, so each id is stepped over once at most
+            # (answers mostly come in order: one step).
+            acked, end = rid + 1, self._next
+            while acked < end and acked not in still:
+                acked += 1
+            self.acked = acked
 
-    @property
-    def acked(self) -> int:
-        return next(iter(self._open), self._next)
+    def done_range(self, first: int, count: int) -> None:
+        """``done`` for the ``count`` ids from ``first`` (a lock batch's ops, answered together):
+        one call, not one per id."""
+        still, stop = self._open, min(first + count, self._next)  # ids never issued: none
+        for rid in range(first, stop):
+            if rid in still:
+                del still[rid]
+        if first <= self.acked < stop:  # the lowest open id was among them: the next above them
+            acked, end = stop, self._next
+            while acked < end and acked not in still:
+                acked += 1
+            self.acked = acked

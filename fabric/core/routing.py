@@ -96,8 +96,9 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
     return bad_request("op", f"{type(op).__name__} must name its shard (OnShard)")
 
 
-_NO_WAIT = (0, False)
-_NEVER_WAIT = frozenset({Put, Get, Delete, Release, Produce})  # ops with no wait_ms
+NO_WAIT = (0, False)
+# Ops with no wait_ms: wait_of's answer for them is NO_WAIT (a caller on a hot path may look first).
+NEVER_WAIT = frozenset({Put, Get, Delete, Release, Produce})
 
 
 def wait_of(op: Any) -> tuple[int, bool]:
@@ -107,8 +108,8 @@ def wait_of(op: Any) -> tuple[int, bool]:
     callers may retry it every attempt. A long-polling consume runs on the leader only and is
     not deduplicated: an attempt must outlast its wait, or a retry would take more messages.
     """
-    if type(op) in _NEVER_WAIT:  # the common calls, without the lookups below
-        return _NO_WAIT
+    if type(op) in NEVER_WAIT:  # the common calls, without the lookups below
+        return NO_WAIT
     inner = op.op if isinstance(op, OnShard) else op
     wait_ms = getattr(inner, "wait_ms", 0) or 0
     return wait_ms, isinstance(inner, Consume) and wait_ms > 0
