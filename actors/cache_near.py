@@ -160,6 +160,7 @@ class NearCache:
         op = self.pending.get(key)
         if op is not None and op.kind == FETCH:
             op.callers.append(caller)  # one fetch, however many callers
+            op.joined_ms.append(now_ms)
             self._count_miss(key)
         elif self._busy(key):
             self.queued.setdefault(key, deque()).append(caller)
@@ -218,6 +219,7 @@ class NearCache:
             now_ms,
             now_ms,
             [caller] if caller is not None else [],
+            [now_ms] if caller is not None else [],
         )
         self.pending[key] = op
         self.sends.append((shard, op.message))
@@ -319,10 +321,21 @@ class NearCache:
                 self._install(shard, key, line, grant, seq)
             return
         new = self._install(shard, key, line, grant, seq)
+        lease_end_ms = op.first_ms + self.config.lease_ms
         if grant.lease:
-            session.lease_until_ms = max(session.lease_until_ms, op.first_ms + self.config.lease_ms)
-        for caller in op.callers:
-            self._answer(caller, grant_result(caller[2], grant, new))
+            session.lease_until_ms = max(session.lease_until_ms, lease_end_ms)
+        # The value was memory's when the home granted it and stays so until our lease's end
+        # (the home waits for our ack or that end before it commits a newer one). A grant that
+        # arrives later — held in a partition, say — answers only the callers that came before
+        # that end; one that came after could be handed a value overwritten before it asked.
+        late: list[Caller] = []
+        for caller, joined_ms in zip(op.callers, op.joined_ms, strict=True):
+            if joined_ms < lease_end_ms:
+                self._answer(caller, grant_result(caller[2], grant, new))
+            else:
+                late.append(caller)
+        if late:
+            self.queued.setdefault(key, deque()).extendleft(reversed(late))  # asked again, first
         self._done(key, now_ms)
 
     def _install(self, shard: int, key: str, line: Line | None, grant: Grant, seq: int) -> str:
@@ -476,7 +489,7 @@ class NearCache:
                 self.counters["timeouts"] += 1
                 for caller in op.callers:
                     self._answer(caller, Err("unavailable", f"the home of {key!r} did not answer"))
-                op.callers = []
+                op.callers, op.joined_ms = [], []
                 self._done(key, now_ms)
                 continue
             op.sent_ms = now_ms

@@ -34,6 +34,7 @@ class KeyOp:
     first_ms: int
     sent_ms: int
     callers: list[Caller] = field(default_factory=list)
+    joined_ms: list[int] = field(default_factory=list)  # when each caller came, in callers' order
 
 
 @dataclass(slots=True)

@@ -367,3 +367,28 @@ def test_during_the_takeover_wait_a_write_back_goes_ahead_of_the_reads_that_wait
     assert rig.memory("k") == (2, version) and rid not in rig.answers
     rig.tick(rig.config.home_lease_ms + 20)
     assert msgspec.msgpack.decode(rig.answers[rid].value.value) == 2
+
+
+def test_a_grant_held_past_the_lease_answers_only_the_reads_that_came_before_its_end() -> None:
+    # Chaos (isolate-leader, suite seed 454005): a fetch's grant held in a partition arrived
+    # after the lease it carried had run out, and answered a read that had joined the fetch
+    # after that end with a value the home had overwritten before the read was asked.
+    rig = Rig()
+    assert isinstance(rig.write("n1", "k", "a"), Ok)
+    rig.hold("n2")  # the home's stream to n2 is held (a partition in one direction)
+    first = rig.ask("n2", CacheRead("k"))  # the fetch goes home; its grant waits before n2
+    rig.run()
+    overwrite = rig.ask("n3", CacheWrite("k", msgspec.Raw(msgspec.msgpack.encode("b"))))
+    rig.tick(rig.config.home_lease_ms + 100)  # n2 never acks: its lease runs out, "b" commits
+    assert isinstance(rig.settled(overwrite), Ok)
+    late = rig.ask("n2", CacheRead("k"))  # joins the fetch still in flight, after the lease's end
+    rig.release("n2")
+    rig.tick(500)
+    assert answered_value(rig, first) == "a"  # asked within the lease: "a" was memory's then
+    assert late not in rig.answers or answered_value(rig, late) == "b"
+
+
+def answered_value(rig: Rig, rid: int) -> object:
+    result = rig.answers[rid]
+    assert isinstance(result, Ok), result
+    return msgspec.msgpack.decode(result.value.value)
