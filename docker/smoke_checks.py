@@ -126,11 +126,19 @@ def check_prometheus() -> None:
 
     wait_for("Prometheus to report three targets up", targets_up, timeout_s=60)
     query = urllib.parse.quote("sum by (instance) (syncfab_raft_is_leader)")
-    result = get_json(f"{PROMETHEUS}/api/v1/query?query={query}")["data"]["result"]
-    instances = sorted(r["metric"]["instance"] for r in result)
-    check(instances == ["n1:8101", "n2:8101", "n3:8101"], f"syncfab_raft_is_leader per instance: {result}")
-    led = sum(float(r["value"][1]) for r in result)
-    check(led == 9, f"Prometheus counts {led} groups led, not 9 (control + 8 shards)")
+    seen: list[Any] = []
+
+    def leaders_counted() -> bool:
+        # Each target is scraped at its own moment (every 5 s): while the balancer moves a
+        # shard's leadership between two scrapes the sum can miss or double it, so it is
+        # polled until one round of scrapes agrees.
+        seen[:] = get_json(f"{PROMETHEUS}/api/v1/query?query={query}")["data"]["result"]
+        return len(seen) == 3 and sum(float(r["value"][1]) for r in seen) == 9
+
+    if not leaders_counted():
+        wait_for(f"Prometheus to count 9 groups led, control + 8 shards (it saw {seen})", leaders_counted, 60)
+    instances = sorted(r["metric"]["instance"] for r in seen)
+    check(instances == ["n1:8101", "n2:8101", "n3:8101"], f"syncfab_raft_is_leader per instance: {seen}")
 
 
 def most_leading() -> str:
