@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -17,22 +18,44 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+PORTS_LOW = 20_000  # where free_ports draws from, up to the kernel's ephemeral range
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_ports(count: int) -> list[int]:
-    """Ports that were free a moment ago (each with its successor, which a node's PUB takes)."""
+    """Ports that were free a moment ago (each with its successor, which a node's PUB takes),
+    drawn below the ephemeral range: a port the kernel handed out for port 0 could be taken,
+    before its node binds it, as the source port of another node's connection to its peers."""
+    high = _ephemeral_low() - 2
+    draw = random.SystemRandom().randrange
     ports: list[int] = []
     while len(ports) < count:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        if port + 1 >= 65535 or port in ports or port + 1 in ports:
+        if high - PORTS_LOW >= 1_000:
+            port = draw(PORTS_LOW, high)
+        else:  # an ephemeral range reaching this low: take what the kernel hands out
+            with socket.socket() as a:
+                a.bind(("127.0.0.1", 0))
+                port = a.getsockname()[1]
+        if port + 1 >= 65535 or {port - 1, port, port + 1} & set(ports):
             continue
-        with socket.socket() as b:
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        ports.append(port)
+        if _bindable(port) and _bindable(port + 1):
+            ports.append(port)
     return ports
 
 
