@@ -34,9 +34,6 @@ class HandedMarks:
     def __init__(self) -> None:
         self._marks: dict[tuple[str, int], _Mark] = {}
 
-    def __len__(self) -> int:
-        return len(self._marks)
-
     @staticmethod
     def ops(shard: int, queues: dict[str, QueueState]) -> list[HandOver]:
         """What a leader about to transfer proposes: its live marks, oldest seqs first, at most

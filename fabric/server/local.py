@@ -29,7 +29,8 @@ def _ephemeral_low() -> int:
         return 32_768  # Linux's default
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a socket could bind ``port`` on loopback just now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -54,7 +55,7 @@ def free_ports(count: int) -> list[int]:
                 port = a.getsockname()[1]
         if port + 1 >= 65535 or {port - 1, port, port + 1} & set(ports):
             continue
-        if _bindable(port) and _bindable(port + 1):
+        if bindable(port) and bindable(port + 1):
             ports.append(port)
     return ports
 

@@ -20,7 +20,7 @@ import pytest
 
 from syncfab.fabric.client import Client, SyncfabError
 from syncfab.fabric.server.curve import read_public_key, read_secret_key
-from syncfab.fabric.server.local import LocalCluster, free_ports
+from syncfab.fabric.server.local import LocalCluster, bindable, free_ports
 
 from .helpers import self_signed, wait_for
 
@@ -82,20 +82,11 @@ def test_cluster_command_serves_kv_and_stops_on_sigterm(tmp_path: Any) -> None:
     assert "syncfab cluster stopped" in out
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_bases(count: int) -> list[int]:
     while True:
         bases = free_ports(count)
         ports = [b + 100 * i + k for b in bases for i in range(3) for k in (0, 1)]
-        if max(ports) < 65536 and len(set(ports)) == len(ports) and all(map(_bindable, ports)):
+        if max(ports) < 65536 and len(set(ports)) == len(ports) and all(map(bindable, ports)):
             return bases
 
 
