@@ -13,20 +13,32 @@ from syncfab.actors.cache_ops import WriteBackItem
 from syncfab.actors.results import Err, Ok
 
 
+class Membership(msgspec.Struct, frozen=True, array_like=True):
+    """A Raft group's configuration: who votes, and who only receives the log (learners,
+    catching up before they vote). Both sorted (actors/raft_conf.py)."""
+
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+
+
 class Entry(msgspec.Struct, frozen=True, array_like=True):
-    """One log entry. ``data`` is an encoded command; ``b""`` is a leader's no-op."""
+    """One log entry. ``data`` is an encoded command; ``b""`` is a leader's no-op, or, with
+    ``conf``, a membership change (in force from the moment it is in a log: raft_conf.py)."""
 
     term: int
     index: int
     data: bytes
+    conf: Membership | None = None
 
 
 class Snapshot(msgspec.Struct, frozen=True, array_like=True):
-    """A state machine image covering the log up to and including ``index``."""
+    """A state machine image covering the log up to and including ``index``, and the group's
+    membership at that index (None: the group's initial one; snapshots before membership changes)."""
 
     index: int
     term: int
     data: bytes
+    conf: Membership | None = None
 
 
 class HardState(msgspec.Struct, frozen=True, array_like=True):

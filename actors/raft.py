@@ -10,7 +10,8 @@ Beyond the paper: pre-vote and check-quorum (a partitioned node cannot depose a 
 and a leader cut off from its quorum steps down), pipelined and batched replication with
 per-follower flow control (probe / replicate / snapshot), ReadIndex reads confirmed by one
 heartbeat round shared by every read of a turn, snapshots with InstallSnapshot, and leadership
-transfer with TimeoutNow. Role behaviour is bound on role change (``self._step``, ``self._tick``).
+transfer with TimeoutNow, and membership changes one voter at a time with learners
+(actors/raft_conf.py). Role behaviour is bound on role change (``self._step``, ``self._tick``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum
 
 from syncfab.actors.messages import (
     AppendEntries,
@@ -29,6 +28,7 @@ from syncfab.actors.messages import (
     Heartbeat,
     HeartbeatReply,
     InstallSnapshot,
+    Membership,
     RaftMessage,
     Snapshot,
     TimeoutNow,
@@ -36,44 +36,12 @@ from syncfab.actors.messages import (
     VoteRequest,
 )
 from syncfab.actors.progress import Flow, Progress
+from syncfab.actors.raft_conf import change_refused, latest_conf, membership
 from syncfab.actors.raft_log import RaftLog
+from syncfab.actors.raft_types import Busy, NotLeader, RaftConfig, Role
 from syncfab.actors.ready import Persist, ReadState, Ready
 
-
-class Role(Enum):
-    FOLLOWER = "follower"
-    PRE_CANDIDATE = "pre_candidate"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-class NotLeader(Exception):
-    """This replica cannot take the request; ``leader`` is its best guess at who can."""
-
-    def __init__(self, leader: str | None) -> None:
-        super().__init__(f"not the leader (leader: {leader})")
-        self.leader = leader
-
-
-class Busy(Exception):
-    """Too many uncommitted entries, or a leadership transfer is under way: retry shortly."""
-
-
-@dataclass(frozen=True, slots=True)
-class RaftConfig:
-    heartbeat_ms: int = 100
-    # Followers wait a random time in [election_timeout_ms, 2 * election_timeout_ms).
-    election_timeout_ms: int = 500
-    pre_vote: bool = True
-    check_quorum: bool = True
-    append_entries_max: int = 1024
-    append_bytes_max: int = 1 << 20
-    inflight_messages_max: int = 64
-    uncommitted_entries_max: int = 50_000
-    apply_entries_max: int = 4096
-    # Heartbeat rounds a follower may show no progress before its pipeline is restarted.
-    stalled_heartbeats_max: int = 2
-    snapshot_stalled_heartbeats_max: int = 20
+_REPLIES = (AppendReply, HeartbeatReply, VoteReply)
 
 
 class RaftCore:
@@ -89,11 +57,10 @@ class RaftCore:
         snapshot: Snapshot | None = None,
         entries: Sequence[Entry] = (),
     ) -> None:
-        assert node_id in voters, "a RaftCore must be one of its group's voters"
         self.id = node_id
-        self.voters = tuple(sorted(voters))
-        self.peers = tuple(v for v in self.voters if v != node_id)
-        self.quorum = len(self.voters) // 2 + 1
+        # In force until the log or a snapshot says otherwise. Empty: a replica created to
+        # receive a group it will learn from its leader (it neither votes nor campaigns).
+        self.initial = membership(voters)
         self.config = config or RaftConfig()
         self._rng = rng
         self._now = now_ms
@@ -129,6 +96,8 @@ class RaftCore:
         self._reads_ready: list[ReadState] = []
         self._step: Callable[[str, RaftMessage], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
+        self._leaving: dict[str, list[int]] = {}  # removed peer -> [removal index, heartbeats left]
+        self._set_conf(*latest_conf(self.log.entries, snapshot, self.initial))
         self._become_follower(self.term, None)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -138,8 +107,12 @@ class RaftCore:
         self._tick()
 
     def step(self, sender: str, msg: RaftMessage) -> None:
-        if sender not in self.peers:
-            return
+        if isinstance(msg, _REPLIES) and sender not in self.peers and sender not in self._leaving:
+            return  # from a replica we no longer track: its term must not depose us
+        # Anyone else is heard: a learner just added (or a replica with no membership yet) does
+        # not know its leader is a member until the log it is about to receive says so, and a
+        # replica whose latest (uncommitted) membership left the leader out may be wrong.
+        # Removed replicas cannot disrupt: pre-vote and the leader lease turn their elections down.
         if msg.term > self.term:
             if isinstance(msg, VoteRequest):
                 if not msg.transfer and self._in_lease():
@@ -165,7 +138,7 @@ class RaftCore:
 
     def campaign(self) -> None:
         """Start an election now (an operator's or a test's nudge; timers do this otherwise)."""
-        if self.role is not Role.LEADER:
+        if self.role is not Role.LEADER and self.is_voter:
             self._campaign(pre_vote=self.config.pre_vote)
 
     def propose(self, data: bytes) -> int:
@@ -191,13 +164,42 @@ class RaftCore:
         self._reads_pending.append((self._read_seq + 1, self.log.committed, context))
         self._read_due = True
 
+    def propose_conf(self, conf: Membership) -> int:
+        """Append a membership change (raft_conf.py's rules); returns its log index. In force
+        at once; ``conf_pending`` until it commits."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self._transferee is not None:
+            raise Busy("leadership transfer in progress")
+        if self.conf_pending:
+            raise Busy("a membership change is under way")
+        if self.log.term(self.log.committed) != self.term:
+            raise Busy("no entry of this term has committed yet")
+        refused = change_refused(self.conf, conf, self.id)
+        if refused is not None:
+            raise ValueError(refused)
+        index = self.log.last_index + 1
+        self.log.entries.append(Entry(self.term, index, b"", conf))
+        self._set_conf(conf, index)
+        return index
+
+    @property
+    def conf_pending(self) -> bool:
+        """A membership change is in the log and not committed yet."""
+        return self._conf_index > self.log.committed
+
+    @property
+    def removed(self) -> bool:
+        """This replica knows a committed membership without it: its node may retire it."""
+        return bool(self.conf.voters) and self.id not in self._members and not self.conf_pending
+
     @property
     def transfer_target(self) -> str | None:
         """Where a leadership transfer under way goes (None: none is)."""
         return self._transferee
 
     def transfer_leadership(self, target: str) -> bool:
-        if self.role is not Role.LEADER or target not in self.progress or self._transferee:
+        if self.role is not Role.LEADER or target not in self._voter_peers or self._transferee:
             return False
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_timeout_ms
@@ -211,7 +213,8 @@ class RaftCore:
         assert index <= self.log.applying, "snapshot beyond what the state machine was given"
         term = self.log.term(index)
         assert term is not None
-        self.snapshot = self._save_snapshot = Snapshot(index, term, data)
+        conf, _ = latest_conf(self.log.entries, self.snapshot, self.initial, index)
+        self.snapshot = self._save_snapshot = Snapshot(index, term, data, conf)
         compact_to = max(self.log.base_index, index - keep_entries)
         self.log.compact(compact_to)
         self._compact_to = compact_to
@@ -286,6 +289,7 @@ class RaftCore:
             self._leader_contact = self._now
         self._step, self._tick = self._step_follower, self._tick_election
         self.progress = {}
+        self._leaving.clear()
         self._transferee = None
         self._reads_pending.clear()
         self._reads_blocked.clear()
@@ -310,9 +314,10 @@ class RaftCore:
         request = VoteRequest(term, self.log.last_index, self.log.last_term, pre_vote, transfer)
         # A real vote request may only leave once our own vote for ourselves is on disk.
         out = self._msgs if pre_vote else self._msgs_after
-        out.extend((peer, request) for peer in self.peers)
+        out.extend((peer, request) for peer in self._voter_peers)
 
     def _become_leader(self) -> None:
+        assert self.is_voter, "only a voter can win an election"
         self.role = Role.LEADER
         self.leader = self.id
         self._step, self._tick = self._step_leader, self._tick_leader
@@ -328,14 +333,15 @@ class RaftCore:
 
     def _tally(self) -> bool:
         """Count votes; act on a decided election. Returns True when decided."""
-        granted = sum(self._votes.values())
+        voters = self.conf.voters
+        granted = sum(ok for p, ok in self._votes.items() if p in voters)
         if granted >= self.quorum:
             if self.role is Role.PRE_CANDIDATE:
                 self._campaign(pre_vote=False)
             else:
                 self._become_leader()
             return True
-        if len(self._votes) - granted >= self.quorum:
+        if sum(p in voters for p in self._votes) - granted >= self.quorum:
             self._become_follower(self.term, None)
             return True
         return False
@@ -354,7 +360,7 @@ class RaftCore:
             case InstallSnapshot():
                 self._heard_from_leader(sender)
                 self._on_snapshot(sender, msg)
-            case TimeoutNow() if sender == self.leader:
+            case TimeoutNow() if sender == self.leader and self.is_voter:
                 self.elections_on_transfer += 1
                 self._campaign(pre_vote=False, transfer=True)
             case _:
@@ -390,7 +396,7 @@ class RaftCore:
                 pass
 
     def _tick_election(self) -> None:
-        if self._now >= self._election_deadline:
+        if self._now >= self._election_deadline and self.is_voter:
             self.elections_on_timeout += 1
             self._campaign(pre_vote=self.config.pre_vote)
 
@@ -400,9 +406,11 @@ class RaftCore:
             self._heartbeat_deadline = self._now + cfg.heartbeat_ms
             self._broadcast_heartbeat()
             self._restart_stalled()
+            if self._leaving:
+                self._count_leaving()
         if self._now >= self._quorum_deadline:
             self._quorum_deadline = self._now + cfg.election_timeout_ms
-            active = 1 + sum(pr.recent_active for pr in self.progress.values())
+            active = 1 + sum(self.progress[p].recent_active for p in self._voter_peers)
             for pr in self.progress.values():
                 pr.recent_active = False
             if cfg.check_quorum and active < self.quorum:
@@ -426,6 +434,9 @@ class RaftCore:
             reply = AppendReply(self.term, True, log.committed)
         elif log.term(msg.prev_index) == msg.prev_term:
             last_new = log.accept(msg.prev_index, msg.entries)
+            if self._conf_index > msg.prev_index or any(e.conf is not None for e in msg.entries):
+                # A change arrived, or a truncation may have taken the one in force.
+                self._set_conf(*latest_conf(log.entries, self.snapshot, self.initial))
             log.commit_to(min(msg.commit, last_new))
             reply = AppendReply(self.term, True, last_new)
         else:
@@ -443,9 +454,15 @@ class RaftCore:
         else:
             log.restore(snap)
             self.snapshot = self._save_snapshot = self._restore = snap
+            self._set_conf(*latest_conf(log.entries, snap, self.initial))
         self._msgs_after.append((sender, AppendReply(self.term, True, snap.index)))
 
     def _on_vote_request(self, sender: str, msg: VoteRequest) -> None:
+        if not self.conf.voters:
+            # A replica that has no membership yet has no log to vote by: its vote could elect
+            # a candidate missing committed entries (it may have held them before, retired).
+            self._msgs_after.append((sender, VoteReply(self.term, False, msg.pre_vote)))
+            return
         if msg.pre_vote:
             free = msg.term > self.term or (self.vote in (None, sender) and self.leader is None)
         else:
@@ -503,7 +520,10 @@ class RaftCore:
             pr.heartbeat_passed(last, cfg.stalled_heartbeats_max, cfg.snapshot_stalled_heartbeats_max)
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self.log.stable, *(pr.match for pr in self.progress.values())], reverse=True)
+        progress = self.progress
+        matches = [progress[p].match for p in self._voter_peers]
+        matches.append(self.log.stable)  # a leader is always a voter (propose_conf)
+        matches.sort(reverse=True)
         n = matches[self.quorum - 1]
         if n > self.log.committed and self.log.term(n) == self.term:
             self.log.commit_to(n)
@@ -517,11 +537,40 @@ class RaftCore:
             seq, index, context = self._reads_pending[0]
             if seq > self._read_seq:
                 return  # its heartbeat round has not gone out yet
-            acks = 1 + sum(pr.read_ack >= seq for pr in self.progress.values())
+            acks = 1 + sum(self.progress[p].read_ack >= seq for p in self._voter_peers)
             if acks < self.quorum:
                 return
             self._reads_pending.popleft()
             self._reads_ready.append(ReadState(context, index))
+
+    # -- membership -----------------------------------------------------------------------
+
+    def _set_conf(self, conf: Membership, index: int) -> None:
+        self.conf, self._conf_index = conf, index
+        self._members = members = frozenset(conf.voters + conf.learners)
+        self.peers = tuple(sorted(members - {self.id}))
+        self._voter_peers = tuple(p for p in conf.voters if p != self.id)
+        self.is_voter = self.id in conf.voters
+        self.quorum = len(conf.voters) // 2 + 1
+        if self.role is Role.LEADER:
+            for p in self.peers:
+                if self._leaving.pop(p, None) is None and p not in self.progress:
+                    self.progress[p] = Progress(next=self.log.last_index + 1)
+            for p in self.progress:
+                if p not in members and p not in self._leaving:
+                    self._leaving[p] = [index, self.config.removed_heartbeats]
+            self._maybe_commit()  # a smaller quorum may commit at once
+        elif not self.is_voter and self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, None)
+
+    def _count_leaving(self) -> None:
+        """A removed peer keeps getting the log and heartbeats until its removal has committed
+        and a few heartbeats have told it so; then it is forgotten."""
+        for peer, left in list(self._leaving.items()):
+            if self.log.committed >= left[0]:
+                left[1] -= 1
+                if left[1] <= 0:
+                    del self._leaving[peer], self.progress[peer]
 
     # -- helpers --------------------------------------------------------------------------
 

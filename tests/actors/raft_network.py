@@ -62,6 +62,7 @@ class Network:
         self, ids: list[str], *, seed: int = 0, config: RaftConfig | None = None, disk_lag: int = 0
     ) -> None:
         self.ids = ids
+        self.initial = {i: list(ids) for i in ids}  # each node's initial voters (a joined one: none)
         self.seed = seed
         self.config = config or RaftConfig()
         self.disk_lag = disk_lag
@@ -86,7 +87,7 @@ class Network:
         disk = self.disks[node_id]
         return RaftCore(
             node_id,
-            self.ids,
+            self.initial[node_id],
             rng=random.Random(self.seed * 1000 + n),
             now_ms=self.now,
             config=self.config,
@@ -94,6 +95,17 @@ class Network:
             snapshot=disk.snapshot,
             entries=disk.log(),
         )
+
+    def join(self, node_id: str) -> RaftCore:
+        """Start a node with an empty disk and no membership: it learns the group from the log
+        once a leader adds it (RaftCore.propose_conf)."""
+        self.ids.append(node_id)
+        self.initial[node_id] = []
+        self.writing[node_id] = deque()
+        self.disks[node_id] = Disk()
+        self.applied[node_id], self.restored[node_id], self.reads[node_id] = [], [], []
+        self.nodes[node_id] = self._boot(node_id, len(self.ids) - 1)
+        return self.nodes[node_id]
 
     # -- faults ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """RaftCore driven by hand: one test per rule of the Raft paper (Ongaro & Ousterhout, extended
-version: figure 2 and sections 5, 7 and 8; membership is fixed, so section 6 does not apply) that
+version: figure 2 and sections 5, 7 and 8; section 6, membership, is test_raft_membership.py) that
 a test can pin, then our extensions (pre-vote, check-quorum, flow control, pipelined writes,
 ReadIndex, leadership transfer, backpressure).
 
@@ -24,6 +24,7 @@ from syncfab.actors.messages import (
     Heartbeat,
     HeartbeatReply,
     InstallSnapshot,
+    Membership,
     RaftMessage,
     Snapshot,
     TimeoutNow,
@@ -952,7 +953,7 @@ def test_a_far_behind_follower_installs_a_snapshot_then_replicates() -> None:
         net.propose("a", b"y%d" % n)
     a.compact(a.applying_index, b"state@7")
     net.settle()
-    snap = Snapshot(7, 1, b"state@7")
+    snap = Snapshot(7, 1, b"state@7", Membership(tuple(ABC)))
     assert (a.log.base_index, net.disks["a"].snapshot, min(net.disks["a"].entries)) == (7, snap, 7)
     net.restart("c")
     c = net.nodes["c"]
