@@ -28,7 +28,6 @@ from syncfab.actors.messages import (
     Heartbeat,
     HeartbeatReply,
     InstallSnapshot,
-    Membership,
     RaftMessage,
     Snapshot,
     TimeoutNow,
@@ -36,7 +35,7 @@ from syncfab.actors.messages import (
     VoteRequest,
 )
 from syncfab.actors.progress import Flow, Progress
-from syncfab.actors.raft_conf import change_refused, latest_conf, membership
+from syncfab.actors.raft_conf import ConfChanges, latest_conf, membership
 from syncfab.actors.raft_log import RaftLog
 from syncfab.actors.raft_types import Busy, NotLeader, RaftConfig, Role
 from syncfab.actors.ready import Persist, ReadState, Ready
@@ -44,7 +43,7 @@ from syncfab.actors.ready import Persist, ReadState, Ready
 _REPLIES = (AppendReply, HeartbeatReply, VoteReply)
 
 
-class RaftCore:
+class RaftCore(ConfChanges):
     def __init__(
         self,
         node_id: str,
@@ -107,8 +106,16 @@ class RaftCore:
         self._tick()
 
     def step(self, sender: str, msg: RaftMessage) -> None:
-        if isinstance(msg, _REPLIES) and sender not in self.peers and sender not in self._leaving:
-            return  # from a replica we no longer track: its term must not depose us
+        if sender not in self._members:
+            if sender in self._leaving:
+                if msg.term > self.term:
+                    return  # a removed replica's term must not depose us
+            elif isinstance(msg, _REPLIES):
+                return  # from a replica we no longer track
+            elif isinstance(msg, VoteRequest) and self.role is Role.LEADER and not self.conf_pending:
+                self._leaving[sender] = [self._conf_index, self.config.removed_heartbeats_max]
+                self.progress[sender] = Progress(next=self.log.last_index + 1)
+                return  # a removed replica that missed its removal: send it the log that says so
         # Anyone else is heard: a learner just added (or a replica with no membership yet) does
         # not know its leader is a member until the log it is about to receive says so, and a
         # replica whose latest (uncommitted) membership left the leader out may be wrong.
@@ -164,35 +171,6 @@ class RaftCore:
         self._reads_pending.append((self._read_seq + 1, self.log.committed, context))
         self._read_due = True
 
-    def propose_conf(self, conf: Membership) -> int:
-        """Append a membership change (raft_conf.py's rules); returns its log index. In force
-        at once; ``conf_pending`` until it commits."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader)
-        if self._transferee is not None:
-            raise Busy("leadership transfer in progress")
-        if self.conf_pending:
-            raise Busy("a membership change is under way")
-        if self.log.term(self.log.committed) != self.term:
-            raise Busy("no entry of this term has committed yet")
-        refused = change_refused(self.conf, conf, self.id)
-        if refused is not None:
-            raise ValueError(refused)
-        index = self.log.last_index + 1
-        self.log.entries.append(Entry(self.term, index, b"", conf))
-        self._set_conf(conf, index)
-        return index
-
-    @property
-    def conf_pending(self) -> bool:
-        """A membership change is in the log and not committed yet."""
-        return self._conf_index > self.log.committed
-
-    @property
-    def removed(self) -> bool:
-        """This replica knows a committed membership without it: its node may retire it."""
-        return bool(self.conf.voters) and self.id not in self._members and not self.conf_pending
-
     @property
     def transfer_target(self) -> str | None:
         """Where a leadership transfer under way goes (None: none is)."""
@@ -201,6 +179,8 @@ class RaftCore:
     def transfer_leadership(self, target: str) -> bool:
         if self.role is not Role.LEADER or target not in self._voter_peers or self._transferee:
             return False
+        if self.conf_pending:
+            return False  # the next leader would not know whom a pending change removes
         self._transferee = target
         self._transfer_deadline = self._now + self.config.election_timeout_ms
         if self.progress[target].match == self.log.last_index:
@@ -323,6 +303,12 @@ class RaftCore:
         self._step, self._tick = self._step_leader, self._tick_leader
         last = self.log.last_index
         self.progress = {p: Progress(next=last + 1) for p in self.peers}
+        if self._conf_index > self.log.base_index:
+            # Replicas the last change removed may not know it yet: tell them, as its leader would.
+            before, _ = latest_conf(self.log.entries, self.snapshot, self.initial, self._conf_index - 1)
+            for p in sorted(set(before.voters + before.learners) - self._members - {self.id}):
+                self.progress[p] = Progress(next=last + 1)
+                self._leaving[p] = [self._conf_index, self.config.removed_heartbeats_max]
         self._heartbeat_deadline = self._now + self.config.heartbeat_ms
         self._quorum_deadline = self._now + self.config.election_timeout_ms
         # Commit something of our own term: it commits every earlier entry (§5.4.2) and
@@ -542,35 +528,6 @@ class RaftCore:
                 return
             self._reads_pending.popleft()
             self._reads_ready.append(ReadState(context, index))
-
-    # -- membership -----------------------------------------------------------------------
-
-    def _set_conf(self, conf: Membership, index: int) -> None:
-        self.conf, self._conf_index = conf, index
-        self._members = members = frozenset(conf.voters + conf.learners)
-        self.peers = tuple(sorted(members - {self.id}))
-        self._voter_peers = tuple(p for p in conf.voters if p != self.id)
-        self.is_voter = self.id in conf.voters
-        self.quorum = len(conf.voters) // 2 + 1
-        if self.role is Role.LEADER:
-            for p in self.peers:
-                if self._leaving.pop(p, None) is None and p not in self.progress:
-                    self.progress[p] = Progress(next=self.log.last_index + 1)
-            for p in self.progress:
-                if p not in members and p not in self._leaving:
-                    self._leaving[p] = [index, self.config.removed_heartbeats]
-            self._maybe_commit()  # a smaller quorum may commit at once
-        elif not self.is_voter and self.role is not Role.FOLLOWER:
-            self._become_follower(self.term, None)
-
-    def _count_leaving(self) -> None:
-        """A removed peer keeps getting the log and heartbeats until its removal has committed
-        and a few heartbeats have told it so; then it is forgotten."""
-        for peer, left in list(self._leaving.items()):
-            if self.log.committed >= left[0]:
-                left[1] -= 1
-                if left[1] <= 0:
-                    del self._leaving[peer], self.progress[peer]
 
     # -- helpers --------------------------------------------------------------------------
 

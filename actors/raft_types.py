@@ -40,6 +40,8 @@ class RaftConfig:
     # Heartbeat rounds a follower may show no progress before its pipeline is restarted.
     stalled_heartbeats_max: int = 2
     snapshot_stalled_heartbeats_max: int = 20
-    # Heartbeats a removed replica still gets once its removal has committed, so that it
-    # learns the removal committed (RaftCore.removed) and its node can retire the replica.
+    # A removed replica (or one that asks for votes after its removal) still gets the log and
+    # heartbeats, so it learns its removal committed (RaftCore.removed) and its node retires
+    # it: this many heartbeats once it holds the removal, at most the max in all (it may be dead).
     removed_heartbeats: int = 10
+    removed_heartbeats_max: int = 100

@@ -21,7 +21,7 @@ PROJECT=syncfab-smoke
 CACHE=${SYNCFAB_SMOKE_CACHE:-/var/cache/syncfab-smoke}
 PYTHON=${PYTHON:-python3}
 IMAGE=localhost/syncfab:smoke
-HOST_PORTS=(8101 8201 8301 7101 7102 7201 7202 7301 7302 9090)
+HOST_PORTS=(8101 8201 8301 7101 7102 7201 7202 7301 7302 9090 8401 7401 7402)
 LOG=$(mktemp -t syncfab-smoke.XXXXXX)
 
 skip() { echo "docker/smoke.sh: skipped: $*"; exit 0; }
@@ -136,6 +136,7 @@ echo "docker/smoke.sh: $IMAGE is $size_mb MB (on $BASE)"
 
 # -- up -------------------------------------------------------------------------------------
 compose() { podman-compose -p "$PROJECT" "$@"; }
+scaled() { compose -f docker-compose.yml -f docker/compose.scale-out.yml "$@"; } # with n4
 leftovers() { # what is left of the project: containers, volumes, networks
 	local label=label=io.podman.compose.project=$PROJECT
 	podman ps -aq --filter "$label"
@@ -165,7 +166,7 @@ down() {
 		done
 		((status != 0)) || PASSED=$((PASSED + 1))
 	fi
-	compose down -v >>"$LOG" 2>&1 || true
+	scaled down -v >>"$LOG" 2>&1 || true
 	# What an older podman-compose leaves (its network), and anything a failed start left.
 	podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman rm -f >>"$LOG" 2>&1 || true
 	podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" | xargs -r podman volume rm -f >>"$LOG" 2>&1 || true
@@ -210,4 +211,16 @@ for pair in ${containers//,/ }; do
 	podman healthcheck run "${pair#*=}" >>"$LOG" 2>&1 || fail "the image's healthcheck failed in ${pair#*=}"
 done
 echo "docker/smoke.sh: every node's image healthcheck passes"
+PASSED=$((PASSED + 1))
+
+# -- scale-out: the README's steps, a fourth node added and removed -------------------------
+phase "scale out"
+quiet scaled up -d --no-build n4
+"$PYTHON" docker/smoke_checks.py --engine podman --containers "$containers" --scale-out || fail "scale-out (above)"
+quiet scaled stop n4
+n4=$(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" \
+	--filter "label=com.docker.compose.service=n4" --format '{{.Names}}')
+code=$(podman inspect "$n4" --format '{{.State.ExitCode}}')
+[[ $code == 0 ]] || fail "n4 exited $code on stop"
+quiet podman rm -f "$n4"
 PASSED=$((PASSED + 1))

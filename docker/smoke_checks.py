@@ -23,8 +23,10 @@ from typing import Any
 
 from syncfab.actors.ring import shard_for_key
 from syncfab.fabric.client import AsyncClient
+from syncfab.fabric.server.local import placement_reached
 
 GATEWAYS = {"n1": 8101, "n2": 8201, "n3": 8301}
+SCALE_OUT = {"n4": 8401}  # docker/compose.scale-out.yml
 NATIVE = {"n1": "127.0.0.1:7101", "n2": "127.0.0.1:7201", "n3": "127.0.0.1:7301"}
 PROMETHEUS = "http://127.0.0.1:9090"
 NATIVE_CALL_MAX_S = 0.5  # an unusable address costs a whole attempt (1 s) per call
@@ -51,7 +53,8 @@ def phase(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 def http(node: str, method: str, path: str, body: Any = None, timeout_s: float = 10.0) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{GATEWAYS[node]}{path}", data=data, method=method)
+    port = GATEWAYS.get(node) or SCALE_OUT[node]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())
@@ -233,32 +236,64 @@ def check_native() -> None:
     print(f"smoke: native client: {len(latencies)} put+get pairs, worst {worst * 1000:.1f} ms, {stats}")
 
 
+def member(engine: str, containers: dict[str, str], *args: str) -> Any:
+    """``syncfab member ...`` run in n1's container, as the README has it (compose exec)."""
+    cmd = [engine, "exec", containers["n1"], "syncfab", "member", *args, "--endpoints", "n1:8101", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    check(out.returncode == 0, f"{' '.join(cmd)}: exit {out.returncode}: {out.stdout} {out.stderr}")
+    return json.loads(out.stdout)
+
+
+def check_scale_out(engine: str, containers: dict[str, str]) -> None:
+    """n4 (started by smoke.sh with --join) added, every group's replicas moved to the
+    placement over four nodes, n4 serving what was written before; then removed again."""
+    wait_for("n4's /health", lambda: healthy("n4"), 90)
+    four = ["n1", "n2", "n3", "n4"]
+    table = member(engine, containers, "add", "n4", "n4:7101")
+    check([m["id"] for m in table["members"]] == four, f"add n4: {table}")
+    get = lambda node, path: http(node, "GET", path, timeout_s=2)[1]  # noqa: E731
+    wait_for("every group on four nodes' placement", lambda: placement_reached(get, four), 60)
+    check(http("n4", "GET", "/kv/smoke/hello") == (200, {"key": "smoke/hello", "value": "world"}), "n4 reads")
+    table = member(engine, containers, "remove", "n4")
+    check(len(table["members"]) == 3, f"remove n4: {table}")
+    wait_for("every group back on three", lambda: placement_reached(get, list(GATEWAYS)), 60)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--engine", default="podman", help="podman or docker: stops and starts a node")
     parser.add_argument("--containers", required=True, help="n1=NAME,n2=NAME,n3=NAME")
+    parser.add_argument("--scale-out", action="store_true", help="only: add n4 (running), then remove it")
     args = parser.parse_args(argv)
     containers = dict(item.split("=", 1) for item in args.containers.split(","))
     timings: dict[str, float] = {}
     try:
-        with phase("gateways healthy", timings):
-            for node in GATEWAYS:
-                wait_for(f"{node}'s /health", lambda n=node: healthy(n), 90)
-            wait_for("one leader of every group, all agreed", lambda: cluster_settled(list(GATEWAYS)), 60)
-        with phase("kv, lock, queue, cache across nodes", timings):
-            check_services()
-        with phase("prometheus: targets up, a syncfab query", timings):
-            check_prometheus()
-        with phase("stop the node leading the most shards", timings):
-            victim = check_failover(args.engine, containers)
-        with phase(f"start {victim} again: rejoined, caught up", timings):
-            check_rejoin(args.engine, containers, victim)
-        with phase("native client on the advertised addresses", timings):
-            check_native()
+        if args.scale_out:
+            with phase("scale out to n4 and back", timings):
+                check_scale_out(args.engine, containers)
+        else:
+            run_phases(args.engine, containers, timings)
     except CheckFailed as e:
         print(f"smoke: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def run_phases(engine: str, containers: dict[str, str], timings: dict[str, float]) -> None:
+    with phase("gateways healthy", timings):
+        for node in GATEWAYS:
+            wait_for(f"{node}'s /health", lambda n=node: healthy(n), 90)
+        wait_for("one leader of every group, all agreed", lambda: cluster_settled(list(GATEWAYS)), 60)
+    with phase("kv, lock, queue, cache across nodes", timings):
+        check_services()
+    with phase("prometheus: targets up, a syncfab query", timings):
+        check_prometheus()
+    with phase("stop the node leading the most shards", timings):
+        victim = check_failover(engine, containers)
+    with phase(f"start {victim} again: rejoined, caught up", timings):
+        check_rejoin(engine, containers, victim)
+    with phase("native client on the advertised addresses", timings):
+        check_native()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from syncfab.actors.results import Ok, Result
 from syncfab.fabric.core.routing import KEY_BYTES_MAX
 from syncfab.fabric.server.http_auth import TokenCheck
 from syncfab.fabric.server.runtime import NodeRuntime
-from syncfab.gateway import cache, locks, queues
+from syncfab.gateway import cache, locks, members, queues
 from syncfab.gateway.http_server import HttpServer
 from syncfab.gateway.responses import bad_request, json_response, read_body, result_error
 from syncfab.gateway.router import Request, Response, Router
@@ -124,6 +124,7 @@ def create_router() -> Router:
     router.add_get("/kv/{key:.+}", kv_get)
     router.add_delete("/kv/{key:.+}", kv_delete)
     locks.add_routes(router)
+    members.add_routes(router)
     queues.add_routes(router)
     cache.add_routes(router)
     return router

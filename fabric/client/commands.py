@@ -1,4 +1,4 @@
-"""``syncfab kv|lock|queue|cache ...``: every service from the shell, over the HTTP API.
+"""``syncfab kv|lock|queue|cache|member ...``: every service from the shell, over the HTTP API.
 
 The shape mirrors the HTTP API, so a user who knows one knows the other: the key, resource or
 queue is the first argument, a value or message the next one as JSON, and every other field a
@@ -151,6 +151,17 @@ def add_commands(sub: Any) -> None:
     command(cache, "line", "the home's directory entry: who holds the key", _cache_get("line"), "key")
     command(cache, "stats", "this node's cache counters", lambda a: ("GET", "/cache/stats", None))
 
+    member = service("member", "the cluster's nodes: list, add (a node started with --join), remove")
+    command(
+        member,
+        "list",
+        "the members, and each group's replicas here",
+        lambda a: ("GET", "/cluster/members", None),
+    )
+    p = command(member, "add", "add a node; its replicas follow, one voter at a time", _member_add, "id")
+    p.add_argument("address", help="host:port its peers dial (its --peers entry)")
+    command(member, "remove", "remove a node; its replicas move to the others first", _member_remove, "id")
+
 
 SETTINGS = tuple(SETTINGS_LOW)  # a queue's settings, as the queue names them
 POLICIES = ["write_through", "write_back"]
@@ -158,7 +169,7 @@ Request = Callable[[argparse.Namespace], tuple[str, str, Any]]  # args -> (metho
 
 
 def _get(prefix: str, name: str) -> Request:
-    return lambda a: ("GET", prefix + _path(getattr(a, name)), None)
+    return lambda a: ("GET", prefix + (_path(getattr(a, name)) if name else ""), None)
 
 
 def _kv_put(a: argparse.Namespace) -> tuple[str, str, Any]:
@@ -222,6 +233,14 @@ def _cache_write(a: argparse.Namespace) -> tuple[str, str, Any]:
 
 def _cache_key(verb: str) -> Request:
     return lambda a: ("POST", f"/cache/{verb}", {"key": a.key})
+
+
+def _member_add(a: argparse.Namespace) -> tuple[str, str, Any]:
+    return "POST", "/cluster/members", {"id": a.id, "address": a.address}
+
+
+def _member_remove(a: argparse.Namespace) -> tuple[str, str, Any]:
+    return "DELETE", f"/cluster/members/{_path(a.id)}", None
 
 
 def _json(text: str) -> Any:

@@ -19,7 +19,7 @@ def transfer(core: NodeCore, g: HostedGroup, target: str) -> bool:
     """Hand ``g`` to ``target``: what the next leader should keep goes into the log first (the
     target campaigns only once it holds the whole log), then RaftCore asks it to campaign."""
     raft = g.raft
-    if raft.role is not Role.LEADER or raft.transfer_target is not None or target not in raft.progress:
+    if raft.role is not Role.LEADER or raft.transfer_target is not None or target not in raft.conf.voters:
         return False
     for op in g.machine.hand_over():
         g.writes.append(encode(Request("", 0, 0, op)))
@@ -42,6 +42,7 @@ def balance_leaders(core: NodeCore) -> None:
             and preferred is not None
             and preferred != core.id
             and core._now - g.leading_since_ms >= core.config.balance_after_leading_ms
+            and preferred in raft.conf.voters
             and core.detector.is_alive(preferred, core._now)
             # Caught up to the commit index, not the last index: under steady load an
             # entry is always in flight, and RaftCore finishes the catch-up itself (it
@@ -62,7 +63,8 @@ def hand_over_leadership(core: NodeCore) -> int:
         raft = g.raft
         if raft.role is not Role.LEADER:
             continue
-        live = sorted(p for p in raft.progress if p != core.id and core.detector.is_alive(p, core._now))
+        voters = raft.conf.voters
+        live = sorted(p for p in voters if p != core.id and core.detector.is_alive(p, core._now))
         if not live:
             continue
         waiting += 1

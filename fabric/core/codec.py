@@ -34,6 +34,7 @@ from syncfab.actors.locks import (
     ReleaseAll,
     Renew,
 )
+from syncfab.actors.members import MemberAdd, MemberRemove, MemberSeed
 from syncfab.actors.messages import (
     Beat,
     CacheAck,
@@ -68,6 +69,7 @@ class OnShard(msgspec.Struct, frozen=True, tag="on", array_like=True):
 CacheShardOp = CacheWrite | CacheDelete | CacheWriteBack | CacheBump | CacheExpire | CacheLine
 ShardOp = QueueCommand | QueueQuery | QueueLocal | Put | Get | Delete | CacheShardOp
 LockOp = Acquire | Release | ReleaseAll | Renew | ExpireLocks | LockInfo | OwnerInfo | LockBatch
+MemberOp = MemberAdd | MemberRemove | MemberSeed
 # The cache ops a node's near cache serves itself (CacheWrite and CacheDelete are logged too).
 NearOp = CacheRead | CacheInvalidate | CacheStats
 Op = (
@@ -77,6 +79,7 @@ Op = (
     | ClusterInfo
     | OnShard
     | LockOp
+    | MemberOp
     | QueueCommand
     | QueueQuery
     | QueueLocal

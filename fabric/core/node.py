@@ -20,24 +20,24 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from syncfab.actors.cache_home import CacheHome
 from syncfab.actors.cache_ops import NEAR_OPS
-from syncfab.actors.cache_store import CacheStore
-from syncfab.actors.kv import KvStore
-from syncfab.actors.locks import LockTable
-from syncfab.actors.machine import ApplyContext, GroupMachine
-from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
-from syncfab.actors.queues import QueuePartitions
-from syncfab.actors.raft import Busy, NotLeader, RaftCore, Role
+from syncfab.actors.machine import ApplyContext
+from syncfab.actors.messages import (
+    Beat,
+    Forward,
+    ForwardReply,
+    RaftMessage,
+)
+from syncfab.actors.raft import Busy, NotLeader, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
-from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
+from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.balance import balance_leaders, hand_over_leadership
 from syncfab.fabric.core.codec import (
     CACHE_MESSAGES,
@@ -55,9 +55,17 @@ from syncfab.fabric.core.codec import (
 )
 from syncfab.fabric.core.detector import PhiAccrualDetector
 from syncfab.fabric.core.hosted_group import HostedGroup, Waiter
-from syncfab.fabric.core.log_clock import LogClock
+from syncfab.fabric.core.hosting import (
+    ask_lost_groups,
+    follow_members,
+    host_group,
+    host_on_demand,
+    placement_of,
+    redial,
+)
 from syncfab.fabric.core.node_cache import NodeCache
 from syncfab.fabric.core.node_config import NodeConfig
+from syncfab.fabric.core.reconfigure import reconfigure
 from syncfab.fabric.core.routing import group_for
 from syncfab.fabric.core.views import cluster_view, group_status
 
@@ -92,39 +100,37 @@ class NodeCore:
         now_ms: int,
         config: NodeConfig | None = None,
         advertise: str | None = None,
+        bootstrap: Sequence[str] | None = None,
     ) -> None:
+        """``members``: the addresses peers dial, as this node was told them (the control
+        group's member table, once it has one, takes over). ``bootstrap``: the nodes the cluster
+        was first started with, which decide every group's first membership (default: all of
+        ``members``); empty for a node joining a running cluster, which hosts what it is sent."""
         self.id = node_id
         self.members = dict(sorted(members.items()))  # id -> the address peers dial
         # id -> the address native clients dial: this node's own, and each peer's from its beats.
         self.advertised = {node_id: advertise or self.members[node_id]}
         self.config = cfg = config or NodeConfig()
-        self.placement = ShardPlacement.build(
-            list(self.members), cfg.shard_count, cfg.replication, cfg.vnodes
-        )
+        self.bootstrap = tuple(sorted(self.members if bootstrap is None else bootstrap))
+        first = placement_of(self.bootstrap, cfg) if self.id in self.bootstrap else None
+        self.placement = first or placement_of(self.members, cfg)
         self.detector = PhiAccrualDetector()
         self._now = self._wall = now_ms
         self._park_seq = 0
         self.cache = NodeCache(self)
         self.groups: dict[int, HostedGroup] = {}
-        for gid in self.placement.groups_of(node_id):
-            disk = stored.get(gid)
-            raft = RaftCore(
-                node_id,
-                self.placement.replicas(gid),
-                rng=random.Random(rng.getrandbits(64)),
-                now_ms=now_ms,
-                config=cfg.raft,
-                hard_state=disk.hard_state if disk else None,
-                snapshot=disk.snapshot if disk else None,
-                entries=disk.entries if disk else (),
-            )
-            machine = self._machine_for(gid)
-            if raft.snapshot is not None:
-                machine.restore(raft.snapshot.data)
-            clock = LogClock(cfg.clock_skew_max_ms, cfg.clock_correction_max_ms)
-            self.groups[gid] = HostedGroup(gid, raft, machine, clock)
+        hosted = set(first.groups_of(node_id) if first else [CONTROL_GROUP]) | set(stored)
+        for gid in sorted(hosted):
+            voters = first.replicas(gid) if first and node_id in first.replicas(gid) else ()
+            host_group(self, gid, voters, stored.get(gid), random.Random(rng.getrandbits(64)))
+        self._members_version = -1
+        self.former: dict[str, str] = {}  # removed members' addresses, while a group tells them
+        self._dialed = dict(self.members)  # what the runtime was last told to dial
+        self._dial_changed = False
+        follow_members(self)
         # Drawn after the groups' own, so adding it left their elections as they were.
         self.cache.near.number_ops_from(rng.getrandbits(32) << 24)
+        self._rng = random.Random(rng.getrandbits(64))  # for groups hosted later
         self._peer_inbox: deque[tuple[str, list[tuple[int, PeerMessage]]]] = deque()
         self._client_inbox: deque[tuple[str | None, bytes, Request, bytes]] = deque()
         self._flush = Flush()
@@ -148,21 +154,18 @@ class NodeCore:
                 "snapshots_taken",
                 "snapshots_installed",
                 "leader_transfers",
+                "groups_added",
+                "membership_changes",
             ),
             0,
         )
 
-    def _machine_for(self, group: int) -> GroupMachine:
-        if group == CONTROL_GROUP:
-            return GroupMachine({"locks": LockTable()})
-        home = CacheHome(group, self.id, self.config.cache)
-        home.link.port = self.cache
-        return GroupMachine({"kv": KvStore(), "queues": QueuePartitions(group), "cache": CacheStore(home)})
-
     # -- inputs ---------------------------------------------------------------------------
 
     def deliver_peer(self, src: str, items: list[tuple[int, PeerMessage]]) -> None:
-        if src in self.members and src != self.id:
+        # From non-members too: a removed replica learns its removal from its group's log, and
+        # answers. Beats are heard from members only (deliver_published, _on_peer).
+        if src != self.id:
             self._peer_inbox.append((src, items))
 
     def deliver_published(self, src: str, msg: PeerMessage) -> None:
@@ -220,6 +223,9 @@ class NodeCore:
             self._send_beats()
         if now_ms >= self._next_balance:
             self._next_balance = now_ms + self.config.balance_interval_ms
+            reconfigure(self)
+            ask_lost_groups(self)
+            redial(self)
             balance_leaders(self)
         if self.leaving:
             self.handing_over = hand_over_leadership(self)
@@ -303,6 +309,8 @@ class NodeCore:
                 self._apply_entry(g, entry.index, entry.data)
         if ready.committed and g.parked:
             self._retry_parked(g)
+        if g.id == CONTROL_GROUP and (ready.committed or ready.restore is not None):
+            follow_members(self)
         applied = raft.applying_index
         for rs in ready.reads:
             reads = g.reads.pop(rs.context, None)
@@ -472,7 +480,7 @@ class NodeCore:
 
     def leader_of(self, gid: int) -> str | None:
         g = self.groups.get(gid)
-        if g is not None:
+        if g is not None and not g.raft.removed:
             return g.raft.leader
         known = self._remote_leaders.get(gid)
         return known[1] if known else None
@@ -486,11 +494,19 @@ class NodeCore:
         else:
             self._send(origin, CONTROL_GROUP, ForwardReply(route, msgspec.Raw(data)))
 
+    def take_dial_change(self) -> dict[str, str] | None:
+        """The peers to dial (hosting.redial), if that changed since last asked."""
+        changed, self._dial_changed = self._dial_changed, False
+        return dict(self._dialed) if changed else None
+
     # -- peers ----------------------------------------------------------------------------
 
     def _on_peer(self, src: str, gid: int, msg: PeerMessage) -> None:
         match msg:
             case Beat():
+                if src not in self.members:
+                    self._note_leaders(src, msg)  # a removed node leads nothing new; it may have led
+                    return
                 if msg.leaving:  # stopping: no group is handed to it (balance, hand-over)
                     self.detector.forget(src)
                 else:
@@ -498,10 +514,7 @@ class NodeCore:
                 if msg.advertise:
                     self.advertised[src] = msg.advertise
                 self.cache.on_beat(msg.cache_streams, self._now)
-                for group, term in msg.leading:
-                    known = self._remote_leaders.get(group)
-                    if known is None or term >= known[0]:
-                        self._remote_leaders[group] = (term, src)
+                self._note_leaders(src, msg)
             case Forward():
                 try:
                     request = decode_request(msg.request)
@@ -516,10 +529,18 @@ class NodeCore:
             case _:
                 g = self.groups.get(gid)
                 if g is None:
-                    self.counters["bad_peer_messages"] += 1
-                    return
+                    g = host_on_demand(self, gid, msg)
+                    if g is None:
+                        self.counters["bad_peer_messages"] += 1
+                        return
                 g.raft.step(src, msg)
                 self._active.add(gid)
+
+    def _note_leaders(self, src: str, beat: Beat) -> None:
+        for group, term in beat.leading:
+            known = self._remote_leaders.get(group)
+            if known is None or term >= known[0]:
+                self._remote_leaders[group] = (term, src)
 
     def _send(self, peer: str, gid: int, msg: PeerMessage) -> None:
         self._flush.sends.setdefault(peer, []).append((gid, msg))

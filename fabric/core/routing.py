@@ -1,7 +1,7 @@
 """Which Raft group an operation belongs to: one function for the node and the native client.
 
 - key/value ops: the key's shard;
-- lock ops: the control group (one lock table, one wait-for graph);
+- lock ops: the control group (one lock table, one wait-for graph), and member changes;
 - a produce with a key: the shard of (queue, key), so one key keeps its order;
 - a produce without one: the shard of its dedup id if it has one, else of (client, request id) —
   spread over the shards, and a retry lands where the first try did, so dedup holds;
@@ -28,14 +28,24 @@ from syncfab.actors.locks import (
     ReleaseAll,
     Renew,
 )
+from syncfab.actors.members import MemberAdd, MemberRemove, MemberSeed
 from syncfab.actors.queue_ops import HandOver
 from syncfab.actors.queues import Ack, Consume, ExpireMessages, Nack, Produce, Redeliver
 from syncfab.actors.results import Err, bad_request
 from syncfab.actors.ring import CONTROL_GROUP, shard_for_key
 from syncfab.fabric.core.codec import OnShard
 
-HOUSEKEEPING = (ExpireLocks, Redeliver, HandOver, ExpireMessages, CacheWriteBack, CacheBump, CacheExpire)
-_LOCK_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch)
+HOUSEKEEPING = (
+    ExpireLocks,
+    Redeliver,
+    HandOver,
+    ExpireMessages,
+    CacheWriteBack,
+    CacheBump,
+    CacheExpire,
+    MemberSeed,
+)
+_CONTROL_OPS = (Acquire, Release, ReleaseAll, Renew, LockInfo, OwnerInfo, LockBatch, MemberAdd, MemberRemove)
 
 
 def queue_key_shard(queue: str, key: str, shard_count: int) -> int:
@@ -87,7 +97,7 @@ def group_for(op: Any, shard_count: int, client: str = "", request_id: int = 0) 
             if not 1 <= shard <= shard_count:
                 return bad_request("message_ids", f"no shard {shard}")
             return shard
-        case _ if isinstance(op, _LOCK_OPS):
+        case _ if isinstance(op, _CONTROL_OPS):
             return CONTROL_GROUP
         case _ if isinstance(op, HOUSEKEEPING):
             return bad_request("op", f"{type(op).__name__} is not a client operation")

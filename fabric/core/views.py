@@ -49,6 +49,9 @@ def group_status(core: NodeCore) -> list[dict[str, Any]]:
             "last_index": g.raft.log.last_index,
             "elections_on_timeout": g.raft.elections_on_timeout,
             "elections_on_transfer": g.raft.elections_on_transfer,
+            "voters": list(g.raft.conf.voters),
+            "learners": list(g.raft.conf.learners),
+            "removed": g.raft.removed,  # a replica moved off this node: inert, kept on disk
         }
         for gid, g in core.groups.items()
     ]

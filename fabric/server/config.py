@@ -74,6 +74,7 @@ class NodeSettings:
     tls_cert: str | None = None  # the gateway serves HTTPS with this chain and key
     tls_key: str | None = None
     curve: CurveKeys | None = None  # CURVE on the fabric (fabric/server/curve.py); None: plain TCP
+    join: bool = False  # a new node for a running cluster: hosts nothing until a leader adds it
 
     @property
     def address(self) -> str:
@@ -91,6 +92,7 @@ _ENV = {
     "peers": "SYNCFAB_PEERS",
     "http": "SYNCFAB_HTTP",
     "advertise": "SYNCFAB_ADVERTISE",
+    "join": "SYNCFAB_JOIN",
     "data_dir": "SYNCFAB_DATA_DIR",
     "fsync": "SYNCFAB_FSYNC",
     "shards": "SYNCFAB_SHARDS",
@@ -168,6 +170,14 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=env(_ENV["advertise"]),
         help="host:port native clients should dial for this node's ROUTER (its PUB at port + 1), "
         "when that is not its --peers entry: a published container port, say (env SYNCFAB_ADVERTISE)",
+    )
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        default=env(_ENV["join"], "") not in ("", "0", "false", "no"),
+        help="a node for a running cluster (then `syncfab member add` it): it starts no group of "
+        "its own and hosts what the leaders send it; --peers needs only some members, and itself "
+        "(env SYNCFAB_JOIN=1). Only a fresh data dir takes it",
     )
     parser.add_argument(
         "--http",
@@ -289,6 +299,7 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
         curve=curve,
+        join=args.join,
     )
 
 

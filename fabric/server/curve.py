@@ -127,6 +127,10 @@ class CurveKeys:
     accepted: frozenset[bytes]  # the client keys its servers let in (its own among them)
     server_keys: Mapping[str, bytes]  # peer id -> the key its ROUTER and PUB serve with
 
+    def server_key(self, peer: str) -> bytes:
+        """A peer's server key; one added after this node started serves with the shared pair."""
+        return self.server_keys.get(peer, self.public)
+
 
 def node_curve_keys(secret_path: str, accept_path: str, node_id: str, peers: list[str]) -> CurveKeys:
     public, secret = read_secret_key(secret_path)

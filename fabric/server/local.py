@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,24 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def placement_reached(get: Callable[[str, str], Any], nodes: list[str]) -> bool:
+    """Every group's Raft voters, as its leader has them, are its replicas by the placement of
+    the members (a membership change has moved every replica), each leader among ``nodes``.
+    ``get(node, path)``: that node's gateway's JSON answer."""
+    view = get(nodes[0], "/cluster")
+    want = {0: sorted(m["id"] for m in view["members"])} | {
+        s["id"]: sorted(s["replicas"]) for s in view["shards"]
+    }
+    leaders = {0: view["leader"]} | {s["id"]: s["leader"] for s in view["shards"]}
+    for gid, leader in leaders.items():
+        if leader not in nodes:
+            return False
+        groups = {g["group"]: g for g in get(leader, "/cluster/members")["groups"]}
+        if gid not in groups or groups[gid]["voters"] != want[gid] or groups[gid]["learners"]:
+            return False
+    return True
+
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -87,9 +106,12 @@ class LocalCluster:
     """Node processes n1..nN on ``host``. Ports are picked free unless given; ``extra_args``
     go to every node, then ``node_args`` to the one they are keyed by; ``log_to_files`` sends
     each node's output to <data_dir>/<id>.log. ``http_token`` is what its own HTTP calls bear
-    (nodes run with --auth-token-file); ``tls_ca``, if set, the CA of nodes serving HTTPS."""
+    (nodes run with --auth-token-file); ``tls_ca``, if set, the CA of nodes serving HTTPS.
+    The last ``joining`` nodes are for a running cluster: started with --join, they know every
+    node's address, the others only each other's (as a cluster they were added to later)."""
 
     size: int = 3
+    joining: int = 0
     data_dir: str | None = None
     extra_args: list[str] = field(default_factory=list)
     node_args: dict[str, list[str]] = field(default_factory=dict)
@@ -106,6 +128,7 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.ids = [f"n{i}" for i in range(1, self.size + 1)]
+        self.bootstrap = self.ids[: self.size - self.joining]
         if not self.peer_ports or not self.http_ports:
             ports = free_ports(2 * self.size)
             self.peer_ports = dict(zip(self.ids, ports[: self.size], strict=True))
@@ -116,7 +139,8 @@ class LocalCluster:
 
     @property
     def peers(self) -> str:
-        return ",".join(f"{n}={self.host}:{self.peer_ports[n]}" for n in self.ids)
+        """The --peers of the nodes the cluster starts with."""
+        return ",".join(f"{n}={self.host}:{self.peer_ports[n]}" for n in self.bootstrap)
 
     def address(self, node: str) -> str:
         return f"{self.host}:{self.peer_ports[node]}"
@@ -129,7 +153,12 @@ class LocalCluster:
         return [self.address(n) for n in self.ids]
 
     def start(self, node: str | None = None) -> None:
-        for n in [node] if node else self.ids:
+        """``node``, or every node the cluster starts with."""
+        for n in [node] if node else self.bootstrap:
+            joins = n not in self.bootstrap
+            peers = (
+                ",".join(f"{m}={self.host}:{self.peer_ports[m]}" for m in self.ids) if joins else self.peers
+            )
             assert self.data_dir is not None
             cmd = [
                 sys.executable,
@@ -139,7 +168,8 @@ class LocalCluster:
                 "--id",
                 n,
                 "--peers",
-                self.peers,
+                peers,
+                *(["--join"] if joins else []),
                 "--http",
                 f"{self.host}:{self.http_ports[n]}",
                 "--data-dir",

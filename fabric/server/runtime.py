@@ -123,7 +123,7 @@ class NodeRuntime:
         self._loop = asyncio.get_running_loop()
         self._driver = CoreDriver(self.client, self._loop, self._deliver_local)
         os.makedirs(s.data_dir, exist_ok=True)
-        self._check_identity()
+        bootstrap = self._check_identity()
         self.store = LmdbLogStore(os.path.join(s.data_dir, "log"), fsync=s.fsync)
         # The disk thread needs the GIL for a moment after each fsync to hand the result back;
         # with CPython's default 5 ms switch interval a busy loop would sit on it that long.
@@ -137,6 +137,7 @@ class NodeRuntime:
             now_ms=monotonic_ms(),
             config=s.core,
             advertise=s.advertised,
+            bootstrap=bootstrap,
         )
         self.metrics.core_started()
         self._zmq, affinity = io_context(s.node_id, s.peers)
@@ -238,23 +239,29 @@ class NodeRuntime:
         self._driver.end(Err("unavailable", "node shutting down"))
         self._driver.close()
 
-    def _check_identity(self) -> None:
-        """A data dir belongs to one node of one cluster shape: refuse to start on a mismatch
-        (a changed shard count would silently re-home every key)."""
+    def _check_identity(self) -> list[str]:
+        """A data dir belongs to one node of one cluster: refuse to start on a mismatch (a changed
+        shard count would silently re-home every key). Returns the members the cluster was
+        first started with (none for a node that joined it), which decide every group's first
+        membership; the members now are in the control group (actors/members.py), not here."""
         s = self.settings
         path = os.path.join(s.data_dir, "cluster.json")
-        identity = {"node": s.node_id, "members": sorted(s.peers), "shards": s.core.shard_count}
+        bootstrap = [] if s.join else sorted(s.peers)
+        identity = {"node": s.node_id, "shards": s.core.shard_count, "bootstrap": bootstrap}
         if os.path.exists(path):
             with open(path) as f:
                 found = json.load(f)
-            if found != identity:
+            if "members" in found:  # written before membership changes: the same thing
+                found["bootstrap"] = found.pop("members")
+            if (found.get("node"), found.get("shards")) != (s.node_id, s.core.shard_count):
                 raise ConfigError(f"{path} was written for {found}, not {identity}")
-        else:
-            with open(path + ".tmp", "w") as f:
-                json.dump(identity, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(path + ".tmp", path)
+            return list(found["bootstrap"])
+        with open(path + ".tmp", "w") as f:
+            json.dump(identity, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        return bootstrap
 
     # -- turns ----------------------------------------------------------------------------
 
@@ -313,6 +320,11 @@ class NodeRuntime:
             self._send_after_persist([flush], self.transport.send_peer)
             self._advance([flush])
         self.turns += 1
+        dial = core.take_dial_change()
+        if dial is not None:
+            log.info("dialing %s", ", ".join(f"{m}={a}" for m, a in dial.items()))
+            self.transport.set_peers(dial)
+            self._durable_links.set_peers(dial)
         if self._turn_check is not None and self._turn_check[0]():
             self._turn_check[1].set()
         # Edge-triggered FDs: a socket may hold messages its FD will not announce again.

@@ -148,13 +148,28 @@ class Transport:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, hwm_messages)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        for peer, address in peers.items():
-            if peer != node_id:
+        self._affinity, self._curve = affinity, curve
+        self._subscribed: dict[str, str] = {}  # peer -> the PUB address our SUB is connected to
+        self.set_peers(peers)
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """Dial the members as they are now (the cluster's membership changed): connect to new
+        ones, disconnect from those gone or moved."""
+        self.links.set_peers(peers)
+        sub, curve = self.sub, self._curve
+        wanted = {p: pub_address(a) for p, a in peers.items() if p != self.node_id}
+        for peer, address in list(self._subscribed.items()):
+            if wanted.get(peer) != address:
+                sub.disconnect(f"tcp://{address}")
+                del self._subscribed[peer]
+        for peer, address in wanted.items():
+            if peer not in self._subscribed:
                 # The mask in force at connect() picks the thread of that connection.
-                self.sub.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
+                sub.setsockopt(zmq.AFFINITY, self._affinity.get(peer, 0))
                 if curve is not None:  # like the mask: the server key in force at connect()
-                    dial_curve(self.sub, curve.public, curve.secret, curve.server_keys[peer])
-                self.sub.connect(f"tcp://{pub_address(address)}")
+                    dial_curve(sub, curve.public, curve.secret, curve.server_key(peer))
+                sub.connect(f"tcp://{address}")
+                self._subscribed[peer] = address
 
     def drain(self, sock: zmq.Socket, frames_max: int) -> list[list[bytes]]:
         """Up to ``frames_max`` messages, each as its frames."""
@@ -239,31 +254,52 @@ class PeerLinks:
         affinity: dict[str, int] | None = None,
         curve: CurveKeys | None = None,
     ) -> None:
-        affinity = affinity or {}
+        self._ctx, self._node_id, self._hwm = ctx, node_id, hwm_messages
+        self._affinity, self._curve = affinity or {}, curve
         self.dropped = 0
         self.dealers: dict[str, zmq.Socket] = {}
-        for peer, address in peers.items():
-            if peer == node_id:
-                continue
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.AFFINITY, affinity.get(peer, 0))
-            # No fixed identity: a ROUTER refuses a connection whose identity it already has,
-            # and a peer's ROUTER never writes to us, so it keeps a connection that died on our
-            # side (a reset it never saw) open for good and would refuse every reconnection.
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.setsockopt(zmq.SNDHWM, hwm_messages)
-            dealer.setsockopt(zmq.IMMEDIATE, 1)
-            dealer.setsockopt(zmq.RECONNECT_IVL, 50)
-            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if curve is not None:
-                dial_curve(dealer, curve.public, curve.secret, curve.server_keys[peer])
-            dealer.connect(f"tcp://{address}")
-            self.dealers[peer] = dealer
+        self._addresses: dict[str, str] = {}
+        # Set by any thread, acted on by the one that sends (a socket belongs to one thread).
+        self._wanted = self._applied = dict(peers)
+        self._sync()
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """The members to dial from now on; the sending thread reconnects at its next send."""
+        self._wanted = dict(peers)
+
+    def _sync(self) -> None:
+        wanted = self._applied = self._wanted
+        for peer in [p for p, a in self._addresses.items() if wanted.get(p) != a]:
+            self.dealers.pop(peer).close(linger=0)
+            del self._addresses[peer]
+        for peer, address in wanted.items():
+            if peer != self._node_id and peer not in self.dealers:
+                self._dial(peer, address)
+
+    def _dial(self, peer: str, address: str) -> None:
+        curve, hwm_messages = self._curve, self._hwm
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.AFFINITY, self._affinity.get(peer, 0))
+        # No fixed identity: a ROUTER refuses a connection whose identity it already has,
+        # and a peer's ROUTER never writes to us, so it keeps a connection that died on our
+        # side (a reset it never saw) open for good and would refuse every reconnection.
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, hwm_messages)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if curve is not None:
+            dial_curve(dealer, curve.public, curve.secret, curve.server_key(peer))
+        dealer.connect(f"tcp://{address}")
+        self.dealers[peer] = dealer
+        self._addresses[peer] = address
 
     def send(self, peer: str, data: bytes) -> None:
+        if self._wanted is not self._applied:
+            self._sync()
         try:
             self.dealers[peer].send(data, _NOBLOCK)
-        except zmq.Again:
+        except (zmq.Again, KeyError):  # KeyError: no longer a member
             self.dropped += 1
 
     def close(self) -> None:

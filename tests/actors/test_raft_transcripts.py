@@ -24,6 +24,8 @@ Commands (node ids are any words; times in ms):
     cut a b | isolate c | recover      break one link, every link of a node, heal all
     drop a b app        lose the next message of a kind (app, app-ok, hb, snap, vote...) a -> b
     crash b | restart b                lose b's memory (and its disk writes in flight) / boot it
+    join d              start d with an empty disk and no membership (a node being added)
+    conf a voters=a,b,c,d [learners=e] a proposes that membership (actors/raft_conf.py's rules)
     status              one line per node (and the leader's view of each follower)
     log b               b's log and its marks
 
@@ -50,12 +52,14 @@ from syncfab.actors.messages import (
     Heartbeat,
     HeartbeatReply,
     InstallSnapshot,
+    Membership,
     RaftMessage,
     TimeoutNow,
     VoteReply,
     VoteRequest,
 )
 from syncfab.actors.raft import Busy, NotLeader, RaftConfig, RaftCore, Role
+from syncfab.actors.raft_conf import membership
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 TICK_STEP_MS = 10
@@ -73,7 +77,14 @@ def fmt_data(data: bytes) -> str:
 
 
 def fmt_entry(e: Entry) -> str:
+    if e.conf is not None:
+        return f"{e.index}@{e.term} conf {fmt_conf(e.conf)}"
     return f"{e.index}@{e.term} {fmt_data(e.data)}"
+
+
+def fmt_conf(conf: Membership) -> str:
+    learners = f" learners={','.join(conf.learners)}" if conf.learners else ""
+    return f"voters={','.join(conf.voters) or '-'}{learners}"
 
 
 def fmt_entries(entries: list[Entry]) -> str:
@@ -145,6 +156,8 @@ def fmt_role(node: RaftCore) -> str:
     text = f"{node.role.value} t{node.term}"
     if node.role is Role.FOLLOWER and node.leader is not None:
         text += f", leader {node.leader}"
+    if not node.is_voter:  # only once memberships change: the other transcripts never show it
+        text += ", removed" if node.removed else ", learner" if node.id in node.conf.learners else ", no vote"
     return text
 
 
@@ -197,6 +210,14 @@ class TracedNetwork(Network):
             if persist.snapshot is not None:
                 parts.append(f"snapshot {persist.snapshot.index}")
             self.say(f"* {node_id} wrote " + (", ".join(parts) or "a truncation"))
+
+    def join(self, node_id: str) -> RaftCore:
+        for seen in (self._applied_seen, self._restored_seen, self._reads_seen):
+            seen[node_id] = 0
+        node = super().join(node_id)
+        self._roles[node_id] = fmt_role(node)
+        self.say(f"* {node_id} joined, empty: {fmt_role(node)}")
+        return node
 
     def crash(self, node_id: str) -> None:
         super().crash(node_id)
@@ -321,6 +342,24 @@ class Scenario:
             net.say(f"{node} proposes {d} at index {index}")
         net.settle()
         return out
+
+    def cmd_join(self, net: TracedNetwork, node: str) -> list[str]:
+        net.join(node)
+        return []
+
+    def cmd_conf(self, net: TracedNetwork, node: str, *args: str) -> list[str]:
+        """``conf a voters=a,b,c learners=d``: propose that membership at ``a``."""
+        opts = dict(a.split("=", 1) for a in args)
+        conf = membership(
+            opts.get("voters", "").split(","), filter(None, opts.get("learners", "").split(","))
+        )
+        try:
+            index = net.nodes[node].propose_conf(conf)
+        except (NotLeader, Busy, ValueError) as e:
+            return [f"error: {fmt_error(e)}"]
+        net.say(f"{node} proposes {fmt_conf(conf)} at index {index}")
+        net.settle()
+        return []
 
     def cmd_read(self, net: TracedNetwork, node: str, context: str) -> list[str]:
         try:

@@ -20,7 +20,8 @@ A line counts as served while its shard's lease is live on its node's own clock 
 the node itself checks before it answers.
 
 At the end, ``check_final``: the history is linearizable per key (for write_back keys only in
-seeds where no node crashed: an owner's crash may lose its unwritten writes, as documented),
+seeds where no node crashed nor was paused for longer than a cache lease: an owner's crash, or
+its being cut off from the home past its lease, may lose its unwritten writes, as documented),
 and no two values of a key ever reported the same version.
 """
 
@@ -242,7 +243,8 @@ class CacheChecker:
 
 
 def check_final(sim: Simulation, clients: list[CacheClient], write_back_keys: set[str]) -> None:
-    lossy = write_back_keys if sim.nemesis.crashes else set()
+    cut_off = sim.nemesis.longest_pause_ms > sim.config.cache_lease_ms
+    lossy = write_back_keys if sim.nemesis.crashes or cut_off else set()
     history = [op for c in clients for op in c.history if op.key not in lossy]
     result = check_kv_history(history)
     if not result.ok:

@@ -20,6 +20,10 @@ from syncfab.fabric.core.node_config import NodeConfig
 class SimConfig:
     # -- the cluster ------------------------------------------------------------------------
     node_count: int = 3
+    # The last ``joining`` nodes start empty, with --join, and are added during the run
+    # (sim_members.py: each added, then the first node removed).
+    joining: int = 0
+    member_change_at_ms: int = 1_500
     shard_count: int = 2
     replication: int = 3
     vnodes: int = 16  # placement quality does not matter here; building the ring is per restart

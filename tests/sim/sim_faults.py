@@ -41,6 +41,7 @@ class Nemesis:
         self.partitions = 0
         self.swizzles = 0
         self.pauses = 0
+        self.longest_pause_ms = 0
 
     def start(self) -> None:
         self.active = True
@@ -91,9 +92,20 @@ class Nemesis:
         sim.crash(node, point, down_ms, when_writing=point == "before_write" and rng.random() < 0.5)
 
     def _would_lose_majority(self, node: str) -> bool:
+        """Would a group's voters — as the node itself has them (they change with the
+        membership), else the placement's — be left without a live majority?"""
         sim = self._sim
-        for gid in sim.placement.groups_of(node):
-            replicas = sim.placement.replicas(gid)
+        core = sim.nodes[node].core
+        for gid in range(sim.config.shard_count + 1):
+            g = core.groups.get(gid) if core is not None else None
+            if g is not None and g.raft.conf.voters:
+                replicas: tuple[str, ...] = g.raft.conf.voters
+            elif node in sim.placement.nodes and node in sim.placement.replicas(gid):
+                replicas = sim.placement.replicas(gid)
+            else:
+                continue
+            if node not in replicas:
+                continue
             live = sum(1 for r in replicas if r != node and sim.is_up(r) and not sim.crash_pending(r))
             if live < len(replicas) // 2 + 1:
                 return True
@@ -106,7 +118,10 @@ class Nemesis:
         candidates = [n for n in sim.node_ids if sim.is_up(n)]
         if candidates:
             self.pauses += 1
-            sim.pause(rng.choice(candidates), rng.randint(cfg.pause_ms_min, cfg.pause_ms_max))
+            node = rng.choice(candidates)
+            pause_ms = rng.randint(cfg.pause_ms_min, cfg.pause_ms_max)
+            self.longest_pause_ms = max(self.longest_pause_ms, pause_ms)
+            sim.pause(node, pause_ms)
 
     # -- partitions -------------------------------------------------------------------------
 

@@ -90,7 +90,8 @@ class InvariantChecker:
                 self._check_snapshot(node, gid, persist.snapshot)
                 if ready.restore is None:
                     self.snapshots_taken += 1
-            applied, commit, term = self._marks[(node, gid)]
+            # A group hosted on demand (a learner being added) starts from nothing.
+            applied, commit, term = self._marks.get((node, gid), (0, 0, 0))
             if ready.restore is not None:
                 snap = ready.restore
                 if snap.index < applied:

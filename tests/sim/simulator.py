@@ -44,12 +44,14 @@ from sim_clock import SimClock, SimulationFailure, failure_prefix
 from sim_config import SimConfig, choose_config
 from sim_faults import Nemesis
 from sim_invariants import InvariantChecker
+from sim_members import MembershipChanges
 from sim_network import SimNetwork
 from sim_service_invariants import ServiceChecker
 from sim_types import Endpoint, SimNode, SimReport
 from sim_workloads import Workloads, choose_workloads
 
 from syncfab.actors.raft import Role
+from syncfab.actors.raft_conf import membership
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
 from syncfab.fabric.core.codec import PeerBatch, PeerMessage, Reply, Request, decode_inbound, encode
 from syncfab.fabric.core.node import Flush, NodeCore
@@ -80,9 +82,10 @@ class Simulation(SimClock):
         self._trace = hashlib.blake2b(digest_size=16)
         self.turns = 0
         self.node_ids = [f"n{i}" for i in range(1, cfg.node_count + 1)]
-        self.members = {n: f"sim://{n}" for n in self.node_ids}
+        self.members = {n: f"{n}:7101" for n in self.node_ids}  # addresses no one dials
+        self.bootstrap = self.node_ids[: cfg.node_count - cfg.joining]
         self.node_config = cfg.node_config()
-        self.placement = ShardPlacement.build(self.node_ids, cfg.shard_count, cfg.replication, cfg.vnodes)
+        self.placement = ShardPlacement.build(self.bootstrap, cfg.shard_count, cfg.replication, cfg.vnodes)
         self.network = SimNetwork(self._net_rng, cfg, self.after, lambda: self.now)
         self.checker = InvariantChecker(self.fail)
         self.services = ServiceChecker(self.fail, self._live_replicas)
@@ -98,6 +101,7 @@ class Simulation(SimClock):
             for i in range(cfg.client_count if "kv" in cfg.workloads else 0)
         ]
         self.workloads = Workloads(self, workload_rng)
+        self.membership = MembershipChanges(self) if cfg.joining else None
         for node in self.nodes.values():
             self._start(node)
 
@@ -116,13 +120,17 @@ class Simulation(SimClock):
 
     def _start(self, node: SimNode) -> None:
         stored = {g: node.disk.load(g) for g in node.disk.groups()}
+        joins = node.id not in self.bootstrap
+        # What its --peers would say: a joining node knows the cluster, the cluster not it.
+        told = self.members if joins else {n: self.members[n] for n in self.bootstrap}
         node.core = NodeCore(
             node.id,
-            self.members,
+            told,
             stored=stored,
             now_ms=self.local_ms(node),
             rng=random.Random(self._node_rng.getrandbits(64)),
             config=self.node_config,
+            bootstrap=() if joins else self.bootstrap,
         )
         node.epoch += 1
         node.crash_point = None
@@ -175,9 +183,10 @@ class Simulation(SimClock):
         return WALL_EPOCH_MS + self.now + node.wall_skew_ms
 
     def _live_replicas(self, gid: int) -> Iterator[tuple[str, NodeCore]]:
-        for n in self.placement.replicas(gid):
+        """Every live node hosting ``gid`` (a retired replica too: what it applied, it agrees on)."""
+        for n in self.node_ids:
             core = self.nodes[n].core
-            if core is not None:
+            if core is not None and gid in core.groups:
                 yield n, core
 
     def pause(self, node_id: str, pause_ms: int) -> None:
@@ -388,6 +397,8 @@ class Simulation(SimClock):
         for client in self.clients:
             client.start()
         self.workloads.start()
+        if self.membership is not None:
+            self.membership.start()
         self.nemesis.start()
 
     def finish(self) -> SimReport:
@@ -406,6 +417,7 @@ class Simulation(SimClock):
             if (
                 all(c.done for c in self.clients)
                 and self.workloads.settled()
+                and (self.membership is None or self.membership.done)
                 and self.convergence_gap() is None
             ):
                 converged.append(True)
@@ -452,13 +464,23 @@ class Simulation(SimClock):
     def convergence_gap(self) -> str | None:
         """Why the cluster has not converged yet, or None: every group has one leader and all its
         replicas applied exactly its whole log. Replicas that applied the same index must also
-        hold the same key/value data — if not, that is a safety failure, not a wait."""
+        hold the same key/value data — if not, that is a safety failure, not a wait. With
+        membership changes, every group's Raft membership must be its placement's replicas."""
+        if self.membership is not None:
+            gap = self.membership.members_gap()
+            if gap is not None:
+                return gap
         for gid in range(self.config.shard_count + 1):
             replicas = self.placement.replicas(gid)
             cores = [self.nodes[r].core for r in replicas]
             if any(c is None for c in cores):
                 return f"group {gid}: a replica is down"
+            if any(gid not in c.groups for c in cores if c is not None):
+                return f"group {gid}: not hosted by every replica yet"
             groups = [c.groups[gid] for c in cores if c is not None]
+            confs = {g.raft.conf for g in groups}
+            if confs != {membership(replicas)}:
+                return f"group {gid}: memberships {sorted(map(str, confs))}, placement {replicas}"
             leaders = [r for r, g in zip(replicas, groups, strict=True) if g.raft.role is Role.LEADER]
             if len(leaders) != 1:
                 return f"group {gid}: leaders {leaders}"
