@@ -74,12 +74,36 @@ class StreamTracker:
         return gap
 
 
-def io_context(node_id: str, peers: dict[str, str]) -> tuple[zmq.Context, dict[str, int]]:
+# Threads for peers that become members after start (a context's thread count is fixed): they
+# share these, round robin, and never the bound sockets' or the first members' threads.
+SPARE_IO_THREADS = 2
+
+
+class IoThreads(dict[str, int]):
+    """Peer -> the affinity mask of its connections' I/O thread; a peer first seen later (a
+    member added since start) gets one of the spare threads."""
+
+    def __init__(self, masks: dict[str, int], first_spare: int) -> None:
+        super().__init__(masks)
+        self._first_spare, self._spares_given = first_spare, 0
+
+    def get(self, peer: str, default: int = 0) -> int:  # type: ignore[override]
+        mask = super().get(peer)
+        if mask is None:
+            thread = self._first_spare + self._spares_given % SPARE_IO_THREADS
+            self._spares_given += 1
+            mask = self[peer] = 1 << thread
+        return mask
+
+
+def io_context(node_id: str, peers: dict[str, str]) -> tuple[zmq.Context, IoThreads]:
     """A ZeroMQ context for one node: I/O thread 0 for the bound sockets (ROUTER, PUB, and the
-    connections they accept), thread k for the k-th peer's. Returns it and each peer's
-    affinity mask (see the module's docstring for why)."""
+    connections they accept), thread k for the k-th peer's, then the spare ones. Returns it and
+    each peer's affinity mask (see the module's docstring for why)."""
     others = sorted(p for p in peers if p != node_id)
-    return zmq.Context(io_threads=len(others) + 1), {p: 1 << (k + 1) for k, p in enumerate(others)}
+    masks = {p: 1 << (k + 1) for k, p in enumerate(others)}
+    ctx = zmq.Context(io_threads=len(others) + 1 + SPARE_IO_THREADS)
+    return ctx, IoThreads(masks, len(others) + 1)
 
 
 BOUND_AFFINITY = 1  # I/O thread 0
