@@ -41,7 +41,7 @@ class Nemesis:
         self.partitions = 0
         self.swizzles = 0
         self.pauses = 0
-        self.longest_pause_ms = 0
+        self.paused: list[tuple[str, int, int]] = []  # (node, from ms, for ms), every pause
 
     def start(self) -> None:
         self.active = True
@@ -120,7 +120,7 @@ class Nemesis:
             self.pauses += 1
             node = rng.choice(candidates)
             pause_ms = rng.randint(cfg.pause_ms_min, cfg.pause_ms_max)
-            self.longest_pause_ms = max(self.longest_pause_ms, pause_ms)
+            self.paused.append((node, sim.now, pause_ms))
             sim.pause(node, pause_ms)
 
     # -- partitions -------------------------------------------------------------------------
