@@ -55,14 +55,14 @@ def _step(core: NodeCore, g: HostedGroup, target: set[str]) -> None:
         return
     if missing:
         return  # learners still catching up
-    extra = sorted(voting - target)
-    if extra and extra[0] == core.id:
+    extra = sorted(voting - target - {core.id})  # others first: the leader leaves last
+    if extra:
+        _propose(core, g, voting - {extra[0]}, learning)
+    elif core.id not in target:
         stays = [v for v in raft.conf.voters if v in target and raft.progress[v].match >= raft.commit_index]
         if stays:
             preferred = core.placement.preferred_leader(g.id)
             transfer(core, g, preferred if preferred in stays else stays[0])
-    elif extra:
-        _propose(core, g, voting - {extra[0]}, learning)
     elif learning - target:
         _propose(core, g, voting, learning & target)
 
