@@ -28,12 +28,7 @@ import msgspec
 
 from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.machine import ApplyContext
-from syncfab.actors.messages import (
-    Beat,
-    Forward,
-    ForwardReply,
-    RaftMessage,
-)
+from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
 from syncfab.actors.raft import Busy, NotLeader, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
