@@ -7,8 +7,8 @@ membership change (actors/raft_conf.py), proposed once the previous one has comm
 
 1. a replica the placement wants and the group lacks joins as a **learner** (every such
    replica at once: learners do not change any quorum);
-2. a learner that has caught up (holds the log up to the commit index, or nearly: under load
-   an entry is always in flight) becomes a **voter**;
+2. a learner that has caught up (answers, and holds the log up to the commit index, or nearly:
+   under load an entry is always in flight) becomes a **voter**;
 3. only when no voter is missing, a voter the placement no longer wants is **removed** — if
    that is the leader itself, it first hands the group to a voter that stays;
 4. learners the placement no longer wants are dropped.
@@ -27,6 +27,7 @@ from syncfab.actors.ring import CONTROL_GROUP
 from syncfab.fabric.core.balance import transfer
 
 if TYPE_CHECKING:
+    from syncfab.actors.progress import Progress
     from syncfab.fabric.core.hosted_group import HostedGroup
     from syncfab.fabric.core.node import NodeCore
 
@@ -48,8 +49,7 @@ def _step(core: NodeCore, g: HostedGroup, target: set[str]) -> None:
     if missing - learning:
         _propose(core, g, voting, learning | missing)
         return
-    slack = core.config.raft.append_entries_max
-    ready = sorted(m for m in missing if raft.progress[m].match + slack >= raft.commit_index)
+    ready = sorted(m for m in missing if _caught_up(core, raft.progress[m], raft.commit_index))
     if ready:
         _propose(core, g, voting | {ready[0]}, learning - {ready[0]})
         return
@@ -65,6 +65,14 @@ def _step(core: NodeCore, g: HostedGroup, target: set[str]) -> None:
             transfer(core, g, preferred if preferred in stays else stays[0])
     elif learning - target:
         _propose(core, g, voting, learning & target)
+
+
+def _caught_up(core: NodeCore, pr: Progress, commit_index: int) -> bool:
+    """A learner that answers and holds the log to within one AppendEntries of the commit
+    index (under load an entry is always in flight). One that never answered — down, or added
+    at a wrong address — stays a learner: as a voter it would only weaken the quorum."""
+    slack = core.config.raft.append_entries_max
+    return pr.recent_active and pr.match > 0 and pr.match + slack >= commit_index
 
 
 def _propose(core: NodeCore, g: HostedGroup, voting: set[str], learning: set[str]) -> None:

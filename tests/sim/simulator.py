@@ -312,8 +312,11 @@ class Simulation(SimClock):
 
     def _send_batches(self, node: SimNode, sends: dict[str, list[tuple[int, PeerMessage]]]) -> None:
         for peer, items in sends.items():
+            dst = self.nodes.get(peer)
+            if dst is None:  # a member added at an address no node answers
+                self.network.stats["dropped_no_such_node"] += 1
+                continue
             data = encode(PeerBatch(node.id, items))
-            dst = self.nodes[peer]
             self.network.send(node.id, peer, self._deliver_peer, node, node.epoch, dst, dst.epoch, data)
 
     def _deliver_peer(self, src: SimNode, src_epoch: int, dst: SimNode, dst_epoch: int, data: bytes) -> None:

@@ -17,6 +17,7 @@ from sim_scenario import call, client, ok, quiet_simulation, wait_for
 from simulator import run_simulation
 
 from syncfab.actors.kv import Get, Put
+from syncfab.actors.members import MemberAdd, MemberRemove
 from syncfab.actors.raft import Role
 from syncfab.actors.results import Ok
 
@@ -59,3 +60,29 @@ def test_a_node_joins_and_another_leaves_with_every_write_kept() -> None:
     for k in keys:
         assert call(sim, rpc, Get(k)) == Ok(k.upper())
     ok(call(sim, rpc, Put("after", 1)))
+
+
+def test_a_member_that_never_answers_stays_a_learner_and_can_be_removed() -> None:
+    """Added at an address no one answers (a typo, a node not started): every group takes it
+    as a learner, none makes it a voter (it would only weaken the quorum), and removing it
+    puts every group back as it was."""
+    sim = quiet_simulation(8)
+    rpc = client(sim, "c")
+    ok(call(sim, rpc, Put("k", 1)))
+    ok(call(sim, rpc, MemberAdd("ghost", "ghost:7101")))
+    sim.run_until(sim.now + 5_000)
+    for n in sim.node_ids:
+        for g in sim.core(n).groups.values():
+            assert "ghost" not in g.raft.conf.voters, (n, g.id, g.raft.conf)
+    assert "ghost" in sim.core("n1").groups[0].raft.conf.learners
+    ok(call(sim, rpc, MemberRemove("ghost")))
+
+    def back() -> bool:
+        cores = [sim.nodes[n].core for n in sim.node_ids]
+        return all(
+            c is not None and all("ghost" not in g.raft.conf.learners for g in c.groups.values())
+            for c in cores
+        )
+
+    wait_for(sim, "every group without the ghost", back, 10_000)
+    ok(call(sim, rpc, Put("k", 2)))
