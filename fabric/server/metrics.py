@@ -121,8 +121,20 @@ class _CoreCollector(Collector):
             "Elections this replica started: cause=timeout (no leader heard) or transfer (handed over)",
             labels=["group", "cause"],
         )
+        voters = GaugeMetricFamily(
+            "syncfab_raft_voters", "Voters of the group, as this replica has them", labels=["group"]
+        )
+        learners = GaugeMetricFamily(
+            "syncfab_raft_learners", "Learners (catching up, no vote) of the group, as here", labels=["group"]
+        )
+        removed = GaugeMetricFamily(
+            "syncfab_raft_removed", "1 if this replica was moved off this node (kept inert)", labels=["group"]
+        )
         first_seen = self._first_seen
         for g in core.group_status():
+            voters.add_metric([str(g["group"])], len(g["voters"]))
+            learners.add_metric([str(g["group"])], len(g["learners"]))
+            removed.add_metric([str(g["group"])], 1 if g["removed"] else 0)
             elections.add_metric([str(g["group"]), "timeout"], g["elections_on_timeout"])
             elections.add_metric([str(g["group"]), "transfer"], g["elections_on_transfer"])
             gid = str(g["group"])
@@ -138,6 +150,7 @@ class _CoreCollector(Collector):
             committed.add_metric([gid], g["commit_index"] - base[0], created=base[2])
             applied_entries.add_metric([gid], g["applied_index"] - base[1], created=base[2])
         yield from (term, commit, applied, last, leader, is_leader, committed, applied_entries, elections)
+        yield from (voters, learners, removed)
 
         alive = GaugeMetricFamily("syncfab_member_alive", "Phi-accrual verdict per member", labels=["member"])
         for member in core.cluster_view()["members"]:
