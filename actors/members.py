@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from syncfab.actors.machine import ApplyContext
 
 MEMBERS_MAX = 64  # each member costs every node a connection and an I/O thread
+REMOVED_KEPT_MAX = 64  # removed members remembered (oldest forgotten first): see ``removed``
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -62,6 +63,10 @@ class MemberTable:
         self.members_min = members_min
         self.members: dict[str, str] = {}
         self.version = 0  # the log index of the last change (0: none yet)
+        # Removed members and their addresses: a removed node that comes back is told so
+        # (fabric/core/hosting.py), and its id is never taken again — a replica under an old
+        # name with a wiped disk could answer a message from before as if it remembered.
+        self.removed: dict[str, str] = {}
 
     def apply(self, ctx: ApplyContext, op: MemberAdd | MemberRemove | MemberSeed) -> Result:
         if isinstance(op, MemberSeed):
@@ -80,6 +85,9 @@ class MemberTable:
                     return Ok(self.view())  # a retry, or asked twice: already a member
                 if known is not None:
                     return Err("member_exists", f"{node} is a member at {known}", {"id": node})
+                if node in self.removed:
+                    why = f"{node} was removed; add the machine under a new id"
+                    return Err("member_removed", why, {"id": node})
                 if len(self.members) >= MEMBERS_MAX:
                     return Err("too_many_members", f"at most {MEMBERS_MAX} members")
                 self.members = dict(sorted({**self.members, node: address}.items()))
@@ -89,6 +97,9 @@ class MemberTable:
                 if len(self.members) - 1 < self.members_min:
                     why = f"{len(self.members) - 1} members could not hold {self.members_min} replicas"
                     return Err("too_few_members", f"{why}: add a node first", {"id": node})
+                self.removed[node] = self.members[node]
+                while len(self.removed) > REMOVED_KEPT_MAX:
+                    del self.removed[next(iter(self.removed))]
                 self.members = {m: a for m, a in self.members.items() if m != node}
             case _:
                 raise TypeError(f"not a member command: {op!r}")
@@ -117,16 +128,17 @@ class MemberTable:
         pass
 
     def snapshot(self) -> bytes:
-        return _encode(_Image(self.members, self.version))
+        return _encode(_Image(self.members, self.version, self.removed))
 
     def restore(self, data: bytes) -> None:
         image = _decode(data)
-        self.members, self.version = dict(image.members), image.version
+        self.members, self.version, self.removed = dict(image.members), image.version, dict(image.removed)
 
 
 class _Image(msgspec.Struct, array_like=True):
     members: dict[str, str]
     version: int
+    removed: dict[str, str] = {}
 
 
 _encode = msgspec.msgpack.Encoder().encode

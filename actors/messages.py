@@ -113,6 +113,13 @@ class TimeoutNow(msgspec.Struct, frozen=True, tag="tn", array_like=True):
     term: int
 
 
+class Removed(msgspec.Struct, frozen=True, tag="rmvd", array_like=True):
+    """To a node that is no longer a member but still talks Raft (it was removed while away):
+    ``version`` is the member table's, at the member that says so."""
+
+    version: int
+
+
 class Beat(msgspec.Struct, frozen=True, tag="bt", array_like=True):
     """Node-to-node liveness for the phi-accrual detector (independent of Raft's timers).
 

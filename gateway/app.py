@@ -64,7 +64,8 @@ async def cluster(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     core = request.runtime.core
-    return json_response({"node": core.id, "groups": core.group_status(), "counters": core.counters})
+    groups, evicted = core.group_status(), core.evicted  # evicted: no longer a member
+    return json_response({"node": core.id, "groups": groups, "counters": core.counters, "evicted": evicted})
 
 
 async def metrics(request: Request) -> Response:

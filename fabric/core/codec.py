@@ -47,6 +47,7 @@ from syncfab.actors.messages import (
     Forward,
     ForwardReply,
     RaftMessage,
+    Removed,
 )
 from syncfab.actors.queue_ops import QueueCommand, QueueLocal, QueueQuery
 from syncfab.actors.results import Answers, Err, Result
@@ -136,7 +137,7 @@ CACHE_MESSAGES = (
     CacheAck,
     CacheRecalled,
 )
-PeerMessage = RaftMessage | Beat | Forward | ForwardReply | CacheMessage
+PeerMessage = RaftMessage | Beat | Forward | ForwardReply | CacheMessage | Removed
 
 
 class PeerBatch(msgspec.Struct, frozen=True, tag="pb", array_like=True):

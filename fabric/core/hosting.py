@@ -23,7 +23,7 @@ from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import LockTable
 from syncfab.actors.machine import GroupMachine
 from syncfab.actors.members import MemberTable
-from syncfab.actors.messages import AppendEntries, Heartbeat, InstallSnapshot, VoteRequest
+from syncfab.actors.messages import AppendEntries, Heartbeat, InstallSnapshot, Removed, VoteRequest
 from syncfab.actors.queues import QueuePartitions
 from syncfab.actors.raft import RaftCore, Role
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from syncfab.fabric.core.codec import PeerMessage
     from syncfab.fabric.core.node import NodeCore
     from syncfab.storage.log_store import StoredGroup
+
+
+TELL_REMOVED_MS = 1_000  # a removed member is told at most this often
+TELL_DIAL_MS = 10_000  # and dialed this long after
 
 
 def placement_of(nodes: Iterable[str], cfg: NodeConfig) -> ShardPlacement:
@@ -88,11 +92,11 @@ def host_on_demand(core: NodeCore, gid: int, msg: PeerMessage) -> HostedGroup | 
 def follow_members(core: NodeCore) -> None:
     """The control group applied entries (or a snapshot): if its member table changed, that
     is the cluster now — its members, their placement, the peers to dial."""
-    table = core.groups[CONTROL_GROUP].machine.services["members"]
-    assert isinstance(table, MemberTable)
+    table = member_table(core)
     if table.version == core._members_version or not table.members:
         return
     core._members_version = table.version
+    core.evicted = core.evicted or core.id in table.removed
     if table.members != core.members:
         core.former.update({m: a for m, a in core.members.items() if m not in table.members})
         core.members = dict(table.members)
@@ -103,10 +107,32 @@ def follow_members(core: NodeCore) -> None:
         redial(core)
 
 
+def member_table(core: NodeCore) -> MemberTable:
+    table = core.groups[CONTROL_GROUP].machine.services["members"]
+    assert isinstance(table, MemberTable)
+    return table
+
+
+def tell_removed(core: NodeCore, src: str) -> None:
+    """A removed member still talks Raft to us (it was away when it was removed, and its groups
+    never learnt it): tell it, once a second at most — etcd's "member removed" answer. It stops
+    campaigning; its operator learns from its log and /status that it must go."""
+    table = member_table(core)
+    address = table.removed.get(src)
+    if address is None or core._now - core.told.get(src, -TELL_REMOVED_MS) < TELL_REMOVED_MS:
+        return
+    core.told[src] = core._now
+    core.former[src] = address
+    redial(core)
+    core._send(src, CONTROL_GROUP, Removed(table.version))
+
+
 def redial(core: NodeCore) -> None:
     """What the runtime should dial: the members, and a removed member while one of our
-    groups still sends it the log (RaftCore keeps it in its progress until it has been told)."""
+    groups still sends it the log (RaftCore keeps it in its progress until it has been told)
+    or for a while after we told it it was removed."""
     told = {p for g in core.groups.values() for p in g.raft.progress}
+    told.update(m for m, at in core.told.items() if core._now - at < TELL_DIAL_MS)
     for gone in [m for m in core.former if m in core.members]:
         del core.former[gone]  # added back
     dial = dict(core.members) | {m: a for m, a in core.former.items() if m in told}

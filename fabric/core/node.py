@@ -28,7 +28,7 @@ import msgspec
 
 from syncfab.actors.cache_ops import NEAR_OPS
 from syncfab.actors.machine import ApplyContext
-from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage
+from syncfab.actors.messages import Beat, Forward, ForwardReply, RaftMessage, Removed
 from syncfab.actors.raft import Busy, NotLeader, Role
 from syncfab.actors.ready import Persist, Ready
 from syncfab.actors.results import Answers, Err, Ok, Result, Waiting
@@ -57,6 +57,7 @@ from syncfab.fabric.core.hosting import (
     host_on_demand,
     placement_of,
     redial,
+    tell_removed,
 )
 from syncfab.fabric.core.node_cache import NodeCache
 from syncfab.fabric.core.node_config import NodeConfig
@@ -120,6 +121,8 @@ class NodeCore:
             host_group(self, gid, voters, stored.get(gid), random.Random(rng.getrandbits(64)))
         self._members_version = -1
         self.former: dict[str, str] = {}  # removed members' addresses, while a group tells them
+        self.told: dict[str, int] = {}  # removed member -> when it was last told so (Removed)
+        self.evicted = False  # this node is no longer a member (its table says, or a member did)
         self._dialed = dict(self.members)  # what the runtime was last told to dial
         self._dial_changed = False
         follow_members(self)
@@ -184,16 +187,9 @@ class NodeCore:
         self._next_beat = self._now  # say so now
 
     def has_work(self) -> bool:
-        return bool(
-            self._peer_inbox
-            or self._committed
-            or self._client_inbox
-            or self._flush.replies
-            or self._flush.sends
-            or self._flush.publishes
-            or self._active
-            or self.cache.has_work()
-        )
+        f = self._flush
+        inputs = self._peer_inbox or self._client_inbox or self._committed or self._active
+        return bool(inputs or f.replies or f.sends or f.publishes or self.cache.has_work())
 
     # -- the turn -------------------------------------------------------------------------
 
@@ -206,6 +202,8 @@ class NodeCore:
         if now_ms >= self._next_tick:
             self._next_tick = now_ms + self.config.tick_ms
             for gid, g in self.groups.items():
+                if self.evicted and g.raft.role is not Role.LEADER:
+                    continue  # no more campaigns; a leader goes on until check-quorum deposes it
                 g.raft.tick(now_ms)
                 if g.raft.role is Role.LEADER:
                     self._housekeeping(g)
@@ -519,9 +517,14 @@ class NodeCore:
                 self._on_request(src, msg.route, request, bytes(msg.request))
             case ForwardReply():
                 self._flush.replies.append((msg.route, bytes(msg.reply)))
+            case Removed():
+                if src in self.members:
+                    self.evicted = True
             case _ if isinstance(msg, CACHE_MESSAGES):
                 self.cache.on_peer(src, gid, msg, self._now)
             case _:
+                if src not in self.members:
+                    tell_removed(self, src)
                 g = self.groups.get(gid)
                 if g is None:
                     g = host_on_demand(self, gid, msg)

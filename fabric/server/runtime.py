@@ -106,6 +106,7 @@ class NodeRuntime:
         self._closed = False
         # A shutdown step waiting for the core to settle: (its condition, the event to set).
         self._turn_check: tuple[Callable[[], bool], asyncio.Event] | None = None
+        self._said_evicted = False
         self._router_readable = self._sub_readable = True
         self.store: LmdbLogStore
         self.core: NodeCore
@@ -320,6 +321,13 @@ class NodeRuntime:
             self._send_after_persist([flush], self.transport.send_peer)
             self._advance([flush])
         self.turns += 1
+        if core.evicted and not self._said_evicted:
+            self._said_evicted = True
+            log.error(
+                "node %s is no longer a member of the cluster (removed): its groups stop here. "
+                "Stop it; to use this machine again, wipe its data dir and add it under a new id",
+                core.id,
+            )
         dial = core.take_dial_change()
         if dial is not None:
             log.info("dialing %s", ", ".join(f"{m}={a}" for m, a in dial.items()))

@@ -62,7 +62,10 @@ def test_a_node_joins_takes_its_share_and_another_is_removed(tmp_path: Any) -> N
         wait_for(
             "n1 to learn it left every group", lambda: c.get_json("n1", "/cluster/members")["groups"] == []
         )
+        assert c.get_json("n1", "/status")["evicted"] is True
         c.kill("n1")
+        code, refused = cli(c, "n2", "add", "n1", c.address("n1"))
+        assert code == 1 and refused["error"] == "member_removed"  # a new id, not the old one
         code, refused = cli(c, "n2", "remove", "n2")
         assert code == 1 and refused["error"] == "too_few_members"
 

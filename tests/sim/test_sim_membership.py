@@ -14,12 +14,14 @@ import os
 
 import pytest
 from sim_scenario import call, client, ok, quiet_simulation, wait_for
-from simulator import run_simulation
+from simulator import Simulation, run_simulation
 
 from syncfab.actors.kv import Get, Put
 from syncfab.actors.members import MemberAdd, MemberRemove
 from syncfab.actors.raft import Role
+from syncfab.actors.raft_conf import membership
 from syncfab.actors.results import Ok
+from syncfab.actors.ring import ShardPlacement
 
 SEEDS = int(os.environ.get("SYNCFAB_SIM_MEMBER_SEEDS", "30"))
 MEMBERSHIP = {"node_count": 4, "joining": 1}
@@ -86,3 +88,42 @@ def test_a_member_that_never_answers_stays_a_learner_and_can_be_removed() -> Non
 
     wait_for(sim, "every group without the ghost", back, 10_000)
     ok(call(sim, rpc, Put("k", 2)))
+
+
+def placed(sim: Simulation, nodes: list[str]) -> bool:
+    """Every group's leader has the placement over ``nodes`` as its voters, and no learner."""
+    cfg = sim.config
+    target = ShardPlacement.build(nodes, cfg.shard_count, cfg.replication, cfg.vnodes)
+    for gid in range(cfg.shard_count + 1):
+        leader = sim.leader_of(gid)
+        if leader is None:
+            return False
+        conf = sim.core(leader).groups[gid].raft.conf
+        if conf != membership(target.replicas(gid)):
+            return False
+    return True
+
+
+def test_a_node_removed_while_down_is_told_when_it_comes_back() -> None:
+    """Removed while it was down, n1 never heard it from its groups; started again on its old
+    disk it campaigns with its old memberships. The members it asks tell it (Removed): it stops
+    campaigning, and nothing it does reaches the cluster."""
+    sim = quiet_simulation(6, member_change_at_ms=10**9, **MEMBERSHIP)
+    rpc = client(sim, "c")
+    ok(call(sim, rpc, MemberAdd("n4", sim.members["n4"])))
+    wait_for(sim, "four nodes' placement", lambda: placed(sim, ["n1", "n2", "n3", "n4"]), 20_000)
+    sim.crash("n1", "idle", 60_000)
+    ok(call(sim, rpc, MemberRemove("n1")))
+    wait_for(sim, "every group off n1", lambda: placed(sim, ["n2", "n3", "n4"]), 20_000)
+    # Long enough for every leader to have given up telling it (removed_heartbeats_max).
+    sim.run_until(sim.now + 200 * sim.config.heartbeat_ms)
+    assert all("n1" not in g.raft.progress for n in ("n2", "n3", "n4") for g in sim.core(n).groups.values())
+    sim.heal()  # n1 starts again on its disk
+    n1 = sim.core("n1")
+    assert not n1.evicted
+    wait_for(sim, "n1 told it was removed", lambda: sim.core("n1").evicted, 10_000)
+    n1 = sim.core("n1")
+    sim.run_until(sim.now + 3_000)
+    assert all(g.raft.role is Role.FOLLOWER for g in n1.groups.values())
+    assert placed(sim, ["n2", "n3", "n4"])
+    ok(call(sim, rpc, Put("after", 1)))
