@@ -14,7 +14,8 @@ from syncfab.actors.results import Ok
 from syncfab.gateway.responses import json_response, read_body, result_error
 from syncfab.gateway.router import Request, Response, Router
 
-STATUS_OF_MEMBERS = dict.fromkeys(("member_exists", "member_removed", "too_many_members", "too_few_members"), 409)
+REFUSALS = ("member_exists", "member_removed", "too_many_members", "too_few_members")
+STATUS_OF_MEMBERS = dict.fromkeys(REFUSALS, 409)
 
 
 class AddBody(msgspec.Struct, forbid_unknown_fields=True):
