@@ -27,7 +27,8 @@ class Progress:
     flow: Flow = Flow.PROBE
     probe_sent: bool = False
     inflight: deque[int] = field(default_factory=deque)  # last index of each unacked message
-    recent_active: bool = False
+    recent_active: bool = False  # heard from since the last check-quorum round
+    heard_ms: int = -(1 << 62)  # when the leader last heard from it (any reply)
     read_ack: int = 0
     stalled: int = 0
     seen_match: int = 0

@@ -365,6 +365,7 @@ class RaftCore(ConfChanges):
 
     def _step_leader(self, sender: str, msg: RaftMessage) -> None:
         pr = self.progress[sender]
+        pr.heard_ms = self._now
         match msg:
             case AppendReply(success=True):
                 pr.recent_active = True

@@ -71,8 +71,9 @@ def _caught_up(core: NodeCore, pr: Progress, commit_index: int) -> bool:
     """A learner that answers and holds the log to within one AppendEntries of the commit
     index (under load an entry is always in flight). One that never answered — down, or added
     at a wrong address — stays a learner: as a voter it would only weaken the quorum."""
-    slack = core.config.raft.append_entries_max
-    return pr.recent_active and pr.match > 0 and pr.match + slack >= commit_index
+    raft = core.config.raft
+    answered = core._now - pr.heard_ms < raft.election_timeout_ms
+    return answered and pr.match > 0 and pr.match + raft.append_entries_max >= commit_index
 
 
 def _propose(core: NodeCore, g: HostedGroup, voting: set[str], learning: set[str]) -> None:

@@ -18,6 +18,9 @@ Commands (times in ms; clients are any words; keys and values are words):
     tick N                               N ms pass in 10 ms steps (Raft timers, beats); quiet:
                                          prints only what is not a heartbeat or a beat
     status                               each group's leader and term, each node's cache lines
+    join n4                              a node for the running cluster (--join), empty
+    members                              each node's members and each group's Raft membership
+        (request ops also: member_add N | member_remove N)
 
 The harness is the runtime's order, synchronously: a turn's ``sends`` leave, its writes are
 made (one simulated disk write per turn, finished before the next turn), ``apply()``'s output
@@ -41,6 +44,7 @@ import pytest
 from syncfab.actors.cache_ops import CacheRead, CacheWrite
 from syncfab.actors.kv import Delete, Get, Put
 from syncfab.actors.lock_ops import Acquire, Release
+from syncfab.actors.members import MemberAdd, MemberRemove, MemberSeed
 from syncfab.actors.messages import (
     AppendEntries,
     AppendReply,
@@ -99,12 +103,21 @@ def fmt_op(op: Any) -> str:
             return f"cache_write {k}={unpack(bytes(v))} {p}"
         case CacheRead(key=k):
             return f"cache_read {k}"
+        case MemberAdd(node=n, address=a):
+            return f"member_add {n} at {a}"
+        case MemberRemove(node=n):
+            return f"member_remove {n}"
+        case MemberSeed(members=m):
+            return f"member_seed {','.join(m)}"
     return type(op).__name__
 
 
 def fmt_entry(e: Entry) -> str:
     """``index.term:@stamp [client#id op, ...]``: an entry is one turn's writes to a group,
-    stamped with the leader's wall clock (codec.Batch)."""
+    stamped with the leader's wall clock (codec.Batch); or a membership change."""
+    if e.conf is not None:
+        learners = f" learners={','.join(e.conf.learners)}" if e.conf.learners else ""
+        return f"{e.index}.{e.term}:conf voters={','.join(e.conf.voters)}{learners}"
     if not e.data:
         return f"{e.index}.{e.term}:empty"
     stamp_ms, requests = decode_batch(e.data)
@@ -379,12 +392,33 @@ class Scenario:
             "release": lambda r, o: Release(r, o),
             "cache_write": lambda k, v, policy="write_through": CacheWrite(k, msgspec.Raw(pack(v)), policy),
             "cache_read": lambda k: CacheRead(k),
+            "member_add": lambda n: MemberAdd(n, f"{n}:7000"),
+            "member_remove": lambda n: MemberRemove(n),
         }
         c.request(client, node, ops[kind](*args))
         c.settle()
 
     def cmd_settle(self, c: Cluster) -> None:
         c.settle()
+
+    def cmd_join(self, c: Cluster, node: str) -> None:
+        """A node for the running cluster (``--join``): it knows the members, they not it yet."""
+        members = {**c.members, node: f"{node}:7000"}
+        core = NodeCore(
+            node, members, stored={}, rng=random.Random(7), now_ms=c.now_ms, config=c.config, bootstrap=()
+        )
+        c.cores[node] = core
+        c.say(f"{node} joins, hosting {sorted(core.groups)} with no membership")
+
+    def cmd_members(self, c: Cluster) -> None:
+        for n, core in c.cores.items():
+            confs = []
+            for gid, g in sorted(core.groups.items()):
+                conf = g.raft.conf
+                learners = f" +{','.join(conf.learners)}" if conf.learners else ""
+                state = " (removed)" if g.raft.removed else ""
+                confs.append(f"g{gid} {','.join(conf.voters) or '-'}{learners}{state}")
+            c.say(f"{n} members {','.join(core.members)}: {'; '.join(confs)}")
 
     def cmd_tick(self, c: Cluster, ms: str) -> None:
         c.tick(int(ms))
