@@ -62,10 +62,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def placement_reached(get: Callable[[str, str], Any], nodes: list[str]) -> bool:
-    """Every group's Raft voters, as its leader has them, are its replicas by the placement of
-    the members (a membership change has moved every replica), each leader among ``nodes``.
-    ``get(node, path)``: that node's gateway's JSON answer."""
+    """The members are ``nodes`` (as ``nodes[0]`` has applied them) and every group's Raft
+    voters, as its leader has them, are its replicas by their placement: a membership change
+    has moved every replica. ``get(node, path)``: that node's gateway's JSON answer."""
     view = get(nodes[0], "/cluster")
+    if sorted(m["id"] for m in view["members"]) != sorted(nodes):
+        return False  # the change has not reached this node's view yet
     want = {0: sorted(m["id"] for m in view["members"])} | {
         s["id"]: sorted(s["replicas"]) for s in view["shards"]
     }
