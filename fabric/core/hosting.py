@@ -133,8 +133,8 @@ def redial(core: NodeCore) -> None:
     or for a while after we told it it was removed."""
     told = {p for g in core.groups.values() for p in g.raft.progress}
     told.update(m for m, at in core.told.items() if core._now - at < TELL_DIAL_MS)
-    for gone in [m for m in core.former if m in core.members]:
-        del core.former[gone]  # added back
+    for again in [m for m in core.former if m in core.members]:
+        del core.former[again]  # a member now (one --peers named before the table did)
     dial = dict(core.members) | {m: a for m, a in core.former.items() if m in told}
     if dial != core._dialed:
         core._dialed = dial
@@ -145,7 +145,7 @@ def ask_lost_groups(core: NodeCore) -> None:
     """A replica with no leader asks the one the beats name, when that leader is no peer of
     its: the replica may have been removed while it was away, and never heard. A leader that
     gets a vote request from a replica outside its group sends it the log that says so
-    (RaftCore.step); had it been moved elsewhere, that leader ignores it."""
+    (RaftCore.step)."""
     for gid, g in core.groups.items():
         raft = g.raft
         if raft.role is Role.LEADER or raft.leader is not None or raft.removed or not raft.conf.voters:
