@@ -27,8 +27,7 @@ class Progress:
     flow: Flow = Flow.PROBE
     probe_sent: bool = False
     inflight: deque[int] = field(default_factory=deque)  # last index of each unacked message
-    recent_active: bool = False  # heard from since the last check-quorum round
-    heard_ms: int = -(1 << 62)  # when the leader last heard from it (any reply)
+    heard_ms: int = -(1 << 62)  # when the leader last had an answer from it (check-quorum, promotion)
     read_ack: int = 0
     stalled: int = 0
     seen_match: int = 0

@@ -365,16 +365,15 @@ class RaftCore(ConfChanges):
 
     def _step_leader(self, sender: str, msg: RaftMessage) -> None:
         pr = self.progress[sender]
-        pr.heard_ms = self._now
         match msg:
             case AppendReply(success=True):
-                pr.recent_active = True
+                pr.heard_ms = self._now
                 self._on_append_ok(sender, pr, msg.index)
             case AppendReply():
-                pr.recent_active = True
+                pr.heard_ms = self._now
                 self._on_append_rejected(pr, msg)
             case HeartbeatReply():
-                pr.recent_active = True
+                pr.heard_ms = self._now
                 pr.read_ack = max(pr.read_ack, msg.read_seq)
                 if pr.flow is Flow.PROBE:
                     pr.probe_sent = False  # the probe may have been lost: allow another
@@ -396,10 +395,10 @@ class RaftCore(ConfChanges):
             if self._leaving:
                 self._count_leaving()
         if self._now >= self._quorum_deadline:
+            # Check-quorum: a voter counts if it answered since this round began.
+            since = self._quorum_deadline - cfg.election_timeout_ms
             self._quorum_deadline = self._now + cfg.election_timeout_ms
-            active = 1 + sum(self.progress[p].recent_active for p in self._voter_peers)
-            for pr in self.progress.values():
-                pr.recent_active = False
+            active = 1 + sum(self.progress[p].heard_ms >= since for p in self._voter_peers)
             if cfg.check_quorum and active < self.quorum:
                 self._become_follower(self.term, None)
                 return

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from syncfab.actors.messages import Entry, Membership, Snapshot
+from syncfab.actors.messages import Entry, Membership, RaftMessage, Snapshot, VoteRequest
 from syncfab.actors.progress import Progress
 from syncfab.actors.raft_types import Busy, NotLeader, RaftConfig, Role
 
@@ -75,6 +75,7 @@ class ConfChanges:
     _voter_peers: tuple[str, ...]
     _leaving: dict[str, list[int]]  # removed peer -> [its removal's index, heartbeats left]
     _transferee: str | None
+    _msgs: list[tuple[str, RaftMessage]]
 
     if TYPE_CHECKING:  # RaftCore's own
 
@@ -100,6 +101,16 @@ class ConfChanges:
         self.log.entries.append(Entry(self.term, index, b"", conf))
         self._set_conf(conf, index)
         return index
+
+    def ask_for_log(self, leader: str) -> bool:
+        """Ask ``leader`` — one heard of (the node's beats), outside this replica's membership —
+        for the log: a replica with no leader may have been removed while it was away. The ask
+        is a pre-vote, which a leader answers by sending a non-member the log that says so.
+        True if it was asked (``ready()`` has a message)."""
+        if self.role is Role.LEADER or leader == self.id or leader in self._members:
+            return False
+        self._msgs.append((leader, VoteRequest(self.term + 1, self.log.last_index, self.log.last_term, True)))
+        return True
 
     @property
     def conf_pending(self) -> bool:

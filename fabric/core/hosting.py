@@ -23,9 +23,9 @@ from syncfab.actors.kv import KvStore
 from syncfab.actors.locks import LockTable
 from syncfab.actors.machine import GroupMachine
 from syncfab.actors.members import MemberTable
-from syncfab.actors.messages import AppendEntries, Heartbeat, InstallSnapshot, Removed, VoteRequest
+from syncfab.actors.messages import AppendEntries, Heartbeat, InstallSnapshot, Removed
 from syncfab.actors.queues import QueuePartitions
-from syncfab.actors.raft import RaftCore, Role
+from syncfab.actors.raft import RaftCore
 from syncfab.actors.ring import CONTROL_GROUP, ShardPlacement
 from syncfab.fabric.core.hosted_group import HostedGroup
 from syncfab.fabric.core.log_clock import LogClock
@@ -143,14 +143,12 @@ def redial(core: NodeCore) -> None:
 
 def ask_lost_groups(core: NodeCore) -> None:
     """A replica with no leader asks the one the beats name, when that leader is no peer of
-    its: the replica may have been removed while it was away, and never heard. A leader that
-    gets a vote request from a replica outside its group sends it the log that says so
-    (RaftCore.step)."""
+    its: the replica may have been removed while it was away, and never heard
+    (RaftCore.ask_for_log)."""
     for gid, g in core.groups.items():
         raft = g.raft
-        if raft.role is Role.LEADER or raft.leader is not None or raft.removed or not raft.conf.voters:
+        if raft.leader is not None or raft.removed or not raft.conf.voters:
             continue
         known = core._remote_leaders.get(gid)
-        if known is not None and known[1] != core.id and known[1] not in raft.peers:
-            ping = VoteRequest(raft.term + 1, raft.log.last_index, raft.log.last_term, pre_vote=True)
-            core._send(known[1], gid, ping)
+        if known is not None and raft.ask_for_log(known[1]):
+            core._active.add(gid)

@@ -158,3 +158,27 @@ def test_a_replica_with_no_membership_refuses_every_vote() -> None:
         assert replies and not replies[-1].granted
     fresh.tick(10 * ELECTION_MS)
     assert fresh.role is Role.FOLLOWER and not fresh.ready().messages
+
+
+def test_a_replica_removed_while_down_is_sent_the_log_when_it_asks_for_votes() -> None:
+    net = three()
+    net.crash("c")
+    net.nodes["a"].propose_conf(membership("ab"))
+    net.settle()
+    # Long past the telling: a has forgotten c by the time it comes back.
+    net.run_for((RaftConfig().removed_heartbeats_max + 5) * HEARTBEAT_MS)
+    assert "c" not in net.nodes["a"].progress
+    net.restart("c")
+    c = net.nodes["c"]
+    assert c.is_voter and not c.removed  # its disk never got the removal
+    net.run_for(6 * ELECTION_MS)  # it campaigns; the leader answers with the log
+    assert c.removed and not c.is_voter
+    assert net.leaders() == ["a"] and net.nodes["a"].conf == membership("ab")
+
+
+def test_ask_for_log_asks_only_a_leader_outside_the_membership() -> None:
+    lone = RaftCore("d", [*ABC, "d"], rng=random.Random(1), now_ms=0)
+    assert not lone.ask_for_log("a") and not lone.ask_for_log("d")
+    assert lone.ask_for_log("e")
+    asks = [(to, m) for to, m in lone.ready().messages if isinstance(m, VoteRequest)]
+    assert asks == [("e", VoteRequest(1, 0, 0, pre_vote=True))]

@@ -106,8 +106,10 @@ def placed(sim: Simulation, nodes: list[str]) -> bool:
 
 def test_a_node_removed_while_down_is_told_when_it_comes_back() -> None:
     """Removed while it was down, n1 never heard it from its groups; started again on its old
-    disk it campaigns with its old memberships. The members it asks tell it (Removed): it stops
-    campaigning, and nothing it does reaches the cluster."""
+    disk it campaigns with its old memberships. It is told — by a member it asks (Removed), or
+    by a group's leader sending it the log with its removal — and is evicted: it stops
+    campaigning, and nothing it does reaches the cluster. (Which way comes first depends on the
+    schedule; tests/fabric/test_node_membership.py pins the Removed one.)"""
     sim = quiet_simulation(6, member_change_at_ms=10**9, **MEMBERSHIP)
     rpc = client(sim, "c")
     ok(call(sim, rpc, MemberAdd("n4", sim.members["n4"])))
